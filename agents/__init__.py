@@ -1,0 +1,6 @@
+"""SB3 agents of plasticrl: DrQ (SAC + random shift, DrQ-v2 networks) and its frame-once replay buffer."""
+
+from agents.drq import DrQ, DrQPolicy
+from agents.replay import FrameReplayBuffer
+
+__all__ = ["DrQ", "DrQPolicy", "FrameReplayBuffer"]

@@ -1,0 +1,327 @@
+"""DrQ: soft actor-critic from pixels with random-shift augmentation, as SB3 classes.
+
+Networks follow DrQ-v2 (Yarats et al. 2021): a 4-layer conv encoder (32 channels, 3x3, first stride 2; 84x84 ->
+32x35x35), and for actor and critic each a trunk Linear -> LayerNorm -> Tanh to a 50-dim feature, then MLPs (hidden
+1024). The encoder is trained by the critic loss only and is detached for the actor. Every sampled batch is
+augmented on the training device (random shift, pad 4) for both ``obs`` and ``next_obs``. The learning rule is SAC
+(Haarnoja et al. 2018) with a learned temperature, n-step returns (DrQ-v2 uses 3) and a target critic that reads the
+online encoder's features (as DrQ-v2 does).
+
+``DrQ`` is a ``stable_baselines3.SAC`` subclass, so ``learn``, ``save``, ``load``, ``predict``, callbacks and
+``evaluate_policy`` work as in SB3. Replay ratio = ``gradient_steps / (train_freq * n_envs)``.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections import deque
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from gymnasium import spaces
+from stable_baselines3 import SAC
+from stable_baselines3.common.policies import BasePolicy
+from stable_baselines3.common.type_aliases import Schedule
+from torch import nn
+
+from agents.augment import random_shift
+from agents.replay import FrameReplayBuffer, PixelBatch
+
+
+class Encoder(nn.Module):
+    """uint8 (B, C, H, W) -> float features (B, 32 * h' * w'); pixels scaled to [-0.5, 0.5]."""
+
+    def __init__(self, observation_shape: tuple[int, int, int], channels: int = 32):
+        super().__init__()
+        c = observation_shape[0]
+        self.convnet = nn.Sequential(
+            nn.Conv2d(c, channels, 3, stride=2), nn.ReLU(),
+            nn.Conv2d(channels, channels, 3, stride=1), nn.ReLU(),
+            nn.Conv2d(channels, channels, 3, stride=1), nn.ReLU(),
+            nn.Conv2d(channels, channels, 3, stride=1), nn.ReLU(),
+        )
+        with torch.no_grad():
+            self.repr_dim = int(self.convnet(torch.zeros(1, *observation_shape)).numel())
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        x = obs.float() / 255.0 - 0.5
+        return self.convnet(x).flatten(1)
+
+
+def trunk(repr_dim: int, feature_dim: int) -> nn.Sequential:
+    """Linear -> LayerNorm -> Tanh, the DrQ-v2 bottleneck."""
+    return nn.Sequential(nn.Linear(repr_dim, feature_dim), nn.LayerNorm(feature_dim), nn.Tanh())
+
+
+def mlp(in_dim: int, hidden_dim: int, out_dim: int) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Linear(in_dim, hidden_dim), nn.ReLU(),
+        nn.Linear(hidden_dim, hidden_dim), nn.ReLU(),
+        nn.Linear(hidden_dim, out_dim),
+    )
+
+
+class Actor(nn.Module):
+    """Tanh-squashed Gaussian policy on encoder features (B, repr_dim) -> actions (B, A) in [-1, 1]."""
+
+    def __init__(self, repr_dim: int, action_dim: int, feature_dim: int, hidden_dim: int,
+                 log_std_bounds: tuple[float, float] = (-10.0, 2.0)):
+        super().__init__()
+        self.trunk = trunk(repr_dim, feature_dim)
+        self.policy = mlp(feature_dim, hidden_dim, 2 * action_dim)
+        self.log_std_bounds = log_std_bounds
+
+    def forward(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean and log std (B, A) of the pre-tanh Gaussian."""
+        mu, log_std = self.policy(self.trunk(h)).chunk(2, dim=-1)
+        lo, hi = self.log_std_bounds
+        log_std = lo + 0.5 * (hi - lo) * (torch.tanh(log_std) + 1.0)
+        return mu, log_std
+
+    def action_log_prob(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """A reparameterised sample (B, A) and its log-probability (B, 1) under the squashed Gaussian."""
+        mu, log_std = self(h)
+        std = log_std.exp()
+        u = mu + std * torch.randn_like(mu)
+        action = torch.tanh(u)
+        gauss = -0.5 * ((u - mu) / std).pow(2) - log_std - 0.5 * math.log(2 * math.pi)
+        log_prob = (gauss - 2.0 * (math.log(2.0) - u - F.softplus(-2.0 * u))).sum(-1, keepdim=True)
+        return action, log_prob
+
+    def mode(self, h: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(self(h)[0])
+
+
+class Critic(nn.Module):
+    """Twin Q: encoder features (B, repr_dim) and actions (B, A) -> (q1, q2), each (B, 1)."""
+
+    def __init__(self, repr_dim: int, action_dim: int, feature_dim: int, hidden_dim: int):
+        super().__init__()
+        self.trunk = trunk(repr_dim, feature_dim)
+        self.q1 = mlp(feature_dim + action_dim, hidden_dim, 1)
+        self.q2 = mlp(feature_dim + action_dim, hidden_dim, 1)
+
+    def forward(self, h: torch.Tensor, action: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = torch.cat([self.trunk(h), action], dim=-1)
+        return self.q1(x), self.q2(x)
+
+    def forward_with_fau(self, h: torch.Tensor, action: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Like ``forward``, plus the fraction of active units (> 0) over both heads' hidden ReLU outputs (0-dim),
+        the signal of Adaptive RR (Ma et al. 2024). Computed on the device, no host sync."""
+        x = torch.cat([self.trunk(h), action], dim=-1)
+        active = x.new_zeros(())
+        total = 0
+        outs = []
+        for head in (self.q1, self.q2):
+            y = x
+            for layer in head:
+                y = layer(y)
+                if isinstance(layer, nn.ReLU):
+                    active = active + (y > 0).sum()
+                    total += y.numel()
+            outs.append(y)
+        return outs[0], outs[1], active / total
+
+
+class DrQPolicy(BasePolicy):
+    """SB3 policy holding the shared encoder, actor, critic and target critic of DrQ.
+
+    Optimizers: ``actor.optimizer`` (actor only) and ``critic.optimizer`` (encoder + critic), as SB3's SAC names them.
+    """
+
+    def __init__(
+        self,
+        observation_space: spaces.Box,
+        action_space: spaces.Box,
+        lr_schedule: Schedule,
+        feature_dim: int = 50,
+        hidden_dim: int = 1024,
+        encoder_channels: int = 32,
+        log_std_bounds: tuple[float, float] = (-10.0, 2.0),
+        optimizer_class: type[torch.optim.Optimizer] = torch.optim.Adam,
+        optimizer_kwargs: dict[str, Any] | None = None,
+        use_sde: bool = False,
+    ):
+        if use_sde:
+            raise ValueError("DrQPolicy does not support gSDE (use_sde=True); use the default Gaussian exploration")
+        super().__init__(observation_space, action_space, optimizer_class=optimizer_class,
+                         optimizer_kwargs=optimizer_kwargs, normalize_images=False, squash_output=True)
+        self.feature_dim, self.hidden_dim = feature_dim, hidden_dim
+        self.encoder_channels, self.log_std_bounds = encoder_channels, tuple(log_std_bounds)
+        action_dim = int(action_space.shape[0])
+        self.encoder = Encoder(observation_space.shape, encoder_channels)
+        repr_dim = self.encoder.repr_dim
+        self.actor = Actor(repr_dim, action_dim, feature_dim, hidden_dim, self.log_std_bounds)
+        self.critic = Critic(repr_dim, action_dim, feature_dim, hidden_dim)
+        self.critic_target = copy.deepcopy(self.critic)
+        self.critic_target.requires_grad_(False)
+        self.actor.optimizer = optimizer_class(self.actor.parameters(), lr=lr_schedule(1), **self.optimizer_kwargs)
+        critic_params = list(self.encoder.parameters()) + list(self.critic.parameters())
+        self.critic.optimizer = optimizer_class(critic_params, lr=lr_schedule(1), **self.optimizer_kwargs)
+
+    def _get_constructor_parameters(self) -> dict[str, Any]:
+        data = super()._get_constructor_parameters()
+        data.update(feature_dim=self.feature_dim, hidden_dim=self.hidden_dim, encoder_channels=self.encoder_channels,
+                    log_std_bounds=self.log_std_bounds, optimizer_class=self.optimizer_class,
+                    optimizer_kwargs=self.optimizer_kwargs)
+        return data
+
+    def forward(self, obs: torch.Tensor, deterministic: bool = False) -> torch.Tensor:
+        return self._predict(obs, deterministic)
+
+    def _predict(self, observation: torch.Tensor, deterministic: bool = False) -> torch.Tensor:
+        h = self.encoder(observation)
+        return self.actor.mode(h) if deterministic else self.actor.action_log_prob(h)[0]
+
+    def set_training_mode(self, mode: bool) -> None:
+        self.encoder.train(mode)
+        self.actor.train(mode)
+        self.critic.train(mode)
+        self.training = mode
+
+
+class DrQ(SAC):
+    """DrQ agent (SAC + random shift + DrQ-v2 networks). Defaults are DrQ-v2's: lr 1e-4, batch 256, buffer 1e6,
+    4000 seed frames (2000 agent steps at action repeat 2), 3-step returns, target tau 0.01, update every second
+    transition (replay ratio 0.5)."""
+
+    policy_aliases = {"CnnPolicy": DrQPolicy, "DrQPolicy": DrQPolicy}  # noqa: RUF012
+    policy: DrQPolicy
+
+    def __init__(
+        self,
+        policy: str | type[DrQPolicy],
+        env: Any,
+        learning_rate: float | Schedule = 1e-4,
+        buffer_size: int = 1_000_000,
+        learning_starts: int = 2000,
+        batch_size: int = 256,
+        tau: float = 0.01,
+        gamma: float = 0.99,
+        train_freq: int | tuple[int, str] = 2,
+        gradient_steps: int = 1,
+        n_step: int = 3,
+        ent_coef: str | float = "auto_0.1",
+        target_entropy: str | float = "auto",
+        augment_pad: int = 4,
+        buffer_device: str = "auto",
+        policy_kwargs: dict[str, Any] | None = None,
+        verbose: int = 0,
+        seed: int | None = None,
+        device: torch.device | str = "auto",
+        _init_setup_model: bool = True,
+        **kwargs: Any,
+    ):
+        self.n_step = n_step
+        self.augment_pad = augment_pad
+        self.buffer_device = buffer_device
+        super().__init__(
+            policy, env, learning_rate=learning_rate, buffer_size=buffer_size, learning_starts=learning_starts,
+            batch_size=batch_size, tau=tau, gamma=gamma, train_freq=train_freq, gradient_steps=gradient_steps,
+            replay_buffer_class=FrameReplayBuffer,
+            replay_buffer_kwargs={"n_step": n_step, "gamma": gamma, "buffer_device": buffer_device},
+            ent_coef=ent_coef, target_entropy=target_entropy, policy_kwargs=policy_kwargs, verbose=verbose,
+            seed=seed, device=device, _init_setup_model=False, **kwargs,
+        )
+        self._train_stats: dict[str, torch.Tensor] = {}
+        self._train_count = 0
+        # per-update critic FAU (0-dim, on device), drained by ReplayRatioCallback; bounded if nobody drains it
+        self.critic_fau_log: deque[torch.Tensor] = deque(maxlen=100_000)
+        if _init_setup_model:
+            self._setup_model()
+
+    def _create_aliases(self) -> None:
+        super()._create_aliases()
+        self.encoder = self.policy.encoder
+
+    def _excluded_save_params(self) -> list[str]:
+        return [*super()._excluded_save_params(), "encoder", "_train_stats", "critic_fau_log"]
+
+    # ------------------------------------------------------------------ the update
+    def update(self, batch: PixelBatch) -> dict[str, torch.Tensor]:
+        """One gradient update (critic + encoder, actor, temperature, target) on one batch.
+
+        Returns 0-dim device tensors: critic_loss, actor_loss, ent_coef, ent_coef_loss, critic_fau, q.
+        """
+        obs = random_shift(batch.observations, self.augment_pad)
+        next_obs = random_shift(batch.next_observations, self.augment_pad)
+        log_alpha = self.log_ent_coef if self.log_ent_coef is not None else None
+        alpha = log_alpha.detach().exp() if log_alpha is not None else self.ent_coef_tensor
+
+        h = self.encoder(obs)
+        with torch.no_grad():
+            h_next = self.encoder(next_obs)
+            next_action, next_log_prob = self.actor.action_log_prob(h_next)
+            tq1, tq2 = self.critic_target(h_next, next_action)
+            target_v = torch.min(tq1, tq2) - alpha * next_log_prob
+            target_q = batch.rewards + batch.discounts * target_v
+        q1, q2, critic_fau = self.critic.forward_with_fau(h, batch.actions)
+        critic_loss = F.mse_loss(q1, target_q) + F.mse_loss(q2, target_q)
+        self.critic.optimizer.zero_grad(set_to_none=True)
+        critic_loss.backward()
+        self.critic.optimizer.step()
+
+        h_actor = h.detach()
+        action, log_prob = self.actor.action_log_prob(h_actor)
+        aq1, aq2 = self.critic(h_actor, action)
+        actor_loss = (alpha * log_prob - torch.min(aq1, aq2)).mean()
+        self.actor.optimizer.zero_grad(set_to_none=True)
+        actor_loss.backward()
+        self.actor.optimizer.step()
+
+        if log_alpha is not None and self.ent_coef_optimizer is not None:
+            ent_coef_loss = -(log_alpha * (log_prob.detach() + self.target_entropy)).mean()
+            self.ent_coef_optimizer.zero_grad(set_to_none=True)
+            ent_coef_loss.backward()
+            self.ent_coef_optimizer.step()
+        else:
+            ent_coef_loss = torch.zeros((), device=obs.device)
+
+        with torch.no_grad():
+            online = list(self.critic.parameters())
+            target = list(self.critic_target.parameters())
+            torch._foreach_lerp_(target, online, self.tau)
+        return {"critic_loss": critic_loss.detach(), "actor_loss": actor_loss.detach(), "ent_coef": alpha.squeeze(),
+                "ent_coef_loss": ent_coef_loss.detach(), "critic_fau": critic_fau, "q": q1.detach().mean()}
+
+    def train(self, gradient_steps: int, batch_size: int = 256) -> None:
+        self.policy.set_training_mode(True)
+        optimizers = [self.actor.optimizer, self.critic.optimizer]
+        if self.ent_coef_optimizer is not None:
+            optimizers.append(self.ent_coef_optimizer)
+        self._update_learning_rate(optimizers)
+        for _ in range(gradient_steps):
+            stats = self.update(self.replay_buffer.sample(batch_size))
+            self.critic_fau_log.append(stats["critic_fau"])
+            for key, value in stats.items():
+                self._train_stats[key] = self._train_stats[key] + value if key in self._train_stats else value
+            self._train_count += 1
+        self._n_updates += gradient_steps
+
+    def pop_train_stats(self) -> dict[str, float]:
+        """Means of the update statistics since the last call, read from the device in one transfer.
+
+        Raises FloatingPointError on a non-finite loss, naming the update count and the usual fixes.
+        """
+        if not self._train_count:
+            return {}
+        keys = list(self._train_stats)
+        values = (torch.stack([self._train_stats[k].float() for k in keys]) / self._train_count).tolist()
+        self._train_stats, self._train_count = {}, 0
+        stats = dict(zip(keys, values))
+        bad = [k for k, v in stats.items() if not math.isfinite(v)]
+        if bad:
+            raise FloatingPointError(
+                f"non-finite {', '.join(bad)} at update {self._n_updates} (env step {self.num_timesteps}): training "
+                "diverged. Checkpoints and logs written so far are kept. Try a lower agent.learning_rate, a smaller "
+                "replay ratio, or check the env's rewards for NaN/inf."
+            )
+        return stats
+
+    def _dump_logs(self) -> None:
+        for key, value in self.pop_train_stats().items():
+            self.logger.record(f"train/{key}", value)
+        self.logger.record("train/n_updates", self._n_updates, exclude="tensorboard")
+        super()._dump_logs()

@@ -1,0 +1,85 @@
+"""Environment registry: `make(env_id, **options)` is the one way to build envs.
+
+Ids: `dmc:<domain>-<task>` (e.g. "dmc:walker-walk", "dmc:finger-turn_easy") and
+`metaworld:<task>-v3` (e.g. "metaworld:push-v3"). `list_ids()` lists them all.
+dm_control and metaworld are imported only when needed.
+"""
+
+from __future__ import annotations
+
+import difflib
+from typing import Any
+
+import gymnasium as gym
+
+from .sequences import SEQUENCES, sequence
+
+__all__ = ["make", "list_ids", "SEQUENCES", "sequence"]
+
+PREFIXES = ("dmc", "metaworld")
+
+
+def list_ids(prefix: str | None = None) -> list[str]:
+    """All valid env ids, optionally only those of `prefix` ("dmc" or "metaworld")."""
+    if prefix is not None and prefix not in PREFIXES:
+        raise ValueError(f"Unknown prefix {prefix!r}; valid prefixes: {PREFIXES}")
+    ids: list[str] = []
+    if prefix in (None, "dmc"):
+        from . import dmc
+
+        ids += [f"dmc:{domain}-{task}" for domain, task in dmc.all_tasks()]
+    if prefix in (None, "metaworld"):
+        from . import metaworld_env
+
+        ids += [f"metaworld:{name}" for name in metaworld_env.task_names()]
+    return ids
+
+
+def _unknown_id(env_id: str) -> ValueError:
+    matches = difflib.get_close_matches(env_id, list_ids(), n=5, cutoff=0.6)
+    hint = f"Did you mean: {', '.join(matches)}?" if matches else "No close matches."
+    return ValueError(
+        f"Unknown env id {env_id!r}. {hint} "
+        f"List valid ids with envs.list_ids() or envs.list_ids('dmc'|'metaworld')."
+    )
+
+
+def _check_options(env_id: str, options: dict[str, Any], allowed: tuple[str, ...]) -> None:
+    unknown = sorted(set(options) - set(allowed))
+    if unknown:
+        raise TypeError(
+            f"Unknown option(s) {unknown} for {env_id!r}; allowed: {', '.join(allowed)}"
+        )
+
+
+def make(env_id: str, **options: Any) -> gym.Env:
+    """Build the env `env_id`.
+
+    dmc options: pixels=True, size=84, frame_stack=3, action_repeat=2,
+    camera=None (2 for quadruped, else 0), seed=None.
+    metaworld options: seed=0 (fixes the goal), max_episode_steps=200.
+    Raises ValueError for unknown ids and TypeError for unknown options.
+    """
+    prefix, _, name = env_id.partition(":")
+    if prefix == "dmc":
+        from . import dmc
+
+        domain, _, task = name.partition("-")
+        if (domain, task) not in dmc.all_tasks():
+            raise _unknown_id(env_id)
+        _check_options(env_id, options, dmc.OPTIONS)
+        return dmc.DMCEnv(domain, task, **options)
+    if prefix == "metaworld":
+        from . import metaworld_env
+
+        if name not in metaworld_env.task_names():
+            raise _unknown_id(env_id)
+        _check_options(env_id, options, metaworld_env.OPTIONS)
+        return metaworld_env.MetaWorldEnv(name, **options)
+    raise _unknown_id(env_id)
+
+
+def check_id(env_id: str) -> None:
+    """Raises ValueError (with close matches) unless ``env_id`` is a valid id; builds nothing."""
+    if env_id not in list_ids():
+        raise _unknown_id(env_id)

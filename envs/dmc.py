@@ -1,0 +1,184 @@
+"""DeepMind Control Suite tasks as gymnasium envs (pixels or flat state).
+
+dm_control is imported lazily (inside functions) so that the MuJoCo OpenGL
+backend can be chosen before dm_control reads `MUJOCO_GL` at import time.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import deque
+from types import ModuleType
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+
+OPTIONS = ("pixels", "size", "frame_stack", "action_repeat", "camera", "seed")
+DEFAULT_CAMERA = {"quadruped": 2}  # every other domain uses camera 0
+
+_GL_ERROR = (
+    "No working MuJoCo OpenGL backend for pixel observations: tried MUJOCO_GL=egl "
+    "and MUJOCO_GL=osmesa. Install `libegl1` (EGL, for GPUs and Mesa) or `libosmesa6` "
+    "(OSMesa) via apt, or set MUJOCO_GL yourself."
+)
+_gl_backend: str | None = None  # backend chosen by setup_gl(), "" if none works
+
+
+def _gl_context_works(backend: str) -> bool:
+    """Try to create (and free) a tiny OpenGL context with `backend`."""
+    saved_platform = os.environ.get("PYOPENGL_PLATFORM")
+    try:
+        if backend == "egl":
+            from mujoco.egl import GLContext
+        else:
+            from mujoco.osmesa import GLContext
+        context = GLContext(8, 8)
+        context.make_current()
+        context.free()
+        return True
+    except Exception:  # missing library, no device, PyOpenGL platform clash, ...
+        if saved_platform is None:  # mujoco.egl/osmesa set it on import
+            os.environ.pop("PYOPENGL_PLATFORM", None)
+        return False
+
+
+def setup_gl(required: bool = True) -> str:
+    """Choose the MuJoCo GL backend; must run before dm_control is imported.
+
+    Keeps `MUJOCO_GL` if it is set; otherwise tries `egl`, then `osmesa`, and
+    sets `MUJOCO_GL` to the first that can create a context. Returns the backend
+    name ("" when none works); raises RuntimeError then if `required`.
+    """
+    global _gl_backend
+    if _gl_backend is None:
+        if os.environ.get("MUJOCO_GL"):
+            _gl_backend = os.environ["MUJOCO_GL"]
+        else:
+            _gl_backend = ""
+            for backend in ("egl", "osmesa"):
+                if _gl_context_works(backend):
+                    os.environ["MUJOCO_GL"] = backend
+                    _gl_backend = backend
+                    break
+    if required and not _gl_backend:
+        raise RuntimeError(_GL_ERROR)
+    return _gl_backend
+
+
+def _suite() -> ModuleType:
+    """Import and return `dm_control.suite`, choosing the GL backend first."""
+    setup_gl(required=False)
+    from dm_control import suite
+
+    return suite
+
+
+def all_tasks() -> list[tuple[str, str]]:
+    """All (domain, task) pairs of the installed dm_control suite."""
+    return list(_suite().ALL_TASKS)
+
+
+class DMCEnv(gym.Env):
+    """One dm_control suite task.
+
+    Observations: pixels -> uint8 (frame_stack*3, size, size), channel-first,
+    frames oldest->newest; state -> float32 (D,), the dm_control observation
+    dict flattened in its order. Actions: float32 in [-1, 1], rescaled linearly
+    to the task's action bounds, repeated `action_repeat` physics (control)
+    steps; reward is summed over them. Episodes end after dm_control's time
+    limit (1000 control steps for the standard tasks) with truncated=True;
+    terminated is always False. `info["frames"]` counts control steps since reset.
+    """
+
+    metadata = {"render_modes": ["rgb_array"]}
+
+    def __init__(
+        self,
+        domain: str,
+        task: str,
+        *,
+        pixels: bool = True,
+        size: int = 84,
+        frame_stack: int = 3,
+        action_repeat: int = 2,
+        camera: int | None = None,
+        seed: int | None = None,
+    ) -> None:
+        if size < 1 or frame_stack < 1 or action_repeat < 1:
+            raise ValueError(
+                f"size, frame_stack and action_repeat must be >= 1, got "
+                f"{size}, {frame_stack}, {action_repeat}"
+            )
+        if pixels:
+            setup_gl(required=True)
+        self._env = _suite().load(domain, task, task_kwargs={"random": seed})
+        self._pixels = pixels
+        self._size = size
+        self._frame_stack = frame_stack
+        self._action_repeat = action_repeat
+        self.camera = DEFAULT_CAMERA.get(domain, 0) if camera is None else camera
+        self.render_mode = "rgb_array"
+
+        spec = self._env.action_spec()
+        self._act_low = np.broadcast_to(spec.minimum, spec.shape).astype(np.float64)
+        self._act_high = np.broadcast_to(spec.maximum, spec.shape).astype(np.float64)
+        self.action_space = gym.spaces.Box(-1.0, 1.0, spec.shape, np.float32)
+        if pixels:
+            shape = (3 * frame_stack, size, size)
+            self.observation_space = gym.spaces.Box(0, 255, shape, np.uint8)
+        else:
+            dim = sum(int(np.prod(s.shape)) for s in self._env.observation_spec().values())
+            self.observation_space = gym.spaces.Box(-np.inf, np.inf, (dim,), np.float32)
+        self._stack: deque[np.ndarray] = deque(maxlen=frame_stack)
+        self._frames = 0
+
+    def reset(
+        self, *, seed: int | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[np.ndarray, dict[str, Any]]:
+        """Start an episode; a `seed` re-seeds dm_control's task RandomState."""
+        super().reset(seed=seed)
+        if seed is not None:
+            self._env.task.random.seed(seed)  # same state as RandomState(seed)
+        time_step = self._env.reset()
+        self._frames = 0
+        return self._observe(time_step, first=True), {"frames": 0}
+
+    def step(
+        self, action: np.ndarray
+    ) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
+        """Apply `action` (shape action_space.shape, in [-1, 1]) action_repeat times."""
+        unit = np.clip(np.asarray(action, dtype=np.float64), -1.0, 1.0)
+        scaled = self._act_low + (unit + 1.0) * 0.5 * (self._act_high - self._act_low)
+        reward = 0.0
+        for _ in range(self._action_repeat):
+            time_step = self._env.step(scaled)
+            self._frames += 1
+            reward += float(time_step.reward or 0.0)
+            if time_step.last():
+                break
+        obs = self._observe(time_step)
+        return obs, reward, False, bool(time_step.last()), {"frames": self._frames}
+
+    @property
+    def dm_env(self) -> Any:
+        """The wrapped `dm_control.rl.control.Environment` (physics, task, specs)."""
+        return self._env
+
+    def render(self) -> np.ndarray:
+        """Current camera image, uint8 (size, size, 3)."""
+        return self._env.physics.render(self._size, self._size, camera_id=self.camera)
+
+    def close(self) -> None:
+        self._env.close()
+
+    def _observe(self, time_step: Any, first: bool = False) -> np.ndarray:
+        if not self._pixels:
+            parts = [np.asarray(v, dtype=np.float32).ravel() for v in time_step.observation.values()]
+            return np.concatenate(parts)
+        frame = self.render().transpose(2, 0, 1).copy()
+        if first:
+            self._stack.extend([frame] * self._frame_stack)
+        else:
+            self._stack.append(frame)
+        return np.concatenate(self._stack, axis=0)

@@ -1,0 +1,98 @@
+"""Meta-World (v3) tasks as gymnasium envs with Continual World conventions.
+
+Importing this module patches metaworld 3.0.0 so it runs on MuJoCo >= 3.3.1
+(see `_reset_mocap_welds` below).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import gymnasium as gym
+import metaworld
+import mujoco
+import numpy as np
+from metaworld.env_dict import ALL_V3_ENVIRONMENTS
+from metaworld.sawyer_xyz_env import SawyerMocapBase
+
+OPTIONS = ("seed", "max_episode_steps")
+
+# --- Compatibility patch for metaworld 3.0.0 with MuJoCo >= 3.3.1 -------------
+# metaworld's SawyerMocapBase.reset_mocap_welds (called from its __init__)
+# assigns an 11-long array to each weld row of `model.eq_data`. MuJoCo 3.3.1
+# widened eq_data to mjNEQDATA = 12 columns, so the assignment raises a numpy
+# broadcast error and no task can even be constructed. The weld layout of the
+# first 11 fields is unchanged (anchor[3], relpose pos[3] + quat[4],
+# torquescale[1]); the 12th is new and only tells the compiler whether relpose
+# was given, so we write metaworld's 11 values into the first 11 columns and
+# leave the rest as compiled. Same values as metaworld otherwise.
+_WELD_DATA = np.array([0.0, 0.0, 0.0, 0.0, 0.0, 0.0, -1.0, 0.0, 0.0, 0.0, 5.0])
+
+
+def _reset_mocap_welds(self: SawyerMocapBase) -> None:
+    """Reset the mocap welds used for actuation (width-agnostic metaworld copy)."""
+    if self.model.nmocap > 0 and self.model.eq_data is not None:
+        for i in range(self.model.eq_data.shape[0]):
+            if self.model.eq_type[i] == mujoco.mjtEq.mjEQ_WELD:
+                self.model.eq_data[i, : len(_WELD_DATA)] = _WELD_DATA
+
+
+SawyerMocapBase.reset_mocap_welds = _reset_mocap_welds
+# ------------------------------------------------------------------------------
+
+
+def task_names() -> list[str]:
+    """All Meta-World v3 task names, e.g. "push-v3"."""
+    return list(ALL_V3_ENVIRONMENTS)
+
+
+class MetaWorldEnv(gym.Env):
+    """One Meta-World task with a goal fixed by `seed`.
+
+    The task (goal and initial object positions) is the first of the 50 that
+    metaworld's MT1 benchmark samples with `seed`, so every reset starts the
+    same. Observations: float32 (39,) (goal included). Actions: float32 (4,)
+    in [-1, 1]. Episodes truncate after `max_episode_steps` (Continual World:
+    200); terminated is always False. `info["success"]` is 0.0 or 1.0.
+    """
+
+    metadata = {"render_modes": []}
+
+    def __init__(self, task: str, *, seed: int = 0, max_episode_steps: int = 200) -> None:
+        if max_episode_steps < 1:
+            raise ValueError(f"max_episode_steps must be >= 1, got {max_episode_steps}")
+        benchmark = metaworld.MT1(task, seed=seed)
+        self._env = benchmark.train_classes[task]()
+        self._env.set_task(benchmark.train_tasks[0])
+        # metaworld raises if stepped past max_path_length; align it with ours.
+        self._env.max_path_length = max_episode_steps
+        self._max_episode_steps = max_episode_steps
+        self._steps = 0
+        space = self._env.sawyer_observation_space
+        self.observation_space = gym.spaces.Box(
+            space.low.astype(np.float32), space.high.astype(np.float32), dtype=np.float32
+        )
+        self.action_space = gym.spaces.Box(-1.0, 1.0, (4,), np.float32)
+
+    def reset(
+        self, *, seed: int | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[np.ndarray, dict[str, Any]]:
+        """Start an episode (always from the same fixed task state)."""
+        super().reset(seed=seed)
+        obs, info = self._env.reset()
+        self._steps = 0
+        return obs.astype(np.float32), info
+
+    def step(
+        self, action: np.ndarray
+    ) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
+        """Step with `action` of shape (4,) in [-1, 1]."""
+        action = np.clip(np.asarray(action, dtype=np.float32), -1.0, 1.0)
+        obs, reward, _, _, info = self._env.step(action)
+        self._steps += 1
+        info["success"] = float(info["success"])
+        truncated = self._steps >= self._max_episode_steps
+        return obs.astype(np.float32), float(reward), False, truncated, info
+
+    def close(self) -> None:
+        self._env.close()

@@ -1,0 +1,5 @@
+import sys
+
+from plasticrl.cli import main
+
+sys.exit(main())

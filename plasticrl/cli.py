@@ -1,0 +1,208 @@
+"""``plasticrl`` command line: train, eval, plot, bench.
+
+argparse (standard library) keeps the CLI dependency-free and its help text plain; config validation is pydantic's
+(see plasticrl.config).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from plasticrl import config as cfgmod
+
+
+def resolve_device(device: str) -> str:
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise cfgmod.ConfigError("run.device=cuda but torch sees no CUDA device; use run.device=auto or cpu")
+    return device
+
+
+def env_options(cfg: cfgmod.Config) -> dict[str, Any]:
+    e = cfg.env
+    if not e.pixels:
+        return {"pixels": False, "action_repeat": e.action_repeat}
+    return {"pixels": True, "size": e.size, "frame_stack": e.frame_stack, "action_repeat": e.action_repeat}
+
+
+def make_vec_env(cfg: cfgmod.Config, seed: int, n_envs: int | None = None) -> Any:
+    """SB3 VecEnv of ``n_envs`` monitored ``envs.make`` envs; seeds seed, seed+1, ..."""
+    from stable_baselines3.common.env_util import make_vec_env as sb3_make_vec_env
+    from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv
+
+    import envs
+
+    n = n_envs or cfg.env.n_envs
+    kind = cfg.env.vec_env if cfg.env.vec_env != "auto" else ("subproc" if n > 1 else "dummy")
+    options = env_options(cfg)
+    env_id = cfg.env.id
+    return sb3_make_vec_env(lambda: envs.make(env_id, **options), n_envs=n, seed=seed,
+                            vec_env_cls=SubprocVecEnv if kind == "subproc" else DummyVecEnv)
+
+
+def build_controller(cfg: cfgmod.Config) -> Any:
+    from plasticrl.replay_ratio import AdaptiveReplayRatio, StaticReplayRatio
+
+    rr = cfg.replay_ratio
+    if rr.kind == "static":
+        return StaticReplayRatio(rr.ratio)
+    return AdaptiveReplayRatio(low=rr.low, high=rr.high, check_every=rr.check_every, unit=rr.unit,
+                               tolerance=rr.tolerance)
+
+
+def build_agent(cfg: cfgmod.Config, env: Any, device: str) -> Any:
+    from agents import DrQ
+
+    a = cfg.agent
+    if not cfg.env.pixels:
+        raise cfgmod.ConfigError("agent.kind=drq needs pixel observations: set env.pixels=true")
+    return DrQ("CnnPolicy", env, learning_rate=a.learning_rate, buffer_size=a.buffer_size,
+               learning_starts=a.learning_starts, batch_size=a.batch_size, tau=a.tau, gamma=a.gamma,
+               train_freq=1, gradient_steps=0, n_step=a.n_step, ent_coef=f"auto_{a.init_temperature}",
+               augment_pad=a.augment_pad, buffer_device=a.buffer_device,
+               policy_kwargs={"feature_dim": a.feature_dim, "hidden_dim": a.hidden_dim},
+               seed=cfg.run.seed, device=device, verbose=0)
+
+
+def check_env_id(env_id: str) -> None:
+    import envs
+
+    try:
+        envs.check_id(env_id)
+    except ValueError as exc:
+        raise cfgmod.ConfigError(f"env.id: {exc}") from None
+
+
+def train(cfg: cfgmod.Config) -> Path:
+    """Trains one run from a validated config; returns its run folder."""
+    from plasticrl import sb3 as adapters
+    from plasticrl.logging import RunLogger, make_run_dir
+
+    check_env_id(cfg.env.id)
+    device = resolve_device(cfg.run.device)
+    run_dir = make_run_dir(cfg.run.out_dir, cfg.run.name, cfg.run.seed)
+    (run_dir / "config.yaml").write_text(cfgmod.dump(cfg))
+    w = cfg.logging.wandb
+    wandb_settings = {
+        "mode": w.mode, "project": w.project, "entity": w.entity, "group": w.group or cfg.run.name,
+        "tags": w.tags or [cfg.agent.kind, cfg.env.id, f"rr-{cfg.replay_ratio.kind}"],
+        "name": w.name or f"{cfg.run.name}-s{cfg.run.seed}",
+    }
+    run_logger = RunLogger(run_dir, cfg.model_dump(mode="json"), wandb_settings)
+    print(f"run folder: {run_dir}  (device {device})", flush=True)
+    env = eval_env = model = None
+    try:
+        env = make_vec_env(cfg, cfg.run.seed)
+        eval_env = make_vec_env(cfg, cfg.run.seed + 10_000, n_envs=1)
+        model = build_agent(cfg, env, device)
+        callbacks = [
+            adapters.EpisodeLogCallback(run_logger, cfg.logging.print_episodes),
+            adapters.ReplayRatioCallback(build_controller(cfg), run_logger),
+            adapters.EvalCallback(eval_env, run_logger, cfg.eval.every, cfg.eval.episodes),
+            adapters.CheckpointCallback(run_dir / "checkpoints", cfg.run.checkpoint_every),
+        ]
+        m = cfg.monitor
+        if m.enabled:
+            callbacks.insert(1, adapters.PlasticityCallback(run_logger, every=m.every, batch_size=m.batch_size,
+                                                            tau=m.tau, delta=m.delta, groups=m.groups,
+                                                            histograms_every=m.histograms_every))
+        model.learn(cfg.run.total_steps, callback=callbacks, progress_bar=cfg.run.progress_bar)
+        model.save(run_dir / "checkpoints" / "final.zip")
+    finally:
+        run_logger.close()
+        for e in (env, eval_env):
+            if e is not None:
+                e.close()
+    if cfg.logging.plots:
+        from plasticrl.plots import plot_runs
+
+        plot_runs([run_dir], run_dir / "plots" / "dashboard.png")
+    print(f"done: {run_dir}", flush=True)
+    return run_dir
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    cfg = cfgmod.load(args.config, args.set)
+    train(cfg)
+    return 0
+
+
+def _cmd_plot(args: argparse.Namespace) -> int:
+    from plasticrl.plots import plot_runs
+
+    out = plot_runs([Path(p) for p in args.run_dirs], Path(args.out) if args.out else None)
+    print(out)
+    return 0
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from stable_baselines3.common.evaluation import evaluate_policy
+
+    from agents import DrQ
+
+    run_dir = Path(args.run_dir)
+    cfg = cfgmod.load(run_dir / "config.yaml")
+    ckpt = Path(args.checkpoint) if args.checkpoint else run_dir / "checkpoints" / "final.zip"
+    env = make_vec_env(cfg, cfg.run.seed + 20_000, n_envs=1)
+    model = DrQ.load(ckpt, device=resolve_device(args.device), buffer_size=100)
+    mean, std = evaluate_policy(model, env, n_eval_episodes=args.episodes, deterministic=True)
+    print(f"{ckpt}: return {mean:.2f} +- {std:.2f} over {args.episodes} episodes")
+    return 0
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from plasticrl.bench import main as bench_main
+
+    return bench_main(args)
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="plasticrl", description="Reinforcement-learning plasticity lab.")
+    sub = p.add_subparsers(dest="command", required=True)
+    t = sub.add_parser("train", help="train an agent from a YAML config")
+    t.add_argument("config", help="YAML config, e.g. configs/quickstart.yaml")
+    t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config key, e.g. --set replay_ratio.kind=adaptive (repeatable)")
+    t.set_defaults(func=_cmd_train)
+    e = sub.add_parser("eval", help="evaluate a run's checkpoint")
+    e.add_argument("run_dir")
+    e.add_argument("--checkpoint", default=None, help="default: <run_dir>/checkpoints/final.zip")
+    e.add_argument("--episodes", type=int, default=10)
+    e.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    e.set_defaults(func=_cmd_eval)
+    pl = sub.add_parser("plot", help="PNG dashboard from run folders' metrics.jsonl")
+    pl.add_argument("run_dirs", nargs="+")
+    pl.add_argument("--out", default=None, help="PNG path (default: <first run>/plots/dashboard.png)")
+    pl.set_defaults(func=_cmd_plot)
+    b = sub.add_parser("bench", help="update-step and training-throughput benchmark")
+    b.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    b.add_argument("--quick", action="store_true", help="small sizes, for CPU")
+    b.add_argument("--batch-size", type=int, default=256)
+    b.add_argument("--updates", type=int, default=50)
+    b.add_argument("--train-steps", type=int, default=2000, help="agent steps of the end-to-end run (0: skip)")
+    b.add_argument("--n-envs", type=int, default=1)
+    b.add_argument("--json", default=None, help="also write results to this JSON file")
+    b.set_defaults(func=_cmd_bench)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except cfgmod.ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except FloatingPointError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 3
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,151 @@
+"""Metric sinks of a run: a JSONL file (always) and Weights & Biases (offline by default).
+
+Every record is a flat dict of floats logged against ``env_step``. W&B never takes training down: if it fails to
+start or to log, a warning says why, W&B is switched off for the rest of the run, and the JSONL log stays complete.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+import warnings
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+STEP_KEY = "env_step"
+
+
+def make_run_dir(out_dir: str | Path, name: str, seed: int) -> Path:
+    """``<out_dir>/<name>/<seed>-<YYYYmmdd-HHMMSS>/`` with ``checkpoints/`` and ``plots/``; never reuses a folder."""
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    base = Path(out_dir) / name
+    run_dir = base / f"{seed}-{stamp}"
+    n = 1
+    while run_dir.exists():
+        n += 1
+        run_dir = base / f"{seed}-{stamp}-{n}"
+    (run_dir / "checkpoints").mkdir(parents=True)
+    (run_dir / "plots").mkdir()
+    return run_dir
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None if math.isnan(value) else ("inf" if value > 0 else "-inf")
+    return value
+
+
+class JsonlSink:
+    """Appends one JSON object per record to ``path``, flushed at once (a crash loses no record)."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115
+
+    def write(self, record: dict[str, Any]) -> None:
+        self._file.write(json.dumps({k: _jsonable(v) for k, v in record.items()}) + "\n")
+        self._file.flush()
+
+    def close(self) -> None:
+        self._file.close()
+
+
+class WandbSink:
+    """A W&B run in ``<run_dir>/wandb``; every metric uses ``env_step`` as its x-axis."""
+
+    def __init__(self, run_dir: Path, config: dict[str, Any], mode: str = "offline", project: str = "plasticrl",
+                 entity: str | None = None, group: str | None = None, tags: list[str] | None = None,
+                 name: str | None = None):
+        import wandb  # imported here: W&B is optional at run time (mode: disabled never imports it)
+
+        self._wandb = wandb
+        self.run = wandb.init(dir=str(run_dir), mode=mode, project=project, entity=entity, group=group, tags=tags,
+                              name=name, config=config, reinit="create_new",
+                              settings=wandb.Settings(console="off", x_disable_stats=True, silent=True))
+        self.run.define_metric(STEP_KEY)
+        self.run.define_metric("*", step_metric=STEP_KEY)
+
+    def write(self, record: dict[str, Any]) -> None:
+        self.run.log(record)
+
+    def histograms(self, values: dict[str, Any], step: int) -> None:
+        self.run.log({STEP_KEY: step, **{k: self._wandb.Histogram(v) for k, v in values.items()}})
+
+    def close(self) -> None:
+        self.run.finish()
+
+
+class RunLogger:
+    """Fans records out to the JSONL sink and, when enabled, to W&B; prints nothing itself.
+
+    :param run_dir: the run folder; ``metrics.jsonl`` and ``wandb/`` go there.
+    :param wandb_settings: keyword arguments of ``WandbSink`` (``mode`` ``disabled`` skips W&B entirely).
+    """
+
+    def __init__(self, run_dir: str | Path, config: dict[str, Any], wandb_settings: dict[str, Any] | None = None):
+        self.run_dir = Path(run_dir)
+        self.jsonl = JsonlSink(self.run_dir / "metrics.jsonl")
+        self.wandb: WandbSink | None = None
+        self.started = time.time()
+        settings = dict(wandb_settings or {})
+        if settings.get("mode", "offline") != "disabled":
+            try:
+                self.wandb = WandbSink(self.run_dir, config, **settings)
+            except Exception as exc:  # noqa: BLE001 - W&B must never take training down
+                self._warn(f"W&B could not start ({type(exc).__name__}: {exc}); training goes on with "
+                           "metrics.jsonl only. Set logging.wandb.mode=offline or disabled, or run `wandb login`.")
+
+    @staticmethod
+    def _warn(message: str) -> None:
+        warnings.warn(message, RuntimeWarning, stacklevel=3)
+
+    def _wandb_call(self, method: str, *args: Any) -> None:
+        if self.wandb is None:
+            return
+        try:
+            getattr(self.wandb, method)(*args)
+        except Exception as exc:  # noqa: BLE001
+            self._warn(f"W&B failed to log ({type(exc).__name__}: {exc}); W&B is off for the rest of this run, "
+                       "metrics.jsonl stays complete.")
+            self.wandb = None
+
+    def log(self, metrics: dict[str, float], step: int) -> None:
+        """Writes ``metrics`` at ``env_step = step`` (plus wall time in seconds since start)."""
+        record = {STEP_KEY: int(step), "time/wall_s": round(time.time() - self.started, 3), **metrics}
+        self.jsonl.write(record)
+        self._wandb_call("write", record)
+
+    def log_histograms(self, values: dict[str, Any], step: int) -> None:
+        """Per-unit distributions (1-D arrays) to W&B only."""
+        self._wandb_call("histograms", values, int(step))
+
+    def close(self) -> None:
+        self.jsonl.close()
+        if self.wandb is not None:
+            try:
+                self.wandb.close()
+            except Exception as exc:  # noqa: BLE001
+                self._warn(f"W&B failed to finish ({exc}); its offline files may be incomplete")
+            self.wandb = None
+
+
+def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
+    """The records of a ``metrics.jsonl`` file (a run folder is accepted too)."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "metrics.jsonl"
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def wandb_dir_files(run_dir: str | Path) -> list[str]:
+    """Paths of W&B's files under a run folder (empty when W&B was disabled)."""
+    root = Path(run_dir) / "wandb"
+    return [str(p) for p in root.rglob("*") if p.is_file()] if root.exists() else []
+
+
+__all__ = ["STEP_KEY", "JsonlSink", "RunLogger", "WandbSink", "make_run_dir", "read_jsonl", "wandb_dir_files"]
+os.environ.setdefault("WANDB_SILENT", "true")

@@ -1,0 +1,168 @@
+"""Plasticity metrics: pure functions on tensors.
+
+Every function works on any device, returns tensors on the input's device,
+computes in float32 and never synchronises with the host (no ``.item()``,
+``float()``, ``.cpu()``, ``if tensor:``); the caller decides when to transfer.
+The only exception is :func:`singular_values`, whose CPU fallback (taken only
+after an SVD failure on an accelerator) copies the matrix to the host.
+
+Conventions:
+    activations: ``(batch, units)`` or ``(batch, channels, *spatial)``; dim 1
+        is the unit dimension (a conv channel is one unit).
+    features: ``(batch, ...)``; flattened to ``(batch, dim)`` per sample.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+from torch import Tensor, nn
+
+__all__ = [
+    "dormant_scores",
+    "dormant_mask",
+    "dormant_ratio",
+    "fau",
+    "singular_values",
+    "srank",
+    "effective_rank",
+    "weight_norm",
+    "grad_norm",
+    "feature_norm",
+]
+
+logger = logging.getLogger(__name__)
+_svd_fallback_warned = False
+
+# Smallest positive normal float32: dividing by max(x, _TINY) is exact for any
+# normal x > 0 and turns 0 / 0 into 0 / _TINY = 0 instead of NaN.
+_TINY = torch.finfo(torch.float32).tiny
+
+
+def _unit_reduce_dims(activations: Tensor) -> list[int]:
+    """All dims except dim 1 (the unit / channel dim)."""
+    if activations.dim() < 2:
+        raise ValueError(
+            f"activations must be (batch, units, ...), got shape {tuple(activations.shape)}"
+        )
+    return [d for d in range(activations.dim()) if d != 1]
+
+
+def _as_matrix(features: Tensor) -> Tensor:
+    """``(batch, ...)`` -> float32 ``(batch, dim)``."""
+    if features.dim() < 1:
+        raise ValueError("features must have a batch dimension")
+    return features.detach().reshape(features.shape[0], -1).float()
+
+
+def dormant_scores(activations: Tensor) -> Tensor:
+    """Normalised activity score per unit, shape ``(units,)``, float32.
+
+    ``s_i = mean_x |h_i(x)| / mean_j(mean_x |h_j(x)|)``, the mean taken over the
+    batch and, for conv maps, over all spatial positions (Sokar et al. 2023).
+    A layer whose activations are all zero gets all-zero scores (not NaN).
+    """
+    per_unit = activations.detach().float().abs().mean(dim=_unit_reduce_dims(activations))
+    return per_unit / per_unit.mean().clamp_min(_TINY)
+
+
+def dormant_mask(activations: Tensor, tau: float = 0.025) -> Tensor:
+    """Bool ``(units,)``: ``dormant_scores <= tau``. All-zero layer: all dormant."""
+    return dormant_scores(activations) <= tau
+
+
+def dormant_ratio(activations: Tensor, tau: float = 0.025) -> Tensor:
+    """Fraction of dormant units in ``[0, 1]``, 0-dim float32."""
+    return dormant_mask(activations, tau).float().mean()
+
+
+def fau(activations: Tensor) -> Tensor:
+    """Fraction of active units (Ma et al. 2024), 0-dim float32.
+
+    Share of all entries (batch x units x spatial) that are ``> 0``. The same
+    rule is used for every activation function (also Tanh / Sigmoid, where it
+    is less meaningful: Sigmoid outputs are always > 0).
+    """
+    return (activations.detach() > 0).float().mean()
+
+
+def singular_values(features: Tensor) -> Tensor:
+    """Singular values of ``features`` flattened to ``(batch, dim)``, float32, descending.
+
+    Shape ``(min(batch, dim),)`` on the input's device. If ``torch.linalg.svdvals``
+    raises on a non-CPU tensor (e.g. a cuSOLVER error / non-convergence) the SVD
+    is recomputed on the CPU for that call (a host sync) and a warning is logged
+    once per process.
+    """
+    global _svd_fallback_warned
+    matrix = _as_matrix(features)
+    try:
+        return torch.linalg.svdvals(matrix)
+    except RuntimeError as err:
+        if matrix.device.type == "cpu":
+            raise
+        if not _svd_fallback_warned:
+            _svd_fallback_warned = True
+            logger.warning(
+                "torch.linalg.svdvals failed on %s (%s); falling back to CPU "
+                "(warned once)", matrix.device, err
+            )
+        return torch.linalg.svdvals(matrix.cpu()).to(matrix.device)
+
+
+def srank(features: Tensor, delta: float = 0.01) -> Tensor:
+    """Effective feature rank of Kumar et al. 2021, 0-dim int64.
+
+    Smallest ``k`` with ``sum_{i<=k} sigma_i >= (1 - delta) * sum_i sigma_i``
+    (``sigma`` descending). All-zero features give 0.
+    """
+    sigma = singular_values(features)
+    cumulative = sigma.cumsum(0)
+    total = cumulative[-1]
+    # Number of leading partial sums still below the threshold, plus one.
+    k = (cumulative < (1.0 - delta) * total).sum() + 1
+    k = k.clamp_max(sigma.numel())
+    return torch.where(total > 0, k, torch.zeros_like(k))
+
+
+def effective_rank(features: Tensor) -> Tensor:
+    """Effective rank ``exp(H(p))``, ``p = sigma / sum(sigma)`` (Roy & Vetterli 2007).
+
+    0-dim float32 in ``[1, min(batch, dim)]``; ``0 log 0 = 0``. All-zero
+    features give 0 (consistent with ``srank``).
+    """
+    sigma = singular_values(features)
+    total = sigma.sum()
+    p = sigma / total.clamp_min(_TINY)
+    entropy = -torch.xlogy(p, p).sum()
+    return torch.where(total > 0, entropy.exp(), torch.zeros_like(entropy))
+
+
+def _global_norm(tensors: list[Tensor], device: torch.device) -> Tensor:
+    """L2 norm of the concatenation of ``tensors`` (0 if empty), float32."""
+    if not tensors:
+        return torch.zeros((), device=device)
+    norms = torch.stack([torch.linalg.vector_norm(t.detach().float()) for t in tensors])
+    return torch.linalg.vector_norm(norms)
+
+
+def _first_device(module: nn.Module) -> torch.device:
+    param = next(module.parameters(), None)
+    return param.device if param is not None else torch.device("cpu")
+
+
+def weight_norm(module: nn.Module) -> Tensor:
+    """Global L2 norm of all parameters of ``module`` (shared ones once), 0-dim float32."""
+    return _global_norm(list(module.parameters()), _first_device(module))
+
+
+def grad_norm(module: nn.Module) -> Tensor:
+    """Global L2 norm of all ``.grad`` present on ``module``'s parameters; 0 if none."""
+    grads = [p.grad for p in module.parameters() if p.grad is not None]
+    return _global_norm(grads, _first_device(module))
+
+
+def feature_norm(features: Tensor) -> Tensor:
+    """Mean over samples of the per-sample L2 norm of ``features`` ``(batch, ...)``, 0-dim float32."""
+    return torch.linalg.vector_norm(_as_matrix(features), dim=1).mean()

@@ -1,0 +1,99 @@
+"""PNG dashboards from run folders' ``metrics.jsonl`` (no W&B needed).
+
+Panels: episode and evaluation return, replay ratio in force, and for each monitored group its dormant ratio, FAU
+and srank, all over env steps. Runs are grouped by config (the run folder's parent, ``runs/<name>/``); a group of
+several seeds is drawn as its mean with a shaded band of one standard deviation, groups side by side in colour.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+from plasticrl.logging import STEP_KEY, read_jsonl
+
+GROUP_METRICS = ("dormant_ratio", "fau", "srank")
+
+
+def series(records: list[dict], key: str) -> tuple[np.ndarray, np.ndarray]:
+    """(env steps, values) of every record that has ``key`` with a number."""
+    pts = [(r[STEP_KEY], r[key]) for r in records if isinstance(r.get(key), (int, float))]
+    if not pts:
+        return np.empty(0), np.empty(0)
+    steps, values = zip(*pts)
+    return np.asarray(steps, dtype=float), np.asarray(values, dtype=float)
+
+
+def panel_keys(runs: list[list[dict]]) -> list[tuple[str, list[str]]]:
+    """(title, keys) per panel, for the keys these runs contain."""
+    keys = {k for records in runs for r in records for k in r}
+    groups = sorted({k.split("/")[1] for k in keys if k.startswith("plasticity/") and k.count("/") == 2})
+    panels = [("return", [k for k in ("train/episode_return", "eval/return_mean") if k in keys]),
+              ("replay ratio", [k for k in ("replay_ratio/ratio",) if k in keys])]
+    for group in groups:
+        for metric in GROUP_METRICS:
+            key = f"plasticity/{group}/{metric}"
+            if key in keys:
+                panels.append((f"{group} {metric}", [key]))
+    return [(title, ks) for title, ks in panels if ks]
+
+
+def _mean_band(curves: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Mean and std over seeds on the union of their steps (each seed interpolated, within its own range)."""
+    grid = np.unique(np.concatenate([s for s, _ in curves]))
+    stacked = np.full((len(curves), len(grid)), np.nan)
+    for i, (s, v) in enumerate(curves):
+        inside = (grid >= s.min()) & (grid <= s.max())
+        stacked[i, inside] = np.interp(grid[inside], s, v)
+    with np.errstate(all="ignore"):
+        return grid, np.nanmean(stacked, axis=0), np.nanstd(stacked, axis=0)
+
+
+def plot_runs(run_dirs: list[Path], out: Path | None = None) -> Path:
+    """Draws the dashboard of ``run_dirs`` into ``out`` (default ``<first run>/plots/dashboard.png``)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    run_dirs = [Path(d) for d in run_dirs]
+    missing = [str(d) for d in run_dirs if not (d / "metrics.jsonl").is_file()]
+    if missing:
+        raise FileNotFoundError(f"no metrics.jsonl in {', '.join(missing)}: pass run folders written by "
+                                "`plasticrl train` (runs/<name>/<seed>-<time>/)")
+    by_config: dict[str, list[list[dict]]] = defaultdict(list)
+    for d in run_dirs:
+        by_config[d.parent.name].append(read_jsonl(d))
+    panels = panel_keys([r for runs in by_config.values() for r in runs])
+    if not panels:
+        raise ValueError("these runs logged nothing to plot yet (no returns, replay ratio or plasticity metrics)")
+    cols = min(3, len(panels))
+    rows = -(-len(panels) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(5 * cols, 3.2 * rows), squeeze=False)
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for ax, (title, keys) in zip(axes.flat, panels):
+        for ci, (config, runs) in enumerate(sorted(by_config.items())):
+            for ki, key in enumerate(keys):
+                curves = [c for c in (series(r, key) for r in runs) if len(c[0])]
+                if not curves:
+                    continue
+                steps, mean, std = _mean_band(curves)
+                label = config if len(keys) == 1 else f"{config} {key.split('/')[0]}"
+                style = "-" if ki == 0 else "--"
+                ax.plot(steps, mean, style, color=colors[ci % len(colors)], label=label, lw=1.5)
+                if len(curves) > 1:
+                    ax.fill_between(steps, mean - std, mean + std, color=colors[ci % len(colors)], alpha=0.2)
+        ax.set_title(title)
+        ax.set_xlabel("env steps")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    for ax in list(axes.flat)[len(panels):]:
+        ax.axis("off")
+    fig.tight_layout()
+    out = Path(out) if out else run_dirs[0] / "plots" / "dashboard.png"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out

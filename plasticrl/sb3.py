@@ -1,0 +1,279 @@
+"""The SB3 adapter: callbacks that drive the core (monitor, replay-ratio controller, logging) inside ``model.learn``.
+
+This is the only core module that imports stable-baselines3.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from stable_baselines3.common.base_class import BaseAlgorithm
+from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.evaluation import evaluate_policy
+from torch import nn
+
+from plasticrl.logging import RunLogger
+from plasticrl.monitor import PlasticityMonitor
+from plasticrl.replay_ratio import ReplayRatioController
+
+DEFAULT_GROUPS = ("encoder", "actor", "critic")
+
+
+def default_groups(model: BaseAlgorithm, names: tuple[str, ...] | list[str] = DEFAULT_GROUPS) -> dict[str, nn.Module]:
+    """Module groups of an SB3 off-policy agent: ``encoder`` (the features extractor, or DrQ's encoder),
+    ``actor``, ``critic``, ``critic_target``."""
+    policy = model.policy
+    found: dict[str, Any] = {
+        "encoder": getattr(policy, "encoder", None) or getattr(getattr(policy, "actor", None), "features_extractor", None),
+        "actor": getattr(policy, "actor", None),
+        "critic": getattr(policy, "critic", None),
+        "critic_target": getattr(policy, "critic_target", None),
+    }
+    groups = {}
+    for name in names:
+        if found.get(name) is None:
+            raise ValueError(f"monitor group {name!r}: {type(model).__name__} has no such module; "
+                             f"available: {[k for k, v in found.items() if v is not None]}")
+        groups[name] = found[name]
+    return groups
+
+
+def probe_forward(model: BaseAlgorithm, batch: Any) -> Callable[[], None]:
+    """A forward pass of every group on a replay batch: DrQ's encoder -> actor and critic (and target)."""
+    policy = model.policy
+
+    def forward() -> None:
+        obs, actions = batch.observations, batch.actions
+        if hasattr(policy, "encoder"):
+            h = policy.encoder(obs)
+            policy.actor.action_log_prob(h)
+            policy.critic(h, actions)
+            policy.critic_target(h, actions)
+        else:  # stock SB3 SAC/TD3-style policies
+            policy.actor(obs)
+            policy.critic(obs, actions)
+            if hasattr(policy, "critic_target"):
+                policy.critic_target(obs, actions)
+
+    return forward
+
+
+class _EveryN:
+    """True once each time ``num_timesteps`` crosses a multiple of ``every`` (works with n_envs > 1)."""
+
+    def __init__(self, every: int):
+        self.every, self.last = int(every), 0
+
+    def __call__(self, num_timesteps: int) -> bool:
+        if self.every > 0 and num_timesteps // self.every > self.last // self.every:
+            self.last = num_timesteps
+            return True
+        return False
+
+
+class EpisodeLogCallback(BaseCallback):
+    """Logs each finished episode (return, length), the agent's update statistics and fps; prints a line."""
+
+    def __init__(self, run_logger: RunLogger, print_episodes: bool = True):
+        super().__init__()
+        self.run_logger = run_logger
+        self.print_episodes = print_episodes
+        self.episodes = 0
+        self._t0 = time.time()
+        self._steps0 = 0
+
+    def _on_training_start(self) -> None:
+        self._t0, self._steps0 = time.time(), self.num_timesteps
+
+    def _on_step(self) -> bool:
+        for info in self.locals.get("infos", []):
+            episode = info.get("episode")
+            if episode is None:
+                continue
+            self.episodes += 1
+            elapsed = max(time.time() - self._t0, 1e-9)
+            record = {"train/episode_return": float(episode["r"]), "train/episode_length": int(episode["l"]),
+                      "train/episodes": self.episodes, "train/fps": (self.num_timesteps - self._steps0) / elapsed,
+                      "train/updates": int(getattr(self.model, "_n_updates", 0))}
+            pop = getattr(self.model, "pop_train_stats", None)
+            if pop is not None:
+                record.update({f"train/{k}": v for k, v in pop().items()})
+            self.run_logger.log(record, self.num_timesteps)
+            if self.print_episodes:
+                from tqdm import tqdm
+
+                tqdm.write(f"step {self.num_timesteps:>9,d}  episode {self.episodes:>5d}  "
+                           f"return {episode['r']:9.2f}  fps {record['train/fps']:7.1f}")
+        return True
+
+
+class PlasticityCallback(BaseCallback):
+    """Every ``every`` env steps: a fixed-size probe batch from the replay buffer through ``PlasticityMonitor``.
+
+    :param every: probe interval in env steps (transitions over all envs).
+    :param batch_size: probe batch size.
+    :param groups: group names (see ``default_groups``).
+    :param histograms_every: also log per-unit dormancy histograms every K probes (0: never).
+    """
+
+    def __init__(self, run_logger: RunLogger | None = None, every: int = 10_000, batch_size: int = 256,
+                 tau: float = 0.025, delta: float = 0.01, groups: tuple[str, ...] | list[str] = DEFAULT_GROUPS,
+                 histograms_every: int = 0):
+        super().__init__()
+        self.run_logger = run_logger
+        self.every, self.batch_size = every, batch_size
+        self.tau, self.delta, self.group_names = tau, delta, list(groups)
+        self.histograms_every = histograms_every
+        self.monitor: PlasticityMonitor | None = None
+        self.probes = 0
+        self.history: list[tuple[int, dict[str, float]]] = []
+        self._due = _EveryN(every)
+
+    def _on_training_start(self) -> None:
+        self.monitor = PlasticityMonitor(default_groups(self.model, self.group_names), tau=self.tau,
+                                         delta=self.delta, histograms=self.histograms_every > 0)
+
+    def _on_step(self) -> bool:
+        if self._due(self.num_timesteps):
+            self.probe()
+        return True
+
+    def probe(self) -> dict[str, float]:
+        """Runs one probe now and logs it; returns the metric dict ({} while the buffer is too small)."""
+        buffer = self.model.replay_buffer
+        if buffer is None or buffer.size() < 2:
+            return {}
+        assert self.monitor is not None
+        batch = buffer.sample(self.batch_size)
+        metrics = self.monitor.probe(probe_forward(self.model, batch))
+        self.probes += 1
+        self.history.append((self.num_timesteps, metrics))
+        if self.run_logger is not None:
+            self.run_logger.log(metrics, self.num_timesteps)
+            hist = getattr(self.monitor, "last_histograms", None)
+            if self.histograms_every and hist and self.probes % self.histograms_every == 0:
+                self.run_logger.log_histograms({f"histograms/{k}": np.asarray(v) for k, v in hist.items()},
+                                               self.num_timesteps)
+        return metrics
+
+
+class ReplayRatioCallback(BaseCallback):
+    """Lets a ``ReplayRatioController`` set SB3's ``gradient_steps`` before every ``train()``.
+
+    Feeds the controller the critic FAU of each training batch (``model.critic_fau_log``, which DrQ fills) or, for an
+    agent without one, a probe batch's critic FAU through the monitor once per episode; ends episodes on ``dones``;
+    at ``_on_rollout_end`` asks ``controller.step(new transitions)`` how many updates are due and sets
+    ``model.gradient_steps``, which SB3 applies to the next ``train()``. Replay ratio stays per transition with
+    ``n_envs > 1`` (SB3 counts a vector step as n_envs transitions).
+    """
+
+    def __init__(self, controller: ReplayRatioController, run_logger: RunLogger | None = None,
+                 log_every: int = 1000, probe_batch_size: int = 256):
+        super().__init__()
+        self.controller = controller
+        self.run_logger = run_logger
+        self.probe_batch_size = probe_batch_size
+        self._last_steps = 0
+        self._log_due = _EveryN(log_every)
+        self._probe_monitor: PlasticityMonitor | None = None
+
+    def _on_training_start(self) -> None:
+        self._last_steps = self.num_timesteps
+        tf = self.model.train_freq
+        if tf.frequency != 1 or tf.unit.value != "step":
+            raise ValueError("ReplayRatioCallback needs train_freq=1 (step): the controller decides the number of "
+                             f"updates after every vector step; got {tf}")
+        self.model.gradient_steps = 0
+        if not hasattr(self.model, "critic_fau_log"):
+            self._probe_monitor = PlasticityMonitor(default_groups(self.model, ["critic"]))
+
+    def _on_step(self) -> bool:
+        log = getattr(self.model, "critic_fau_log", None)
+        if log is not None:
+            while log:
+                self.controller.observe(log.popleft() if hasattr(log, "popleft") else log.pop(0))
+        for done in self.locals.get("dones", []):
+            if done:
+                if self._probe_monitor is not None:
+                    self._observe_probe()
+                self.controller.end_episode()
+        return True
+
+    def _observe_probe(self) -> None:
+        buffer = self.model.replay_buffer
+        if buffer is None or buffer.size() < 2:
+            return
+        batch = buffer.sample(self.probe_batch_size)
+        assert self._probe_monitor is not None
+        metrics = self._probe_monitor.probe(probe_forward(self.model, batch))
+        if "plasticity/critic/fau" in metrics:
+            self.controller.observe(metrics["plasticity/critic/fau"])
+
+    def _on_rollout_end(self) -> None:
+        new = self.num_timesteps - self._last_steps
+        self._last_steps = self.num_timesteps
+        self.model.gradient_steps = int(self.controller.step(new))
+        if self.run_logger is not None and self._log_due(self.num_timesteps):
+            record = dict(self.controller.log_dict())
+            record["replay_ratio/updates"] = int(getattr(self.model, "_n_updates", 0))
+            self.run_logger.log(record, self.num_timesteps)
+
+
+class EvalCallback(BaseCallback):
+    """Every ``every`` env steps (and at the end of training): ``episodes`` deterministic episodes on ``eval_env``."""
+
+    def __init__(self, eval_env: Any, run_logger: RunLogger | None = None, every: int = 10_000, episodes: int = 10):
+        super().__init__()
+        self.eval_env, self.run_logger = eval_env, run_logger
+        self.episodes = episodes
+        self._due = _EveryN(every)
+        self.results: list[tuple[int, float, float]] = []
+
+    def _on_step(self) -> bool:
+        if self._due(self.num_timesteps):
+            self.evaluate()
+        return True
+
+    def _on_training_end(self) -> None:
+        if not self.results or self.results[-1][0] != self.num_timesteps:
+            self.evaluate()
+
+    def evaluate(self) -> tuple[float, float]:
+        mean, std = evaluate_policy(self.model, self.eval_env, n_eval_episodes=self.episodes, deterministic=True)
+        self.results.append((self.num_timesteps, float(mean), float(std)))
+        if self.run_logger is not None:
+            self.run_logger.log({"eval/return_mean": float(mean), "eval/return_std": float(std),
+                                 "eval/episodes": self.episodes}, self.num_timesteps)
+        from tqdm import tqdm
+
+        tqdm.write(f"step {self.num_timesteps:>9,d}  eval return {mean:9.2f} +- {std:.2f} ({self.episodes} episodes)")
+        return float(mean), float(std)
+
+
+class CheckpointCallback(BaseCallback):
+    """Saves ``checkpoints/step_<N>.zip`` every ``every`` env steps (0: never; the CLI saves ``final.zip``)."""
+
+    def __init__(self, folder: str | Path, every: int):
+        super().__init__()
+        self.folder, self._due = Path(folder), _EveryN(every)
+
+    def _on_step(self) -> bool:
+        if self._due(self.num_timesteps):
+            self.model.save(self.folder / f"step_{self.num_timesteps}.zip")
+        return True
+
+
+__all__ = ["CheckpointCallback", "EpisodeLogCallback", "EvalCallback", "PlasticityCallback",
+           "ReplayRatioCallback", "default_groups", "probe_forward"]
+
+
+def seed_everything(seed: int) -> None:
+    """Seeds python, numpy and torch (SB3's ``set_random_seed``)."""
+    from stable_baselines3.common.utils import set_random_seed
+
+    set_random_seed(seed)
+    torch.manual_seed(seed)
