@@ -83,7 +83,12 @@ class FrameReplayBuffer(BaseBuffer):
         self.gamma = float(gamma)
         # Frames: one per transition, plus the extra frames of each episode start, plus slack so that a stack
         # reaching back frame_stack frames of any env is never overwritten while its transition is sampleable.
-        self.slack = 2 * n_envs * (self.frame_stack + self.n_step + 2)
+        # The oldest frame a transition needs is not monotone in transition order (an env that just reset needs
+        # only new frames; the next transition of a long-running env needs one from k vector steps back), and
+        # validity is decided at the oldest intact transition only. Every transition after it needs no frame
+        # older than the k + 1 vector steps before it, each writing at most n_envs * (k + 1) frames, hence
+        # n_envs * (k + 1)**2 frames of slack.
+        self.slack = max(2 * n_envs * (self.frame_stack + self.n_step + 2), n_envs * (self.frame_stack + 1) ** 2)
         self.frame_capacity = buffer_size + buffer_size // 8 + self.slack + n_envs * self.frame_stack
         frame_bytes = self.frame_capacity * frame_channels * h * w
         self.storage = resolve_storage_device(buffer_device, self.device, frame_bytes)

@@ -3,8 +3,9 @@
 Every function works on any device, returns tensors on the input's device,
 computes in float32 and never synchronises with the host (no ``.item()``,
 ``float()``, ``.cpu()``, ``if tensor:``); the caller decides when to transfer.
-The only exception is :func:`singular_values`, whose CPU fallback (taken only
-after an SVD failure on an accelerator) copies the matrix to the host.
+Exceptions inside :func:`singular_values`: ``torch.linalg.svdvals`` itself
+synchronises on CUDA (a torch implementation detail), and its CPU fallback
+(taken only after an SVD failure on an accelerator) copies the matrix to the host.
 
 Conventions:
     activations: ``(batch, units)`` or ``(batch, channels, *spatial)``; dim 1
@@ -26,7 +27,9 @@ __all__ = [
     "fau",
     "singular_values",
     "srank",
+    "srank_from_singular_values",
     "effective_rank",
+    "effective_rank_from_singular_values",
     "weight_norm",
     "grad_norm",
     "feature_norm",
@@ -43,9 +46,7 @@ _TINY = torch.finfo(torch.float32).tiny
 def _unit_reduce_dims(activations: Tensor) -> list[int]:
     """All dims except dim 1 (the unit / channel dim)."""
     if activations.dim() < 2:
-        raise ValueError(
-            f"activations must be (batch, units, ...), got shape {tuple(activations.shape)}"
-        )
+        raise ValueError(f"activations must be (batch, units, ...), got shape {tuple(activations.shape)}")
     return [d for d in range(activations.dim()) if d != 1]
 
 
@@ -105,8 +106,7 @@ def singular_values(features: Tensor) -> Tensor:
         if not _svd_fallback_warned:
             _svd_fallback_warned = True
             logger.warning(
-                "torch.linalg.svdvals failed on %s (%s); falling back to CPU "
-                "(warned once)", matrix.device, err
+                "torch.linalg.svdvals failed on %s (%s); falling back to CPU (warned once)", matrix.device, err
             )
         return torch.linalg.svdvals(matrix.cpu()).to(matrix.device)
 
@@ -117,8 +117,12 @@ def srank(features: Tensor, delta: float = 0.01) -> Tensor:
     Smallest ``k`` with ``sum_{i<=k} sigma_i >= (1 - delta) * sum_i sigma_i``
     (``sigma`` descending). All-zero features give 0.
     """
-    sigma = singular_values(features)
-    cumulative = sigma.cumsum(0)
+    return srank_from_singular_values(singular_values(features), delta)
+
+
+def srank_from_singular_values(sigma: Tensor, delta: float = 0.01) -> Tensor:
+    """:func:`srank` given descending singular values ``sigma`` ``(n,)``, 0-dim int64."""
+    cumulative = sigma.float().cumsum(0)
     total = cumulative[-1]
     # Number of leading partial sums still below the threshold, plus one.
     k = (cumulative < (1.0 - delta) * total).sum() + 1
@@ -132,7 +136,12 @@ def effective_rank(features: Tensor) -> Tensor:
     0-dim float32 in ``[1, min(batch, dim)]``; ``0 log 0 = 0``. All-zero
     features give 0 (consistent with ``srank``).
     """
-    sigma = singular_values(features)
+    return effective_rank_from_singular_values(singular_values(features))
+
+
+def effective_rank_from_singular_values(sigma: Tensor) -> Tensor:
+    """:func:`effective_rank` given singular values ``sigma`` ``(n,)``, 0-dim float32."""
+    sigma = sigma.float()
     total = sigma.sum()
     p = sigma / total.clamp_min(_TINY)
     entropy = -torch.xlogy(p, p).sum()

@@ -19,6 +19,12 @@ e.g. ``0.net.1``)::
     plasticity/<group>/weight_norm             all parameters of the group
     plasticity/<group>/grad_norm               only if some parameter has a .grad
 
+The probe runs ``forward_fn`` once in eval mode (no BatchNorm-statistics
+update, no dropout) under ``torch.no_grad()``; hooks exist only during it.
+Metrics are computed on the activations' device and fetched with one
+``.cpu()``; on CUDA, ``torch.linalg.svdvals`` itself also synchronises
+(one SVD per group with features).
+
 Probed layers: every activation *module* (``ACTIVATION_TYPES``) found by
 ``named_modules()``; functional activations (``F.relu``) are invisible.
 A module called several times in one probe (e.g. an encoder applied to obs and
@@ -128,12 +134,10 @@ class PlasticityMonitor:
         # A list becomes an nn.ModuleList (references only): names "0.x", "1.x",
         # parameters and submodules shared between members counted once.
         self.groups: dict[str, nn.Module] = {
-            name: nn.ModuleList(mods) if isinstance(mods, (list, tuple)) else mods
-            for name, mods in groups.items()
+            name: nn.ModuleList(mods) if isinstance(mods, (list, tuple)) else mods for name, mods in groups.items()
         }
         self._feature_modules: dict[str, nn.Module] = {
-            name: (root[-1] if isinstance(groups[name], (list, tuple)) else root)
-            for name, root in self.groups.items()
+            name: (root[-1] if isinstance(groups[name], (list, tuple)) else root) for name, root in self.groups.items()
         }
 
     def probe(self, forward_fn: Callable[[], Any]) -> dict[str, float]:
@@ -167,9 +171,7 @@ class PlasticityMonitor:
             keys, values, hists = self._compute(recorders)
         return self._to_host(keys, values, hists)
 
-    def _compute(
-        self, recorders: dict[str, _Recorder]
-    ) -> tuple[list[str], list[Tensor], dict[str, Tensor]]:
+    def _compute(self, recorders: dict[str, _Recorder]) -> tuple[list[str], list[Tensor], dict[str, Tensor]]:
         """All metrics as 0-dim device tensors (no host sync)."""
         keys: list[str] = []
         values: list[Tensor] = []
@@ -206,8 +208,9 @@ class PlasticityMonitor:
                 add(f"{prefix}/fau", torch.stack(active).sum() / entries)
             if features is not None:
                 feats = torch.cat(features)
-                add(f"{prefix}/srank", metrics.srank(feats, self.delta))
-                add(f"{prefix}/effective_rank", metrics.effective_rank(feats))
+                sigma = metrics.singular_values(feats)  # one SVD for both ranks
+                add(f"{prefix}/srank", metrics.srank_from_singular_values(sigma, self.delta))
+                add(f"{prefix}/effective_rank", metrics.effective_rank_from_singular_values(sigma))
                 add(f"{prefix}/feature_norm", metrics.feature_norm(feats))
             add(f"{prefix}/weight_norm", metrics.weight_norm(root))
             if any(p.grad is not None for p in root.parameters()):
@@ -216,17 +219,14 @@ class PlasticityMonitor:
                 add(key, value)
         return keys, values, hists
 
-    def _to_host(
-        self, keys: list[str], values: list[Tensor], hists: dict[str, Tensor]
-    ) -> dict[str, float]:
+    def _to_host(self, keys: list[str], values: list[Tensor], hists: dict[str, Tensor]) -> dict[str, float]:
         """One ``.cpu()`` for all scalars (and histogram vectors)."""
         self.last_histograms = {}
         if not values:
             return {}
         device = values[0].device
         flat = torch.cat(
-            [torch.stack([v.to(device, torch.float32) for v in values])]
-            + [h.to(device) for h in hists.values()]
+            [torch.stack([v.to(device, torch.float32) for v in values])] + [h.to(device) for h in hists.values()]
         ).cpu()
         scalars = flat[: len(values)].tolist()
         offset = len(values)

@@ -82,7 +82,9 @@ def plot_runs(run_dirs: list[Path], out: Path | None = None) -> Path:
                 steps, mean, std = _mean_band(curves)
                 label = config if len(keys) == 1 else f"{config} {key.split('/')[0]}"
                 style = "-" if ki == 0 else "--"
-                ax.plot(steps, mean, style, color=colors[ci % len(colors)], label=label, lw=1.5)
+                # markers on sparse curves: a series of one point (e.g. the final eval only) is otherwise invisible
+                ax.plot(steps, mean, style, color=colors[ci % len(colors)], label=label, lw=1.5,
+                        marker="o" if len(steps) <= 20 else None, ms=3)
                 if len(curves) > 1:
                     ax.fill_between(steps, mean - std, mean + std, color=colors[ci % len(colors)], alpha=0.2)
         ax.set_title(title)

@@ -166,8 +166,8 @@ class ReplayRatioCallback(BaseCallback):
 
     Feeds the controller the critic FAU of each training batch (``model.critic_fau_log``, which DrQ fills) or, for an
     agent without one, a probe batch's critic FAU through the monitor once per episode; ends episodes on ``dones``;
-    at ``_on_rollout_end`` asks ``controller.step(new transitions)`` how many updates are due and sets
-    ``model.gradient_steps``, which SB3 applies to the next ``train()``. Replay ratio stays per transition with
+    after each vector step asks ``controller.step(new transitions)`` how many updates are due, and at
+    ``_on_rollout_end`` sets ``model.gradient_steps`` to them, which SB3 applies to the next ``train()``. Replay ratio stays per transition with
     ``n_envs > 1`` (SB3 counts a vector step as n_envs transitions).
     """
 
@@ -178,6 +178,7 @@ class ReplayRatioCallback(BaseCallback):
         self.run_logger = run_logger
         self.probe_batch_size = probe_batch_size
         self._last_steps = 0
+        self._due = 0  # updates due for the current rollout
         self._log_due = _EveryN(log_every)
         self._probe_monitor: PlasticityMonitor | None = None
 
@@ -196,6 +197,11 @@ class ReplayRatioCallback(BaseCallback):
         if log is not None:
             while log:
                 self.controller.observe(log.popleft() if hasattr(log, "popleft") else log.pop(0))
+        # Count this vector step's transitions before its episode ends, so a switch at an episode end is dated
+        # at that episode's last env step and applies to the transitions after it.
+        new = self.num_timesteps - self._last_steps
+        self._last_steps = self.num_timesteps
+        self._due += int(self.controller.step(new))
         for done in self.locals.get("dones", []):
             if done:
                 if self._probe_monitor is not None:
@@ -214,9 +220,7 @@ class ReplayRatioCallback(BaseCallback):
             self.controller.observe(metrics["plasticity/critic/fau"])
 
     def _on_rollout_end(self) -> None:
-        new = self.num_timesteps - self._last_steps
-        self._last_steps = self.num_timesteps
-        self.model.gradient_steps = int(self.controller.step(new))
+        self.model.gradient_steps, self._due = self._due, 0
         if self.run_logger is not None and self._log_due(self.num_timesteps):
             record = dict(self.controller.log_dict())
             record["replay_ratio/updates"] = int(getattr(self.model, "_n_updates", 0))

@@ -18,8 +18,10 @@ from plasticrl.metrics import (
     fau,
     feature_norm,
     grad_norm,
+    effective_rank_from_singular_values,
     singular_values,
     srank,
+    srank_from_singular_values,
     weight_norm,
 )
 
@@ -132,8 +134,10 @@ def test_srank_and_effective_rank_of_rank_k_matrix(k: int) -> None:
 
 def test_effective_rank_between_one_and_k_for_unequal_values() -> None:
     g = torch.Generator().manual_seed(0)
-    x = torch.randn(256, 5, generator=g) @ torch.diag(torch.tensor([10.0, 5, 2, 1, 0.5])) @ torch.randn(
-        5, 64, generator=g
+    x = (
+        torch.randn(256, 5, generator=g)
+        @ torch.diag(torch.tensor([10.0, 5, 2, 1, 0.5]))
+        @ torch.randn(5, 64, generator=g)
     )
     er = effective_rank(x).tolist()
     assert 1.0 < er < 5.0
@@ -152,6 +156,15 @@ def test_srank_hand_example_with_known_singular_values() -> None:
     p = [0.4, 0.3, 0.2, 0.1]
     expected = math.exp(-sum(q * math.log(q) for q in p))
     assert effective_rank(x).tolist() == pytest.approx(expected, rel=1e-5)
+
+
+def test_ranks_from_given_singular_values() -> None:
+    sigma = torch.tensor([4.0, 3.0, 2.0, 1.0])
+    assert srank_from_singular_values(sigma, delta=0.15).tolist() == 3
+    assert srank_from_singular_values(sigma, delta=0.01).tolist() == 4
+    assert effective_rank_from_singular_values(torch.tensor([5.0, 5.0, 0.0])).tolist() == pytest.approx(2.0)
+    assert srank_from_singular_values(torch.zeros(3)).tolist() == 0
+    assert effective_rank_from_singular_values(torch.zeros(3)).tolist() == 0.0
 
 
 def test_zero_singular_values_count_as_zero_log_zero() -> None:
@@ -261,6 +274,8 @@ def test_no_host_sync_methods_are_called(monkeypatch: pytest.MonkeyPatch) -> Non
         singular_values(f),
         srank(f),
         effective_rank(f),
+        srank_from_singular_values(torch.tensor([2.0, 1.0])),
+        effective_rank_from_singular_values(torch.tensor([2.0, 1.0])),
         feature_norm(f),
         weight_norm(lin),
         grad_norm(lin),

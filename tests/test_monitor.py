@@ -298,12 +298,21 @@ def test_single_host_transfer(monkeypatch: pytest.MonkeyPatch) -> None:
     def forbidden(*args, **kwargs):
         raise AssertionError("host sync")
 
+    real_svd = metrics.singular_values
+
+    def counting_svd(x: torch.Tensor) -> torch.Tensor:
+        calls["svd"] += 1
+        return real_svd(x)
+
+    calls["svd"] = 0
+    monkeypatch.setattr(metrics, "singular_values", counting_svd)
     monkeypatch.setattr(torch.Tensor, "cpu", counting_cpu)
     for name in ["item", "numpy", "__float__", "__int__", "__bool__"]:
         monkeypatch.setattr(torch.Tensor, name, forbidden)
     out = monitor.probe(lambda: (mlp(x), cnn(img)))
     monkeypatch.undo()
     assert calls["cpu"] == 1
+    assert calls["svd"] == 2  # one SVD per group (srank and effective rank share it)
     assert len(out) == (7 + 2 * 2) + (6 + 3 * 2)  # mlp has grads, cnn not
     assert len(monitor.last_histograms) == 5
 

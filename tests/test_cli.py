@@ -1,0 +1,104 @@
+"""`plasticrl train`: config validation errors and the run folder of a smoke training."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from plasticrl import config as cfgmod
+from plasticrl.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+SMOKE = str(ROOT / "configs" / "smoke.yaml")
+
+
+def run_cli(*args, out_dir):
+    return subprocess.run([sys.executable, "-m", "plasticrl", *args, "--set", f"run.out_dir={out_dir}"],
+                          capture_output=True, text=True, cwd=ROOT, timeout=600)
+
+
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        ("agent.learning_rat=0.1", ["agent.learning_rat: unknown key", "Did you mean 'agent.learning_rate'"]),
+        ("runn.seed=1", ["runn: unknown key", "Did you mean 'run'"]),
+        ("run.seed=abc", ["run.seed: 'abc' is not allowed", "integer"]),
+        ("agent.gamma=1.5", ["agent.gamma: 1.5 is not allowed", "less than or equal to 1"]),
+        ("run.device=tpu", ["run.device: 'tpu' is not allowed", "'auto', 'cpu' or 'cuda'"]),
+        ("replay_ratio.kind=fast", ["replay_ratio.kind: 'fast'", "'static' or 'adaptive'"]),
+    ],
+)
+def test_bad_config_names_key_value_and_allowed(override, expected):
+    with pytest.raises(cfgmod.ConfigError) as info:
+        cfgmod.load(SMOKE, [override])
+    for text in expected:
+        assert text in str(info.value)
+
+
+def test_every_problem_is_reported_at_once():
+    with pytest.raises(cfgmod.ConfigError) as info:
+        cfgmod.load(SMOKE, ["agent.gamma=2", "run.seed=-1"])
+    assert "agent.gamma" in str(info.value) and "run.seed" in str(info.value)
+
+
+def test_overrides_parse_yaml_values():
+    cfg = cfgmod.load(SMOKE, ["agent.learning_rate=3e-4", "monitor.groups=[critic]", "env.pixels=true"])
+    assert cfg.agent.learning_rate == 3e-4 and cfg.monitor.groups == ["critic"] and cfg.env.pixels is True
+
+
+def test_bad_input_stops_before_the_run_folder_exists(tmp_path, capsys):
+    code = main(["train", SMOKE, "--set", f"run.out_dir={tmp_path}/runs", "--set", "env.id=dmc:walker-wlak"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "dmc:walker-wlak" in err and "dmc:walker-walk" in err
+    assert not (tmp_path / "runs").exists()
+    code = main(["train", str(tmp_path / "missing.yaml")])
+    assert code == 2 and "not found" in capsys.readouterr().err
+
+
+def test_missing_config_and_bad_yaml(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("run: [unclosed")
+    with pytest.raises(cfgmod.ConfigError, match="not valid YAML"):
+        cfgmod.load(bad)
+
+
+def test_every_shipped_config_validates():
+    for path in sorted((ROOT / "configs").glob("*.yaml")):
+        cfgmod.load(path)
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs")
+    proc = run_cli("train", SMOKE, out_dir=out)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (run_dir,) = (out / "smoke").iterdir()
+    return run_dir, proc
+
+
+def test_smoke_training_writes_the_run_folder(smoke_run):
+    run_dir, proc = smoke_run
+    assert run_dir.name.startswith("0-")
+    for name in ("config.yaml", "metrics.jsonl", "checkpoints/final.zip", "plots/dashboard.png"):
+        assert (run_dir / name).is_file(), name
+    resolved = yaml.safe_load((run_dir / "config.yaml").read_text())
+    assert resolved["run"]["name"] == "smoke" and resolved["agent"]["learning_rate"] == 1e-4
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert all("env_step" in r for r in records)
+    episodes = [r for r in records if "train/episode_return" in r]
+    assert len(episodes) == 2  # 300 agent steps of 125-step cartpole episodes (1000 frames / action repeat 8)
+    assert {"train/fps", "train/critic_loss", "train/actor_loss"} <= set(episodes[-1])
+    assert any("eval/return_mean" in r for r in records)
+    assert any("plasticity/critic/fau" in r for r in records)
+
+
+def test_saved_checkpoint_loads_and_evaluates(smoke_run):
+    run_dir, _ = smoke_run
+    proc = subprocess.run([sys.executable, "-m", "plasticrl", "eval", str(run_dir), "--episodes", "1",
+                           "--device", "cpu"], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "return" in proc.stdout
