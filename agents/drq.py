@@ -27,7 +27,10 @@ from stable_baselines3.common.type_aliases import Schedule
 from torch import nn
 
 from agents.augment import random_shift
+from agents.cuda_graph import GraphedUpdate
 from agents.replay import FrameReplayBuffer, PixelBatch
+
+STAT_KEYS = ("critic_loss", "actor_loss", "ent_coef", "ent_coef_loss", "critic_fau", "q")
 
 
 class Encoder(nn.Module):
@@ -47,6 +50,8 @@ class Encoder(nn.Module):
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
         x = obs.float() / 255.0 - 0.5
+        if x.is_cuda:  # cuDNN's fastest convolutions on Hopper take NHWC
+            x = x.contiguous(memory_format=torch.channels_last)
         return self.convnet(x).flatten(1)
 
 
@@ -207,6 +212,7 @@ class DrQ(SAC):
         target_entropy: str | float = "auto",
         augment_pad: int = 4,
         buffer_device: str = "auto",
+        cuda_graph: bool | str = "auto",
         policy_kwargs: dict[str, Any] | None = None,
         verbose: int = 0,
         seed: int | None = None,
@@ -217,6 +223,7 @@ class DrQ(SAC):
         self.n_step = n_step
         self.augment_pad = augment_pad
         self.buffer_device = buffer_device
+        self.cuda_graph = cuda_graph
         super().__init__(
             policy, env, learning_rate=learning_rate, buffer_size=buffer_size, learning_starts=learning_starts,
             batch_size=batch_size, tau=tau, gamma=gamma, train_freq=train_freq, gradient_steps=gradient_steps,
@@ -225,19 +232,41 @@ class DrQ(SAC):
             ent_coef=ent_coef, target_entropy=target_entropy, policy_kwargs=policy_kwargs, verbose=verbose,
             seed=seed, device=device, _init_setup_model=False, **kwargs,
         )
-        self._train_stats: dict[str, torch.Tensor] = {}
+        self._stats_sum: torch.Tensor | None = None  # sum over updates of the STAT_KEYS vector, on the device
         self._train_count = 0
+        self._update_fn: Any = None
         # per-update critic FAU (0-dim, on device), drained by ReplayRatioCallback; bounded if nobody drains it
         self.critic_fau_log: deque[torch.Tensor] = deque(maxlen=100_000)
         if _init_setup_model:
             self._setup_model()
+
+    def _setup_model(self) -> None:
+        super()._setup_model()
+        self._update_fn = self._update_vector
+        if self.device.type != "cuda":
+            return
+        # GPU: fused, graph-capturable Adam; NHWC convolutions; cuDNN autotuning; the update as one CUDA graph.
+        torch.backends.cudnn.benchmark = True
+        self.policy.encoder.to(memory_format=torch.channels_last)
+        lr = self.lr_schedule(1)
+        extra = {"fused": True, "capturable": True}
+        self.actor.optimizer = torch.optim.Adam(self.actor.parameters(), lr=lr, **extra)
+        critic_params = list(self.policy.encoder.parameters()) + list(self.critic.parameters())
+        self.critic.optimizer = torch.optim.Adam(critic_params, lr=lr, **extra)
+        if self.log_ent_coef is not None:
+            self.ent_coef_optimizer = torch.optim.Adam([self.log_ent_coef], lr=lr, **extra)
+        constant_lr = self.lr_schedule(0) == self.lr_schedule(1)
+        if self.cuda_graph is True or (self.cuda_graph == "auto" and constant_lr):
+            if not constant_lr:
+                raise ValueError("cuda_graph=True needs a constant learning rate (a graph bakes the lr in)")
+            self._update_fn = GraphedUpdate(self._update_vector)
 
     def _create_aliases(self) -> None:
         super()._create_aliases()
         self.encoder = self.policy.encoder
 
     def _excluded_save_params(self) -> list[str]:
-        return [*super()._excluded_save_params(), "encoder", "_train_stats", "critic_fau_log"]
+        return [*super()._excluded_save_params(), "encoder", "_stats_sum", "_update_fn", "critic_fau_log"]
 
     # ------------------------------------------------------------------ the update
     def update(self, batch: PixelBatch) -> dict[str, torch.Tensor]:
@@ -286,17 +315,21 @@ class DrQ(SAC):
         return {"critic_loss": critic_loss.detach(), "actor_loss": actor_loss.detach(), "ent_coef": alpha.squeeze(),
                 "ent_coef_loss": ent_coef_loss.detach(), "critic_fau": critic_fau, "q": q1.detach().mean()}
 
+    def _update_vector(self, batch: PixelBatch) -> torch.Tensor:
+        stats = self.update(batch)
+        return torch.stack([stats[k].float().reshape(()) for k in STAT_KEYS])
+
     def train(self, gradient_steps: int, batch_size: int = 256) -> None:
         self.policy.set_training_mode(True)
         optimizers = [self.actor.optimizer, self.critic.optimizer]
         if self.ent_coef_optimizer is not None:
             optimizers.append(self.ent_coef_optimizer)
         self._update_learning_rate(optimizers)
+        fau_index = STAT_KEYS.index("critic_fau")
         for _ in range(gradient_steps):
-            stats = self.update(self.replay_buffer.sample(batch_size))
-            self.critic_fau_log.append(stats["critic_fau"])
-            for key, value in stats.items():
-                self._train_stats[key] = self._train_stats[key] + value if key in self._train_stats else value
+            stats = self._update_fn(self.replay_buffer.sample(batch_size))
+            self.critic_fau_log.append(stats[fau_index])
+            self._stats_sum = stats if self._stats_sum is None else self._stats_sum + stats
             self._train_count += 1
         self._n_updates += gradient_steps
 
@@ -305,12 +338,11 @@ class DrQ(SAC):
 
         Raises FloatingPointError on a non-finite loss, naming the update count and the usual fixes.
         """
-        if not self._train_count:
+        if not self._train_count or self._stats_sum is None:
             return {}
-        keys = list(self._train_stats)
-        values = (torch.stack([self._train_stats[k].float() for k in keys]) / self._train_count).tolist()
-        self._train_stats, self._train_count = {}, 0
-        stats = dict(zip(keys, values))
+        values = (self._stats_sum / self._train_count).tolist()
+        self._stats_sum, self._train_count = None, 0
+        stats = dict(zip(STAT_KEYS, values))
         bad = [k for k, v in stats.items() if not math.isfinite(v)]
         if bad:
             raise FloatingPointError(

@@ -33,6 +33,8 @@ def make_run_dir(out_dir: str | Path, name: str, seed: int) -> Path:
 
 
 def _jsonable(value: Any) -> Any:
+    if hasattr(value, "item") and callable(value.item):  # numpy / torch scalars
+        value = value.item()
     if isinstance(value, float) and not math.isfinite(value):
         return None if math.isnan(value) else ("inf" if value > 0 else "-inf")
     return value

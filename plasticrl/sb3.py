@@ -168,18 +168,17 @@ class ReplayRatioCallback(BaseCallback):
     agent without one, a probe batch's critic FAU through the monitor once per episode; ends episodes on ``dones``;
     after each vector step asks ``controller.step(new transitions)`` how many updates are due, and at
     ``_on_rollout_end`` sets ``model.gradient_steps`` to them, which SB3 applies to the next ``train()``. Replay ratio stays per transition with
-    ``n_envs > 1`` (SB3 counts a vector step as n_envs transitions).
+    ``n_envs > 1`` (SB3 counts a vector step as n_envs transitions). Logs ``replay_ratio/*`` at episode ends.
     """
 
     def __init__(self, controller: ReplayRatioController, run_logger: RunLogger | None = None,
-                 log_every: int = 1000, probe_batch_size: int = 256):
+                 probe_batch_size: int = 256):
         super().__init__()
         self.controller = controller
         self.run_logger = run_logger
         self.probe_batch_size = probe_batch_size
         self._last_steps = 0
         self._due = 0  # updates due for the current rollout
-        self._log_due = _EveryN(log_every)
         self._probe_monitor: PlasticityMonitor | None = None
 
     def _on_training_start(self) -> None:
@@ -202,11 +201,16 @@ class ReplayRatioCallback(BaseCallback):
         new = self.num_timesteps - self._last_steps
         self._last_steps = self.num_timesteps
         self._due += int(self.controller.step(new))
-        for done in self.locals.get("dones", []):
+        dones = [bool(d) for d in self.locals.get("dones", [])]
+        for done in dones:
             if done:
                 if self._probe_monitor is not None:
                     self._observe_probe()
                 self.controller.end_episode()
+        if any(dones) and self.run_logger is not None:
+            record = dict(self.controller.log_dict())
+            record["replay_ratio/updates"] = int(getattr(self.model, "_n_updates", 0))
+            self.run_logger.log(record, self.num_timesteps)
         return True
 
     def _observe_probe(self) -> None:
@@ -221,10 +225,6 @@ class ReplayRatioCallback(BaseCallback):
 
     def _on_rollout_end(self) -> None:
         self.model.gradient_steps, self._due = self._due, 0
-        if self.run_logger is not None and self._log_due(self.num_timesteps):
-            record = dict(self.controller.log_dict())
-            record["replay_ratio/updates"] = int(getattr(self.model, "_n_updates", 0))
-            self.run_logger.log(record, self.num_timesteps)
 
 
 class EvalCallback(BaseCallback):

@@ -126,3 +126,61 @@ def test_log_prob_matches_torch_distribution():
     ref = (base.log_prob(u) - torch.log(1 - torch.tanh(u) ** 2)).sum(-1, keepdim=True)
     torch.testing.assert_close(action, torch.tanh(u))
     torch.testing.assert_close(log_prob, ref, rtol=1e-4, atol=1e-4)
+
+
+def test_non_finite_loss_raises_a_clear_error():
+    from gymnasium.wrappers import TransformReward
+
+    env = make_vec_env(lambda: TransformReward(envs.make("dmc:cartpole-swingup", size=32, frame_stack=2,
+                                                         action_repeat=8), lambda r: float("nan")),
+                       n_envs=1, seed=0)
+    model = small_agent(env, learning_starts=20)
+    model.learn(20)  # random actions only: fills replay with NaN rewards
+    model.train(gradient_steps=2, batch_size=8)
+    with pytest.raises(FloatingPointError, match="non-finite critic_loss.*learning_rate"):
+        model.pop_train_stats()
+    env.close()
+
+
+def test_update_matches_a_straightforward_sac_step():
+    """DrQ.update against an independent, plain implementation of the same SAC step on the same batch and RNG."""
+    import copy
+
+    import torch.nn.functional as F
+
+    from agents.augment import random_shift
+
+    env = small_env()
+    model = small_agent(env, learning_starts=10)
+    model.learn(30)
+    ref = copy.deepcopy(model.policy)
+    log_alpha = model.log_ent_coef.detach().clone().requires_grad_(True)
+    batch = model.replay_buffer.sample(8)
+    torch.manual_seed(123)
+    got = model.update(batch)
+
+    torch.manual_seed(123)
+    obs, next_obs = random_shift(batch.observations, 4), random_shift(batch.next_observations, 4)
+    alpha = log_alpha.detach().exp()
+    with torch.no_grad():
+        hn = ref.encoder(next_obs)
+        a2, lp2 = ref.actor.action_log_prob(hn)
+        target = batch.rewards + batch.discounts * (torch.min(*ref.critic_target(hn, a2)) - alpha * lp2)
+    h = ref.encoder(obs)
+    q1, q2 = ref.critic(h, batch.actions)
+    critic_loss = F.mse_loss(q1, target) + F.mse_loss(q2, target)
+    ref.critic.optimizer.zero_grad()
+    critic_loss.backward()
+    ref.critic.optimizer.step()  # SAC order: the actor loss reads the freshly updated critic
+    a, lp = ref.actor.action_log_prob(h.detach())
+    actor_loss = (alpha * lp - torch.min(*ref.critic(h.detach(), a))).mean()
+    torch.testing.assert_close(got["critic_loss"], critic_loss.detach())
+    torch.testing.assert_close(got["actor_loss"], actor_loss.detach())
+    torch.testing.assert_close(got["q"], q1.mean().detach())
+    # the target critic moved toward the (updated) online critic by tau
+    for t_new, t_old, online in zip(model.critic_target.parameters(), ref.critic_target.parameters(),
+                                    model.critic.parameters()):
+        torch.testing.assert_close(t_new, t_old + model.tau * (online - t_old))
+    for p_model, p_ref in zip(model.critic.parameters(), ref.critic.parameters()):
+        torch.testing.assert_close(p_model, p_ref)
+    env.close()
