@@ -55,6 +55,12 @@ def _time(fn: Any, n: int, warmup: int, device: torch.device) -> float:
     return 1000.0 * (time.perf_counter() - t0) / n
 
 
+def _quiet_logger(model: Any) -> None:
+    from stable_baselines3.common.logger import configure
+
+    model.set_logger(configure(None, []))  # train() outside learn() needs a logger
+
+
 def _fill(buffer: Any, venv: Any, n: int, rng: np.random.Generator) -> None:
     """Adds n random vector steps of the venv's shapes to an SB3-style buffer."""
     shape = venv.observation_space.shape
@@ -83,6 +89,7 @@ def bench_drq(device: torch.device, batch_size: int, updates: int, hidden_dim: i
         name = "graph" if mode else "eager"
         out[f"drq_update_ms_{name}"] = _time(lambda i: model._update_fn(batches[i % 4]), updates, 5, device)
         _fill(model.replay_buffer, venv, 2000, np.random.default_rng(0))
+        _quiet_logger(model)
         out[f"drq_sample_update_ms_{name}"] = _time(lambda i: model.train(1, batch_size), updates, 3, device)
         del model
     venv.close()
@@ -96,6 +103,7 @@ def bench_sb3_sac(device: torch.device, batch_size: int, updates: int) -> dict[s
     venv = _pixel_venv()
     model = SAC("CnnPolicy", venv, buffer_size=2000, batch_size=batch_size, device=device, seed=0)
     _fill(model.replay_buffer, venv, 2000, np.random.default_rng(0))
+    _quiet_logger(model)
     ms = _time(lambda i: model.train(gradient_steps=1, batch_size=batch_size), updates, 3, device)
     venv.close()
     return {"sb3_sac_update_ms": ms}

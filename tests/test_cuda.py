@@ -1,0 +1,60 @@
+"""GPU-only checks (skipped without CUDA): the CUDA-graph update equals the eager update on the same batch and
+random numbers; replay on the GPU; the monitor and the replay-ratio callback on a CUDA agent."""
+
+import pytest
+import torch
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+
+
+def make_agent(cuda_graph, seed=0):
+    from stable_baselines3.common.env_util import make_vec_env
+
+    import envs
+    from agents import DrQ
+
+    env = make_vec_env(lambda: envs.make("dmc:walker-walk", size=84), n_envs=1, seed=0)
+    return DrQ("CnnPolicy", env, buffer_size=2000, batch_size=64, seed=seed, device="cuda", cuda_graph=cuda_graph)
+
+
+def test_graphed_update_equals_eager_update():
+    from agents.bench import synthetic_batch
+    from agents.cuda_graph import GraphedUpdate
+
+    a, b = make_agent(True), make_agent(False)
+    assert isinstance(a._update_fn, GraphedUpdate) and not isinstance(b._update_fn, GraphedUpdate)
+    shape, adim = a.observation_space.shape, a.action_space.shape[0]
+    batches = [synthetic_batch(64, shape, adim, torch.device("cuda"), s) for s in range(3)]
+    a._update_fn(batches[0])  # eager warm-up + capture
+    a._update_fn(batches[1])  # a replay
+    b.policy.load_state_dict(a.policy.state_dict())
+    b.actor.optimizer.load_state_dict(a.actor.optimizer.state_dict())
+    b.critic.optimizer.load_state_dict(a.critic.optimizer.state_dict())
+    b.ent_coef_optimizer.load_state_dict(a.ent_coef_optimizer.state_dict())
+    with torch.no_grad():
+        b.log_ent_coef.copy_(a.log_ent_coef)
+    torch.cuda.manual_seed(7)
+    sa = a._update_fn(batches[2])
+    torch.cuda.manual_seed(7)
+    sb = b._update_fn(batches[2])
+    torch.testing.assert_close(sa, sb, rtol=1e-4, atol=1e-5)
+    for (name, pa), pb in zip(a.policy.named_parameters(), b.policy.parameters()):
+        torch.testing.assert_close(pa, pb, rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_replay_and_monitor_on_gpu():
+    from plasticrl.replay_ratio import StaticReplayRatio
+    from plasticrl.sb3 import PlasticityCallback, ReplayRatioCallback
+
+    model = make_agent("auto")
+    model.learning_starts = 100
+    model.train_freq = model.train_freq.__class__(1, model.train_freq.unit)
+    assert model.replay_buffer.frames.device.type == "cuda"
+    probe = PlasticityCallback(every=100, batch_size=64)
+    model.learn(300, callback=[ReplayRatioCallback(StaticReplayRatio(0.5)), probe])
+    assert model._n_updates == 100
+    steps = [s for s, _ in probe.history]
+    assert steps == [100, 200, 300]
+    assert all(v == v for v in probe.history[-1][1].values())
+    stats = model.pop_train_stats()
+    assert set(stats) >= {"critic_loss", "actor_loss", "critic_fau"}
