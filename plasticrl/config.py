@@ -53,7 +53,7 @@ class AgentConfig(Section):
     init_temperature: float = Field(0.1, gt=0, description="initial SAC entropy coefficient (learned)")
     augment_pad: int = Field(4, ge=0, le=16, description="random-shift padding in pixels")
     buffer_device: Literal["auto", "cuda", "cpu"] = Field("auto", description="where replay frames live")
-    cuda_graph: Literal["auto", "true", "false"] = Field(
+    cuda_graph: Literal["auto"] | bool = Field(
         "auto", description="replay each update as one CUDA graph (auto: on CUDA with a constant learning rate)")
 
 
