@@ -38,6 +38,7 @@ class Encoder(nn.Module):
 
     def __init__(self, observation_shape: tuple[int, int, int], channels: int = 32):
         super().__init__()
+        self.autocast_dtype: torch.dtype | None = None  # e.g. torch.bfloat16: convolutions in bf16 (CUDA only)
         c = observation_shape[0]
         self.convnet = nn.Sequential(
             nn.Conv2d(c, channels, 3, stride=2), nn.ReLU(),
@@ -50,9 +51,11 @@ class Encoder(nn.Module):
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
         x = obs.float() / 255.0 - 0.5
-        if x.is_cuda:  # cuDNN's fastest convolutions on Hopper take NHWC
-            x = x.contiguous(memory_format=torch.channels_last)
-        return self.convnet(x).flatten(1)
+        if not x.is_cuda:
+            return self.convnet(x).flatten(1)
+        x = x.contiguous(memory_format=torch.channels_last)  # cuDNN's fastest convolutions take NHWC
+        with torch.autocast("cuda", dtype=self.autocast_dtype or torch.float32, enabled=self.autocast_dtype is not None):
+            return self.convnet(x).flatten(1).float()
 
 
 def trunk(repr_dim: int, feature_dim: int) -> nn.Sequential:
@@ -213,6 +216,7 @@ class DrQ(SAC):
         augment_pad: int = 4,
         buffer_device: str = "auto",
         cuda_graph: bool | str = "auto",
+        precision: str = "fp32",
         policy_kwargs: dict[str, Any] | None = None,
         verbose: int = 0,
         seed: int | None = None,
@@ -224,6 +228,9 @@ class DrQ(SAC):
         self.augment_pad = augment_pad
         self.buffer_device = buffer_device
         self.cuda_graph = cuda_graph
+        if precision not in ("fp32", "bf16"):
+            raise ValueError(f"precision={precision!r}: allowed are 'fp32' and 'bf16'")
+        self.precision = precision
         super().__init__(
             policy, env, learning_rate=learning_rate, buffer_size=buffer_size, learning_starts=learning_starts,
             batch_size=batch_size, tau=tau, gamma=gamma, train_freq=train_freq, gradient_steps=gradient_steps,
@@ -248,6 +255,7 @@ class DrQ(SAC):
         # GPU: fused, graph-capturable Adam; NHWC convolutions; cuDNN autotuning; the update as one CUDA graph.
         torch.backends.cudnn.benchmark = True
         self.policy.encoder.to(memory_format=torch.channels_last)
+        self.policy.encoder.autocast_dtype = torch.bfloat16 if self.precision == "bf16" else None
         lr = self.lr_schedule(1)
         extra = {"fused": True, "capturable": True}
         self.actor.optimizer = torch.optim.Adam(self.actor.parameters(), lr=lr, **extra)

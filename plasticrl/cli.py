@@ -188,6 +188,7 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--updates", type=int, default=50)
     b.add_argument("--train-steps", type=int, default=2000, help="agent steps of the end-to-end run (0: skip)")
     b.add_argument("--n-envs", type=int, default=1)
+    b.add_argument("--precision", default="fp32", choices=["fp32", "bf16"], help="encoder convolutions' precision")
     b.add_argument("--json", default=None, help="also write results to this JSON file")
     b.set_defaults(func=_cmd_bench)
     return p
