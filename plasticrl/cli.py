@@ -66,7 +66,7 @@ def build_agent(cfg: cfgmod.Config, env: Any, device: str) -> Any:
                learning_starts=a.learning_starts, batch_size=a.batch_size, tau=a.tau, gamma=a.gamma,
                train_freq=1, gradient_steps=0, n_step=a.n_step, ent_coef=f"auto_{a.init_temperature}",
                augment_pad=a.augment_pad, buffer_device=a.buffer_device,
-               cuda_graph=a.cuda_graph,
+               cuda_graph=a.cuda_graph, precision=a.precision,
                policy_kwargs={"feature_dim": a.feature_dim, "hidden_dim": a.hidden_dim},
                seed=cfg.run.seed, device=device, verbose=0)
 
