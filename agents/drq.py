@@ -50,11 +50,12 @@ class Encoder(nn.Module):
             self.repr_dim = int(self.convnet(torch.zeros(1, *observation_shape)).numel())
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
-        x = obs.float() / 255.0 - 0.5
-        if not x.is_cuda:
-            return self.convnet(x).flatten(1)
-        x = x.contiguous(memory_format=torch.channels_last)  # cuDNN's fastest convolutions take NHWC
-        with torch.autocast("cuda", dtype=self.autocast_dtype or torch.float32, enabled=self.autocast_dtype is not None):
+        if not obs.is_cuda:
+            return self.convnet(obs.float() / 255.0 - 0.5).flatten(1)
+        # GPU: NHWC (cuDNN's fastest layout) set on the uint8 input, 4x cheaper than on floats; optional bf16.
+        dtype = self.autocast_dtype or torch.float32
+        x = obs.contiguous(memory_format=torch.channels_last).to(dtype) / 255.0 - 0.5
+        with torch.autocast("cuda", dtype=dtype, enabled=self.autocast_dtype is not None):
             return self.convnet(x).flatten(1).float()
 
 
@@ -254,6 +255,7 @@ class DrQ(SAC):
             return
         # GPU: fused, graph-capturable Adam; NHWC convolutions; cuDNN autotuning; the update as one CUDA graph.
         torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = True  # TF32 matmuls (cuDNN convolutions use TF32 by default)
         self.policy.encoder.to(memory_format=torch.channels_last)
         self.policy.encoder.autocast_dtype = torch.bfloat16 if self.precision == "bf16" else None
         lr = self.lr_schedule(1)
