@@ -76,7 +76,8 @@ class _EveryN:
 
 
 class EpisodeLogCallback(BaseCallback):
-    """Logs each finished episode (return, length), the agent's update statistics and fps; prints a line."""
+    """Logs finished episodes (return, length; the mean when several end in one vector step), the agent's update
+    statistics since the last record, and fps (agent steps per second); prints a line."""
 
     def __init__(self, run_logger: RunLogger, print_episodes: bool = True):
         super().__init__()
@@ -90,24 +91,26 @@ class EpisodeLogCallback(BaseCallback):
         self._t0, self._steps0 = time.time(), self.num_timesteps
 
     def _on_step(self) -> bool:
-        for info in self.locals.get("infos", []):
-            episode = info.get("episode")
-            if episode is None:
-                continue
-            self.episodes += 1
-            elapsed = max(time.time() - self._t0, 1e-9)
-            record = {"train/episode_return": float(episode["r"]), "train/episode_length": int(episode["l"]),
-                      "train/episodes": self.episodes, "train/fps": (self.num_timesteps - self._steps0) / elapsed,
-                      "train/updates": int(getattr(self.model, "_n_updates", 0))}
-            pop = getattr(self.model, "pop_train_stats", None)
-            if pop is not None:
-                record.update({f"train/{k}": v for k, v in pop().items()})
-            self.run_logger.log(record, self.num_timesteps)
-            if self.print_episodes:
-                from tqdm import tqdm
+        finished = [info["episode"] for info in self.locals.get("infos", []) if info.get("episode") is not None]
+        if not finished:
+            return True
+        # One record per vector step: with n_envs > 1 several episodes can end together; their mean is logged.
+        self.episodes += len(finished)
+        elapsed = max(time.time() - self._t0, 1e-9)
+        record = {"train/episode_return": float(np.mean([e["r"] for e in finished])),
+                  "train/episode_length": float(np.mean([e["l"] for e in finished])),
+                  "train/episodes": self.episodes, "train/fps": (self.num_timesteps - self._steps0) / elapsed,
+                  "train/updates": int(getattr(self.model, "_n_updates", 0))}
+        pop = getattr(self.model, "pop_train_stats", None)
+        if pop is not None:
+            record.update({f"train/{k}": v for k, v in pop().items()})
+        self.run_logger.log(record, self.num_timesteps)
+        if self.print_episodes:
+            from tqdm import tqdm
 
-                tqdm.write(f"step {self.num_timesteps:>9,d}  episode {self.episodes:>5d}  "
-                           f"return {episode['r']:9.2f}  fps {record['train/fps']:7.1f}")
+            ended = f"{len(finished)} episodes" if len(finished) > 1 else f"episode {self.episodes:>5d}"
+            tqdm.write(f"step {self.num_timesteps:>9,d}  {ended}  return {record['train/episode_return']:9.2f}  "
+                       f"fps {record['train/fps']:7.1f}")
         return True
 
 
