@@ -9,7 +9,7 @@ noise) stay fresh on every replay: PyTorch advances the CUDA generator's offset 
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 

@@ -14,8 +14,8 @@ online encoder's features (as DrQ-v2 does).
 from __future__ import annotations
 
 import copy
-from collections import deque
 import math
+from collections import deque
 from typing import Any
 
 import torch

@@ -14,7 +14,7 @@ import gymnasium as gym
 
 from .sequences import SEQUENCES, sequence
 
-__all__ = ["make", "list_ids", "SEQUENCES", "sequence"]
+__all__ = ["SEQUENCES", "check_id", "list_ids", "make", "sequence"]
 
 PREFIXES = ("dmc", "metaworld")
 

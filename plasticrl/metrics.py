@@ -21,18 +21,18 @@ import torch
 from torch import Tensor, nn
 
 __all__ = [
-    "dormant_scores",
     "dormant_mask",
     "dormant_ratio",
+    "dormant_scores",
+    "effective_rank",
+    "effective_rank_from_singular_values",
     "fau",
+    "feature_norm",
+    "grad_norm",
     "singular_values",
     "srank",
     "srank_from_singular_values",
-    "effective_rank",
-    "effective_rank_from_singular_values",
     "weight_norm",
-    "grad_norm",
-    "feature_norm",
 ]
 
 logger = logging.getLogger(__name__)

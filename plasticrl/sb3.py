@@ -6,8 +6,9 @@ This is the only core module that imports stable-baselines3.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
