@@ -110,8 +110,8 @@ def bench_sb3_sac(device: torch.device, batch_size: int, updates: int) -> dict[s
     return {"sb3_sac_update_ms": ms}
 
 
-def bench_training(device: torch.device, steps: int, n_envs: int, ratio: float = 0.5,
-                   batch_size: int = 256, hidden_dim: int = 1024, precision: str = "fp32") -> dict[str, float]:
+def bench_training(device: torch.device, steps: int, n_envs: int, ratio: float = 0.5, batch_size: int = 256,
+                   hidden_dim: int = 1024, precision: str = "fp32", async_env_step: bool = False) -> dict[str, float]:
     """Frames/s of real DrQ training on walker-walk pixels at replay ratio ``ratio`` once updates run."""
     from stable_baselines3.common.callbacks import BaseCallback
 
@@ -140,7 +140,7 @@ def bench_training(device: torch.device, steps: int, n_envs: int, ratio: float =
     starts = min(2000, steps // 2)
     model = DrQ("CnnPolicy", venv, learning_starts=starts, buffer_size=max(steps, 10_000), batch_size=batch_size,
                 train_freq=1, gradient_steps=0, device=device, precision=precision,
-                policy_kwargs={"hidden_dim": hidden_dim})
+                async_env_step=async_env_step, policy_kwargs={"hidden_dim": hidden_dim})
     clock = Clock(starts + 100 * n_envs)
     t_all = time.perf_counter()
     model.learn(steps, callback=[ReplayRatioCallback(StaticReplayRatio(ratio)), clock])
@@ -168,6 +168,10 @@ def main(args: Any) -> int:
     results["speedup_vs_sb3_sac"] = results["sb3_sac_update_ms"] / ours
     if steps:
         results.update(bench_training(device, steps, args.n_envs, batch_size=batch, precision=args.precision))
+        if args.async_env_step:
+            overlapped = bench_training(device, steps, args.n_envs, batch_size=batch, precision=args.precision,
+                                        async_env_step=True)
+            results["train_frames_per_s_async_env_step"] = overlapped["train_frames_per_s"]
     width = max(len(k) for k in results)
     for k, v in results.items():
         print(f"{k:<{width}}  {v:.2f}" if isinstance(v, float) else f"{k:<{width}}  {v}")

@@ -18,6 +18,7 @@ import math
 from collections import deque
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from gymnasium import spaces
@@ -28,6 +29,7 @@ from torch import nn
 
 from agents.augment import random_shift
 from agents.cuda_graph import GraphedUpdate
+from agents.prefetch import PrefetchVecEnv
 from agents.replay import FrameReplayBuffer, PixelBatch
 
 STAT_KEYS = ("critic_loss", "actor_loss", "ent_coef", "ent_coef_loss", "critic_fau", "q")
@@ -218,6 +220,7 @@ class DrQ(SAC):
         buffer_device: str = "auto",
         cuda_graph: bool | str = "auto",
         precision: str = "fp32",
+        async_env_step: bool = False,
         policy_kwargs: dict[str, Any] | None = None,
         verbose: int = 0,
         seed: int | None = None,
@@ -232,6 +235,7 @@ class DrQ(SAC):
         if precision not in ("fp32", "bf16"):
             raise ValueError(f"precision={precision!r}: allowed are 'fp32' and 'bf16'")
         self.precision = precision
+        self.async_env_step = async_env_step
         super().__init__(
             policy, env, learning_rate=learning_rate, buffer_size=buffer_size, learning_starts=learning_starts,
             batch_size=batch_size, tau=tau, gamma=gamma, train_freq=train_freq, gradient_steps=gradient_steps,
@@ -243,6 +247,7 @@ class DrQ(SAC):
         self._stats_sum: torch.Tensor | None = None  # sum over updates of the STAT_KEYS vector, on the device
         self._train_count = 0
         self._update_fn: Any = None
+        self._prefetched: tuple[np.ndarray, np.ndarray] | None = None  # next (action, buffer action), env stepping
         # per-update critic FAU (0-dim, on device), drained by ReplayRatioCallback; bounded if nobody drains it
         self.critic_fau_log: deque[torch.Tensor] = deque(maxlen=100_000)
         if _init_setup_model:
@@ -251,6 +256,8 @@ class DrQ(SAC):
     def _setup_model(self) -> None:
         super()._setup_model()
         self._update_fn = self._update_vector
+        if self.async_env_step and self.env is not None and not isinstance(self.env, PrefetchVecEnv):
+            self.env = PrefetchVecEnv(self.env)
         if self.device.type != "cuda":
             return
         # GPU: fused, graph-capturable Adam; NHWC convolutions; cuDNN autotuning; the update as one CUDA graph.
@@ -276,7 +283,8 @@ class DrQ(SAC):
         self.encoder = self.policy.encoder
 
     def _excluded_save_params(self) -> list[str]:
-        return [*super()._excluded_save_params(), "encoder", "_stats_sum", "_update_fn", "critic_fau_log"]
+        return [*super()._excluded_save_params(), "encoder", "_stats_sum", "_update_fn", "critic_fau_log",
+                "_prefetched"]
 
     # ------------------------------------------------------------------ the update
     def update(self, batch: PixelBatch) -> dict[str, torch.Tensor]:
@@ -329,7 +337,19 @@ class DrQ(SAC):
         stats = self.update(batch)
         return torch.stack([stats[k].float().reshape(()) for k in STAT_KEYS])
 
+    def _sample_action(self, learning_starts: int, action_noise: Any = None,
+                       n_envs: int = 1) -> tuple[np.ndarray, np.ndarray]:
+        if self._prefetched is not None:  # chosen before the last updates; the env is already stepping with it
+            actions, self._prefetched = self._prefetched, None
+            return actions
+        return super()._sample_action(learning_starts, action_noise, n_envs)
+
     def train(self, gradient_steps: int, batch_size: int = 256) -> None:
+        if isinstance(self.env, PrefetchVecEnv) and gradient_steps > 0:
+            # Start the next env step before the updates, so that the envs run while the GPU trains.
+            self.policy.set_training_mode(False)
+            self._prefetched = super()._sample_action(self.learning_starts, self.action_noise, self.n_envs)
+            self.env.prefetch(self._prefetched[0])
         self.policy.set_training_mode(True)
         optimizers = [self.actor.optimizer, self.critic.optimizer]
         if self.ent_coef_optimizer is not None:

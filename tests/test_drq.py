@@ -184,3 +184,31 @@ def test_update_matches_a_straightforward_sac_step():
     for p_model, p_ref in zip(model.critic.parameters(), ref.critic.parameters()):
         torch.testing.assert_close(p_model, p_ref)
     env.close()
+
+
+def test_async_env_step_stores_the_actions_the_env_executed():
+    import gymnasium as gym
+
+    from agents.prefetch import PrefetchVecEnv
+    from plasticrl.replay_ratio import StaticReplayRatio
+    from plasticrl.sb3 import ReplayRatioCallback
+
+    executed = []
+
+    class Record(gym.Wrapper):
+        def step(self, action):
+            executed.append(np.array(action, dtype=np.float32).copy())
+            return self.env.step(action)
+
+    env = make_vec_env(lambda: Record(envs.make("dmc:cartpole-swingup", size=32, frame_stack=2, action_repeat=8)),
+                       n_envs=1, seed=0)
+    model = small_agent(env, learning_starts=20, train_freq=1, gradient_steps=0, async_env_step=True)
+    assert isinstance(model.env, PrefetchVecEnv)
+    model.learn(60, callback=ReplayRatioCallback(StaticReplayRatio(1.0)))
+    assert model._n_updates == 40
+    stored = model.replay_buffer.actions[:60].numpy()
+    # every transition's stored action is the one the env ran (DummyVecEnv runs a step only at step_wait, so the
+    # step prefetched after the last update has not run)
+    assert len(executed) == 60
+    np.testing.assert_allclose(stored, np.stack(executed[:60]), atol=1e-6)
+    env.close()

@@ -1,0 +1,64 @@
+"""Tests for plasticrl.continual metrics on a hand-worked 3-task example."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from plasticrl.continual import (
+    average_performance,
+    average_performance_per_task,
+    forgetting,
+    forgetting_per_task,
+    forward_transfer,
+    forward_transfer_per_task,
+)
+
+# perf[i, j]: score of task j at the end of training task i.
+PERF = np.array(
+    [
+        [0.9, 0.1, 0.0],
+        [0.6, 0.8, 0.2],
+        [0.5, 0.7, 1.0],
+    ]
+)
+
+
+def test_average_performance_hand_worked() -> None:
+    # final row: 0.5, 0.7, 1.0 -> AP = 2.2 / 3 = 0.7333...
+    np.testing.assert_allclose(average_performance_per_task(PERF), [0.5, 0.7, 1.0])
+    assert average_performance(PERF) == pytest.approx(2.2 / 3)
+
+
+def test_forgetting_hand_worked() -> None:
+    # task 0: perf[0,0] - perf[2,0] = 0.9 - 0.5 = 0.4
+    # task 1: perf[1,1] - perf[2,1] = 0.8 - 0.7 = 0.1
+    # task 2 (last) excluded -> mean = 0.5 / 2 = 0.25
+    np.testing.assert_allclose(forgetting_per_task(PERF), [0.4, 0.1])
+    assert forgetting(PERF) == pytest.approx(0.25)
+
+
+def test_forward_transfer_hand_worked() -> None:
+    curves = [np.array([0.0, 0.5, 1.0]), np.array([0.2, 0.2]), np.array([0.9, 1.0])]
+    refs = [np.array([0.0, 0.0, 0.6]), np.array([0.4, 0.6]), np.array([1.0, 1.0])]
+    # task 0: AUC 0.5, ref 0.2 -> (0.5 - 0.2) / (1 - 0.2) = 0.375
+    # task 1: AUC 0.2, ref 0.5 -> (0.2 - 0.5) / (1 - 0.5) = -0.6
+    # task 2: ref AUC 1 -> 0 by convention
+    # mean: (0.375 - 0.6 + 0) / 3 = -0.075
+    np.testing.assert_allclose(forward_transfer_per_task(curves, refs), [0.375, -0.6, 0.0])
+    assert forward_transfer(curves, refs) == pytest.approx(-0.075)
+
+
+def test_edge_cases_and_validation() -> None:
+    assert math.isnan(forgetting(np.array([[0.7]])))
+    assert average_performance(np.array([[0.7]])) == pytest.approx(0.7)
+    with pytest.raises(ValueError):
+        average_performance(np.zeros((2, 3)))
+    with pytest.raises(ValueError):
+        forgetting(np.zeros(3))
+    with pytest.raises(ValueError):
+        forward_transfer([np.ones(2)], [])
+    with pytest.raises(ValueError):
+        forward_transfer([np.array([])], [np.ones(2)])
