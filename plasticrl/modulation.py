@@ -88,7 +88,7 @@ class LoRAModulator(nn.Module):
         for entry in a:
             nn.init.kaiming_uniform_(entry, a=math.sqrt(5))
         self.A = nn.Parameter(a)
-        self.B = nn.Parameter(0.01*torch.randn(pool_size, out_features, rank, **factory))
+        self.B = nn.Parameter(torch.zeros(pool_size, out_features, rank, **factory))
         alpha = 2 * rank
         self.scale = alpha / rank
 
