@@ -106,14 +106,20 @@ def train(cfg: cfgmod.Config) -> Path:
             adapters.EpisodeLogCallback(run_logger, cfg.logging.print_episodes),
             adapters.ReplayRatioCallback(build_controller(cfg), run_logger),
             adapters.EvalCallback(eval_env, run_logger, cfg.eval.every, cfg.eval.episodes),
-            adapters.CheckpointCallback(run_dir / "checkpoints", cfg.run.checkpoint_every),
+            adapters.CheckpointCallback(run_dir / "checkpoints", cfg.run.checkpoint_every,
+                                        on_save=(lambda: _plot_quietly(run_dir)) if cfg.logging.plots else None),
         ]
         m = cfg.monitor
         if m.enabled:
             callbacks.insert(1, adapters.PlasticityCallback(run_logger, every=m.every, batch_size=m.batch_size,
                                                             tau=m.tau, delta=m.delta, groups=m.groups,
                                                             histograms_every=m.histograms_every))
-        model.learn(cfg.run.total_steps, callback=callbacks, progress_bar=cfg.run.progress_bar)
+        try:
+            model.learn(cfg.run.total_steps, callback=callbacks, progress_bar=cfg.run.progress_bar)
+        except KeyboardInterrupt:
+            model.save(run_dir / "checkpoints" / "interrupted.zip")
+            print(f"interrupted: saved {run_dir / 'checkpoints' / 'interrupted.zip'}", file=sys.stderr)
+            raise
         model.save(run_dir / "checkpoints" / "final.zip")
     finally:
         run_logger.close()
@@ -121,11 +127,19 @@ def train(cfg: cfgmod.Config) -> Path:
             if e is not None:
                 e.close()
     if cfg.logging.plots:
-        from plasticrl.plots import plot_runs
-
-        plot_runs([run_dir], run_dir / "plots" / "dashboard.png")
+        _plot_quietly(run_dir)
     print(f"done: {run_dir}", flush=True)
     return run_dir
+
+
+def _plot_quietly(run_dir: Path) -> None:
+    """Redraws ``plots/dashboard.png``; a plotting problem never stops training."""
+    from plasticrl.plots import plot_runs
+
+    try:
+        plot_runs([run_dir], run_dir / "plots" / "dashboard.png")
+    except (ValueError, OSError) as exc:
+        print(f"warning: dashboard not drawn: {exc}", file=sys.stderr)
 
 
 def _cmd_train(args: argparse.Namespace) -> int:

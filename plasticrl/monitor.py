@@ -202,7 +202,9 @@ class PlasticityMonitor:
                 layer_values.append((f"{prefix}/{name}/dormant_ratio", mask.float().mean()))
                 layer_values.append((f"{prefix}/{name}/fau", layer_fau))
                 if self.histograms:
+                    magnitude = act.detach().float().abs().mean(dim=[d for d in range(act.dim()) if d != 1])
                     hists[f"{prefix}/{name}/dormant_score"] = metrics.dormant_scores(act)
+                    hists[f"{prefix}/{name}/activation_magnitude"] = magnitude  # mean |h_i| per unit
 
             if layers:
                 add(f"{prefix}/dormant_ratio", torch.stack(dormant_units).sum().float() / units)

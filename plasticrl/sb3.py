@@ -263,15 +263,18 @@ class EvalCallback(BaseCallback):
 
 
 class CheckpointCallback(BaseCallback):
-    """Saves ``checkpoints/step_<N>.zip`` every ``every`` env steps (0: never; the CLI saves ``final.zip``)."""
+    """Saves ``checkpoints/step_<N>.zip`` every ``every`` env steps (0: never; the CLI saves ``final.zip``) and,
+    with ``on_save``, calls it after each save (the CLI redraws the run's PNG dashboard there)."""
 
-    def __init__(self, folder: str | Path, every: int):
+    def __init__(self, folder: str | Path, every: int, on_save: Callable[[], Any] | None = None):
         super().__init__()
-        self.folder, self._due = Path(folder), _EveryN(every)
+        self.folder, self._due, self.on_save = Path(folder), _EveryN(every), on_save
 
     def _on_step(self) -> bool:
         if self._due(self.num_timesteps):
             self.model.save(self.folder / f"step_{self.num_timesteps}.zip")
+            if self.on_save is not None:
+                self.on_save()
         return True
 
 
