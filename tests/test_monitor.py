@@ -314,7 +314,7 @@ def test_single_host_transfer(monkeypatch: pytest.MonkeyPatch) -> None:
     assert calls["cpu"] == 1
     assert calls["svd"] == 2  # one SVD per group (srank and effective rank share it)
     assert len(out) == (7 + 2 * 2) + (6 + 3 * 2)  # mlp has grads, cnn not
-    assert len(monitor.last_histograms) == 5
+    assert len(monitor.last_histograms) == 10  # 5 layers x (dormant_score, activation_magnitude)
 
 
 def test_histograms_cover_every_layer() -> None:
@@ -323,11 +323,14 @@ def test_histograms_cover_every_layer() -> None:
     monitor = PlasticityMonitor({"mlp": mlp}, histograms=True)
     monitor.probe(lambda: mlp(x))
     assert sorted(monitor.last_histograms) == [
+        "plasticity/mlp/1/activation_magnitude",
         "plasticity/mlp/1/dormant_score",
+        "plasticity/mlp/3/activation_magnitude",
         "plasticity/mlp/3/dormant_score",
     ]
     acts = record({"1": mlp[1]}, lambda: mlp(x))["1"]
     torch.testing.assert_close(monitor.last_histograms["plasticity/mlp/1/dormant_score"], metrics.dormant_scores(acts))
+    torch.testing.assert_close(monitor.last_histograms["plasticity/mlp/1/activation_magnitude"], acts.abs().mean(0))
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
