@@ -106,9 +106,11 @@ class ReplayRatioController(ABC):
     def observe(self, fau: float | Tensor) -> None:
         """Record one critic FAU measurement (ignored by the base class)."""
 
-    def end_episode(self) -> None:
-        """Mark the end of an episode."""
-        self.episodes += 1
+    def end_episode(self, n: int = 1) -> None:
+        """Mark the end of ``n`` episodes that ended together (parallel envs, one vector step)."""
+        if not isinstance(n, int) or n < 1:
+            raise ValueError(f"n={n!r}: the number of episodes that ended must be an int >= 1")
+        self.episodes += n
 
     def step(self, n_transitions: int = 1) -> int:
         """Advance by ``n_transitions`` env transitions; return updates due now."""
@@ -228,11 +230,14 @@ class AdaptiveReplayRatio(ReplayRatioController):
         self._episode.add(fau)
         self._period.add(fau)
 
-    def end_episode(self) -> None:
-        """Close the episode; with ``unit="episodes"`` check every ``check_every``."""
-        super().end_episode()
+    def end_episode(self, n: int = 1) -> None:
+        """Close ``n`` episodes that ended together (with parallel envs, those of one vector step: their window is
+        the values observed since the previous call); with ``unit="episodes"`` a check runs whenever the episode
+        count reaches or passes a multiple of ``check_every``."""
+        before = self.episodes
+        super().end_episode(n)
         self._last_episode, self._episode = self._episode, _Window()
-        if self.unit == "episodes" and self.episodes % self.check_every == 0:
+        if self.unit == "episodes" and before // self.check_every != self.episodes // self.check_every:
             self._check()
 
     def step(self, n_transitions: int = 1) -> int:

@@ -205,13 +205,13 @@ class ReplayRatioCallback(BaseCallback):
         new = self.num_timesteps - self._last_steps
         self._last_steps = self.num_timesteps
         self._due += int(self.controller.step(new))
-        dones = [bool(d) for d in self.locals.get("dones", [])]
-        for done in dones:
-            if done:
-                if self._probe_monitor is not None:
-                    self._observe_probe()
-                self.controller.end_episode()
-        if any(dones) and self.run_logger is not None:
+        n_done = sum(bool(d) for d in self.locals.get("dones", []))
+        if n_done:
+            if self._probe_monitor is not None:
+                self._observe_probe()
+            # Episodes of parallel envs that end in one vector step close one FAU window together.
+            self.controller.end_episode(n_done)
+        if n_done and self.run_logger is not None:
             record = dict(self.controller.log_dict())
             record["replay_ratio/updates"] = int(getattr(self.model, "_n_updates", 0))
             self.run_logger.log(record, self.num_timesteps)

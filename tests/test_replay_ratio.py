@@ -360,3 +360,22 @@ def test_import_does_not_pull_stable_baselines3():
     res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
     assert res.returncode == 0, res.stderr
     assert res.stdout.strip() == "False"
+
+
+def test_episodes_ending_together_share_one_window_and_cross_the_check():
+    """Parallel envs: 3 episodes end in one vector step. The check at episode 4 (check_every=4) is passed by the
+    jump from 3 to 6 episodes and uses the values observed since the previous end_episode call."""
+    c = AdaptiveReplayRatio(check_every=4, tolerance=0.01)
+    c.observe(0.5)          # first reference
+    c.end_episode(3)        # episodes 1-3: no check yet
+    assert c.history == []
+    c.observe(0.9)
+    c.observe(0.7)          # window of the next call: mean 0.8
+    c.end_episode(3)        # episodes 4-6: crosses 4 -> check
+    assert len(c.history) == 1 and c.history[0][1] == pytest.approx(0.8)
+    assert c.switched_at is None  # |0.8 - 0.5| > 0.01
+    c.observe(0.805)
+    c.end_episode(2)        # episodes 7-8: reaches 8 -> check, |0.805 - 0.8| <= 0.01 -> switch
+    assert c.switched_at == 0 and c.ratio == 2.0
+    with pytest.raises(ValueError, match="episodes that ended"):
+        c.end_episode(0)

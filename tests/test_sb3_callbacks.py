@@ -108,3 +108,13 @@ def test_replay_ratio_callback_rejects_multi_step_train_freq():
     with pytest.raises(ValueError, match="train_freq=1"):
         model.learn(5, callback=ReplayRatioCallback(StaticReplayRatio(1.0)))
     env.close()
+
+
+def test_adaptive_with_parallel_envs_checks_when_episodes_end_together():
+    env = pixel_env(n_envs=2)  # both envs end their 125-step episodes in the same vector step
+    model = drq(env)
+    controller = AdaptiveReplayRatio(check_every=2, tolerance=1.0)
+    model.learn(2 * EPISODE + 20, callback=ReplayRatioCallback(controller))
+    assert controller.episodes == 2 and len(controller.history) == 1
+    assert controller.switched_at == 2 * EPISODE and model.gradient_steps == 4  # RR 2 x 2 transitions per step
+    env.close()
