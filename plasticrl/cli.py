@@ -62,7 +62,9 @@ def build_agent(cfg: cfgmod.Config, env: Any, device: str) -> Any:
     a = cfg.agent
     if not cfg.env.pixels:
         raise cfgmod.ConfigError("agent.kind=drq needs pixel observations: set env.pixels=true")
-    return DrQ("CnnPolicy", env, learning_rate=a.learning_rate, buffer_size=a.buffer_size,
+    # A buffer larger than the run's transitions never fills: allocate only what the run can use.
+    buffer_size = min(a.buffer_size, cfg.run.total_steps)
+    return DrQ("CnnPolicy", env, learning_rate=a.learning_rate, buffer_size=buffer_size,
                learning_starts=a.learning_starts, batch_size=a.batch_size, tau=a.tau, gamma=a.gamma,
                train_freq=1, gradient_steps=0, n_step=a.n_step, ent_coef=f"auto_{a.init_temperature}",
                augment_pad=a.augment_pad, buffer_device=a.buffer_device,
