@@ -60,8 +60,6 @@ def build_agent(cfg: cfgmod.Config, env: Any, device: str) -> Any:
     from agents import DrQ
 
     a = cfg.agent
-    if not cfg.env.pixels:
-        raise cfgmod.ConfigError("agent.kind=drq needs pixel observations: set env.pixels=true")
     # A buffer larger than the run's transitions never fills: allocate only what the run can use.
     buffer_size = min(a.buffer_size, cfg.run.total_steps)
     return DrQ("CnnPolicy", env, learning_rate=a.learning_rate, buffer_size=buffer_size,
@@ -73,13 +71,20 @@ def build_agent(cfg: cfgmod.Config, env: Any, device: str) -> Any:
                seed=cfg.run.seed, device=device, verbose=0)
 
 
-def check_env_id(env_id: str) -> None:
+def check_config(cfg: cfgmod.Config) -> None:
+    """Checks that need the registries (env id, agent/env fit); raises ConfigError before anything is written."""
     import envs
 
     try:
-        envs.check_id(env_id)
+        envs.check_id(cfg.env.id)
     except ValueError as exc:
         raise cfgmod.ConfigError(f"env.id: {exc}") from None
+    if cfg.agent.kind == "drq" and not cfg.env.pixels:
+        raise cfgmod.ConfigError("env.pixels: false is not allowed with agent.kind=drq, a pixel agent; "
+                                 "set env.pixels=true")
+    if cfg.agent.kind == "drq" and not cfg.env.id.startswith("dmc:"):
+        raise cfgmod.ConfigError(f"env.id: {cfg.env.id!r} has no pixel observations; agent.kind=drq needs a "
+                                 "dmc:<domain>-<task> env")
 
 
 def train(cfg: cfgmod.Config) -> Path:
@@ -87,7 +92,7 @@ def train(cfg: cfgmod.Config) -> Path:
     from plasticrl import sb3 as adapters
     from plasticrl.logging import RunLogger, make_run_dir
 
-    check_env_id(cfg.env.id)
+    check_config(cfg)
     device = resolve_device(cfg.run.device)
     run_dir = make_run_dir(cfg.run.out_dir, cfg.run.name, cfg.run.seed)
     (run_dir / "config.yaml").write_text(cfgmod.dump(cfg))

@@ -55,6 +55,11 @@ def test_bad_input_stops_before_the_run_folder_exists(tmp_path, capsys):
     assert code == 2
     assert "dmc:walker-wlak" in err and "dmc:walker-walk" in err
     assert not (tmp_path / "runs").exists()
+    code = main(["train", SMOKE, "--set", f"run.out_dir={tmp_path}/runs", "--set", "env.pixels=false"])
+    assert code == 2 and "env.pixels" in capsys.readouterr().err
+    code = main(["train", SMOKE, "--set", f"run.out_dir={tmp_path}/runs", "--set", "env.id=metaworld:push-v3"])
+    assert code == 2 and "dmc:" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()
     code = main(["train", str(tmp_path / "missing.yaml")])
     assert code == 2 and "not found" in capsys.readouterr().err
 
