@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SMOKE = str(ROOT / "configs" / "smoke.yaml")
 # Shorter than the smoke config to save time: 150 agent steps (25 updates), plasticity probes at 50, 100 and 150,
 # one episode (125 steps) and the final evaluation.
-SMOKE_SET = ["run.total_steps=150", "monitor.every=50", "logging.plots=false"]
+SMOKE_SET = ["run.total_steps=150", "monitor.every=50", "logging.plots=false", "monitor.histograms_every=2"]
 
 BLOCK, HEADER = 32768, 7
 FULL, FIRST, MIDDLE, LAST = 1, 2, 3, 4
@@ -112,8 +112,9 @@ def test_history_holds_plasticity_env_step_and_returns(offline_run):
 
 
 def test_history_values_equal_metrics_jsonl(offline_run):
-    jsonl, history = offline_run["jsonl"], offline_run["history"]
-    assert len(history) == len(jsonl)  # one W&B history row per logged record (no histograms in smoke)
+    jsonl = offline_run["jsonl"]
+    history = [row for row in offline_run["history"] if not any(k.startswith("histograms/") for k in row)]
+    assert len(history) == len(jsonl)  # one W&B history row per logged record, plus the histogram rows
     plasticity = sorted({k for r in jsonl for k in r if k.startswith("plasticity/")})
     assert "plasticity/critic/fau" in plasticity and "plasticity/encoder/dormant_ratio" in plasticity
     for key in [*plasticity, "train/episode_return", "train/critic_loss", "eval/return_mean"]:
@@ -123,6 +124,19 @@ def test_history_values_equal_metrics_jsonl(offline_run):
         assert [v for _, v in got] == pytest.approx([v for _, v in expected], rel=1e-9, abs=1e-12), key
     probes = [s for s, _ in series(jsonl, "plasticity/critic/fau")]
     assert probes == [50, 100, 150]
+
+
+def test_per_unit_histograms_every_k_probes(offline_run):
+    """monitor.histograms_every=2: of the probes at 50, 100, 150 only the second logs histograms, one per
+    activation layer and kind (dormancy score, activation magnitude), as W&B histogram objects."""
+    rows = [row for row in offline_run["history"] if any(k.startswith("histograms/") for k in row)]
+    assert [row["env_step"] for row in rows] == [100]
+    # W&B stores a histogram as nested keys <name>._type / .bins / .values
+    keys = {k.rsplit(".", 1)[0] for k in rows[0] if k.startswith("histograms/") and k.endswith("._type")}
+    assert "histograms/plasticity/critic/q1.1/dormant_score" in keys
+    assert "histograms/plasticity/encoder/convnet.1/activation_magnitude" in keys
+    assert len([k for k in keys if k.endswith("/dormant_score")]) == len([k for k in keys if k.endswith("_magnitude")])
+    assert all(rows[0][f"{k}._type"] == "histogram" and len(rows[0][f"{k}.values"]) > 0 for k in keys)
 
 
 def test_env_step_is_the_x_axis(offline_run):
