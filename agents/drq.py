@@ -58,12 +58,18 @@ class Encoder(nn.Module):
         dtype = self.autocast_dtype or torch.float32
         x = obs.contiguous(memory_format=torch.channels_last).to(dtype) / 255.0 - 0.5
         with torch.autocast("cuda", dtype=dtype, enabled=self.autocast_dtype is not None):
-            return self.convnet(x).flatten(1).float()
+            return self.convnet(x).flatten(1)  # bf16 features stay bf16: the trunks read them in bf16
 
 
 def trunk(repr_dim: int, feature_dim: int) -> nn.Sequential:
     """Linear -> LayerNorm -> Tanh, the DrQ-v2 bottleneck."""
     return nn.Sequential(nn.Linear(repr_dim, feature_dim), nn.LayerNorm(feature_dim), nn.Tanh())
+
+
+def run_trunk(trunk_net: nn.Module, h: torch.Tensor) -> torch.Tensor:
+    """The trunk on encoder features; bf16 features (``precision="bf16"``) run its Linear in bf16. Returns fp32."""
+    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=h.dtype == torch.bfloat16):
+        return trunk_net(h).float()
 
 
 def mlp(in_dim: int, hidden_dim: int, out_dim: int) -> nn.Sequential:
@@ -86,7 +92,7 @@ class Actor(nn.Module):
 
     def forward(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean and log std (B, A) of the pre-tanh Gaussian."""
-        mu, log_std = self.policy(self.trunk(h)).chunk(2, dim=-1)
+        mu, log_std = self.policy(run_trunk(self.trunk, h)).chunk(2, dim=-1)
         lo, hi = self.log_std_bounds
         log_std = lo + 0.5 * (hi - lo) * (torch.tanh(log_std) + 1.0)
         return mu, log_std
@@ -115,13 +121,13 @@ class Critic(nn.Module):
         self.q2 = mlp(feature_dim + action_dim, hidden_dim, 1)
 
     def forward(self, h: torch.Tensor, action: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        x = torch.cat([self.trunk(h), action], dim=-1)
+        x = torch.cat([run_trunk(self.trunk, h), action], dim=-1)
         return self.q1(x), self.q2(x)
 
     def forward_with_fau(self, h: torch.Tensor, action: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Like ``forward``, plus the fraction of active units (> 0) over both heads' hidden ReLU outputs (0-dim),
         the signal of Adaptive RR (Ma et al. 2024). Computed on the device, no host sync."""
-        x = torch.cat([self.trunk(h), action], dim=-1)
+        x = torch.cat([run_trunk(self.trunk, h), action], dim=-1)
         active = x.new_zeros(())
         total = 0
         outs = []
