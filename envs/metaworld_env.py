@@ -13,6 +13,7 @@ import metaworld
 import mujoco
 import numpy as np
 from metaworld.env_dict import ALL_V3_ENVIRONMENTS
+from metaworld.policies import ENV_POLICY_MAP
 from metaworld.sawyer_xyz_env import SawyerMocapBase
 
 OPTIONS = ("seed", "max_episode_steps")
@@ -44,6 +45,17 @@ SawyerMocapBase.reset_mocap_welds = _reset_mocap_welds
 def task_names() -> list[str]:
     """All Meta-World v3 task names, e.g. "push-v3"."""
     return list(ALL_V3_ENVIRONMENTS)
+
+
+def scripted_policy(task: str) -> Any:
+    """A new instance of Meta-World's scripted policy for `task` (e.g. "push-v3").
+
+    `policy.get_action(obs)` maps a (39,) observation to a (4,) action; it is
+    not clipped to [-1, 1] (the env clips). Raises ValueError for unknown tasks.
+    """
+    if task not in ENV_POLICY_MAP:
+        raise ValueError(f"No Meta-World scripted policy for {task!r}; tasks: {', '.join(ENV_POLICY_MAP)}")
+    return ENV_POLICY_MAP[task]()
 
 
 class MetaWorldEnv(gym.Env):

@@ -1,4 +1,4 @@
-"""``plasticrl`` command line: train, eval, plot, bench.
+"""``plasticrl`` command line: train, eval, plot, collect, bench.
 
 argparse (standard library) keeps the CLI dependency-free and its help text plain; config validation is pydantic's
 (see plasticrl.config).
@@ -178,6 +178,31 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_collect(args: argparse.Namespace) -> int:
+    from plasticrl import collect
+
+    try:  # validate every task before anything is written
+        tasks = collect.resolve_tasks(args.tasks)
+        for task in tasks:
+            if args.checkpoint is None:
+                collect.check_scripted(task, args.episodes, args.noise_std)
+                collect.check_new(collect.scripted_dataset_id(task, args.noise_std), args.out)
+            else:
+                collect.check_new(collect.agent_dataset_id(task, args.agent, args.checkpoint, not args.stochastic),
+                                  args.out)
+        if args.checkpoint is not None:
+            collect.load_agent(args.agent, args.checkpoint, "cpu")
+    except ValueError as exc:
+        raise cfgmod.ConfigError(str(exc)) from None
+    for task in tasks:
+        if args.checkpoint is None:
+            collect.collect_scripted(task, args.episodes, args.noise_std, args.seed, args.out)
+        else:
+            collect.collect_agent(task, args.checkpoint, args.episodes, args.seed, args.out, agent=args.agent,
+                                  deterministic=not args.stochastic, device=resolve_device(args.device))
+    return 0
+
+
 def _cmd_bench(args: argparse.Namespace) -> int:
     from agents.bench import main as bench_main
 
@@ -202,6 +227,20 @@ def parser() -> argparse.ArgumentParser:
     pl.add_argument("run_dirs", nargs="+")
     pl.add_argument("--out", default=None, help="PNG path (default: <first run>/plots/dashboard.png)")
     pl.set_defaults(func=_cmd_plot)
+    c = sub.add_parser("collect", help="write Minari datasets from Meta-World's scripted policies or a checkpoint")
+    c.add_argument("--tasks", required=True,
+                   help="a sequence name (cw10, cw20, mt40, dmc10, dmc6) or comma-separated env ids, "
+                        "e.g. metaworld:push-v3,metaworld:reach-v3")
+    c.add_argument("--episodes", type=int, default=10, help="episodes per task")
+    c.add_argument("--noise-std", type=float, default=0.0,
+                   help="scripted policies: std of Gaussian action noise (actions in [-1, 1], clipped)")
+    c.add_argument("--seed", type=int, default=0, help="env seed (Meta-World: the goal) and noise/sampling seed")
+    c.add_argument("--out", default="data", help="datasets folder (MINARI_DATASETS_PATH), default ./data")
+    c.add_argument("--checkpoint", default=None, help="SB3-format agent checkpoint (.zip) instead of scripted policies")
+    c.add_argument("--agent", default="drq", choices=["drq", "sac"], help="class of --checkpoint")
+    c.add_argument("--stochastic", action="store_true", help="sample the agent's actions (default: deterministic)")
+    c.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    c.set_defaults(func=_cmd_collect)
     b = sub.add_parser("bench", help="update-step and training-throughput benchmark")
     b.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     b.add_argument("--quick", action="store_true", help="small sizes, for CPU")

@@ -3,7 +3,6 @@
 import mujoco
 import numpy as np
 import pytest
-from metaworld.policies import ENV_POLICY_MAP
 
 import envs
 from envs import metaworld_env
@@ -16,7 +15,7 @@ SEED = 0
 def test_cw10_scripted_policy_succeeds(env_id):
     """Needs the eq_data patch: unpatched metaworld 3.0.0 fails at construction."""
     env = envs.make(env_id, seed=SEED)
-    policy = ENV_POLICY_MAP[env_id.split(":")[1]]()
+    policy = metaworld_env.scripted_policy(env_id.split(":")[1])
     obs, _ = env.reset()
     for _ in range(200):
         obs, _, terminated, truncated, info = env.step(policy.get_action(obs))
