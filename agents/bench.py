@@ -88,11 +88,10 @@ def bench_drq(device: torch.device, batch_size: int, updates: int, hidden_dim: i
         shape, a_dim = venv.observation_space.shape, venv.action_space.shape[0]
         batches = [synthetic_batch(batch_size, shape, a_dim, device, s) for s in range(4)]
         name = "graph" if mode else "eager"
-        out[f"drq_update_ms_{name}"] = _time(lambda i: model._update_fn(batches[i % 4]), updates, 5, device)
+        out[f"drq_update_ms_{name}"] = _time(lambda i, m=model, b=batches: m._update_fn(b[i % 4]), updates, 5, device)
         _fill(model.replay_buffer, venv, 2000, np.random.default_rng(0))
         _quiet_logger(model)
-        out[f"drq_sample_update_ms_{name}"] = _time(lambda i: model.train(1, batch_size), updates, 3, device)
-        del model
+        out[f"drq_sample_update_ms_{name}"] = _time(lambda i, m=model: m.train(1, batch_size), updates, 3, device)
     venv.close()
     return out
 

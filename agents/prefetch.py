@@ -32,11 +32,11 @@ class PrefetchVecEnv(VecEnvWrapper):
         if not np.array_equal(actions, self._pending):
             raise RuntimeError("PrefetchVecEnv: the step was started with other actions than the ones passed now")
 
-    def step_wait(self):  # noqa: ANN201 - VecEnvStepReturn
+    def step_wait(self):
         self._pending = None
         return self.venv.step_wait()
 
-    def reset(self):  # noqa: ANN201
+    def reset(self):
         if self._pending is not None:  # finish the started step before resetting
             self.venv.step_wait()
             self._pending = None

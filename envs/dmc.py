@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from collections import deque
 from types import ModuleType
-from typing import Any
+from typing import Any, ClassVar
 
 import gymnasium as gym
 import numpy as np
@@ -37,7 +37,7 @@ def _gl_context_works(backend: str) -> bool:
         context.make_current()
         context.free()
         return True
-    except Exception:  # missing library, no device, PyOpenGL platform clash, ...
+    except Exception:  # noqa: BLE001 - missing library, no device, PyOpenGL platform clash, ...
         if saved_platform is None:  # mujoco.egl/osmesa set it on import
             os.environ.pop("PYOPENGL_PLATFORM", None)
         return False
@@ -91,7 +91,7 @@ class DMCEnv(gym.Env):
     terminated is always False. `info["frames"]` counts control steps since reset.
     """
 
-    metadata = {"render_modes": ["rgb_array"]}
+    metadata: ClassVar[dict] = {"render_modes": ["rgb_array"]}
 
     def __init__(
         self,

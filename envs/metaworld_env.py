@@ -6,7 +6,7 @@ Importing this module patches metaworld 3.0.0 so it runs on MuJoCo >= 3.3.1
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import gymnasium as gym
 import metaworld
@@ -68,7 +68,7 @@ class MetaWorldEnv(gym.Env):
     200); terminated is always False. `info["success"]` is 0.0 or 1.0.
     """
 
-    metadata = {"render_modes": []}
+    metadata: ClassVar[dict] = {"render_modes": []}
 
     def __init__(self, task: str, *, seed: int = 0, max_episode_steps: int = 200) -> None:
         if max_episode_steps < 1:
