@@ -1,14 +1,18 @@
 #!/usr/bin/env bash
-# One device call: GPU tests, `plasticrl bench`, then a detached 500k-frame walker-walk run (logs under /tmp/runs).
-# Usage on the GPU machine: bash benchmarks/gpu_session.sh  (after `source .gpu/env.sh`)
+# The device runs behind the README's performance table, in order (run from the project root on the GPU machine,
+# after `source .gpu/env.sh`; see ../shared/gpu.md). OUT is the folder whose files come back.
 set -u
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu.txt"
-python3 -c "import torch; print('torch', torch.__version__, torch.version.cuda)" | tee -a "$OUT/gpu.txt"
-python3 -m pip install -q --no-index --no-deps --target /tmp/site .gpu/wheels/*.whl 2>/dev/null
-timeout 240 python3 -m pytest -q -x tests/test_cuda.py tests/test_metrics.py tests/test_monitor.py 2>&1 | tail -15 | tee "$OUT/gpu_tests.txt"
-N_ENVS=${N_ENVS:-8}
+export PYTHONPATH=$PWD:${PYTHONPATH:-}
+python3 -m pytest -q tests/test_cuda.py tests/test_metrics.py tests/test_monitor.py | tail -3
+for p in fp32 bf16; do
+  python3 -m plasticrl bench --device cuda --updates 300 --train-steps 12000 --n-envs 16 --precision $p \
+    --async-env-step --json "$OUT/bench_$p.json"
+done
+python3 benchmarks/monitor_overhead.py --device cuda --steps 20000 --n-envs 16 --precision bf16 \
+  --json "$OUT/monitor_overhead_h100.json"
+# 500k frames of walker-walk (250k agent steps at action repeat 2), about 15 minutes: start it detached and collect
+# runs/drq_walker_walk/*/ (metrics.jsonl, plots/dashboard.png, eval at the end) with a later call.
 setsid nohup python3 -m plasticrl train configs/drq_walker_walk.yaml --set run.device=cuda --set run.out_dir=/tmp/runs \
-  --set run.progress_bar=false --set env.n_envs=$N_ENVS --set eval.every=0 --set run.checkpoint_every=0 \
+  --set run.progress_bar=false --set env.n_envs=16 --set agent.precision=bf16 --set eval.every=0 \
   --set logging.print_episodes=false > /tmp/walker.log 2>&1 < /dev/null &
-echo "started walker run (n_envs=$N_ENVS)"
