@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 STEP_KEY = "env_step"
+os.environ.setdefault("WANDB_SILENT", "true")  # W&B's own banner would interleave with the progress bar
 
 
 def make_run_dir(out_dir: str | Path, name: str, seed: int) -> Path:
@@ -150,4 +151,3 @@ def wandb_dir_files(run_dir: str | Path) -> list[str]:
 
 
 __all__ = ["STEP_KEY", "JsonlSink", "RunLogger", "WandbSink", "make_run_dir", "read_jsonl", "wandb_dir_files"]
-os.environ.setdefault("WANDB_SILENT", "true")

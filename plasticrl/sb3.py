@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.evaluation import evaluate_policy
@@ -281,10 +280,3 @@ class CheckpointCallback(BaseCallback):
 __all__ = ["CheckpointCallback", "EpisodeLogCallback", "EvalCallback", "PlasticityCallback",
            "ReplayRatioCallback", "default_groups", "probe_forward"]
 
-
-def seed_everything(seed: int) -> None:
-    """Seeds python, numpy and torch (SB3's ``set_random_seed``)."""
-    from stable_baselines3.common.utils import set_random_seed
-
-    set_random_seed(seed)
-    torch.manual_seed(seed)
