@@ -1,0 +1,424 @@
+"""Multi-domain Decision Transformer of L2M (Schmied et al., "Learning to Modulate pre-trained Models in RL",
+NeurIPS 2023) and an offline, SB3-style agent around it.
+
+Token layout (per timestep ``t``, ``A = max_action_dim``)::
+
+    [R_t, s_t, a_t1, a_t2, ..., a_tA]          -> 2 + A tokens per timestep, T * (2 + A) in the sequence
+
+* ``R_t``: return-to-go (sum of the episode's rewards from ``t`` on, in reward units, i.e. un-normalised; the
+  model embeds ``R_t / return_scale`` with a Linear).
+* ``s_t``: the state zero-padded to ``state_dim`` (39, Meta-World's width; DMC states are padded), a Linear.
+* ``a_tk``: action dimension ``k`` discretised into ``n_bins`` uniform bins over [-1, 1] (``discretize``), an
+  ``nn.Embedding(n_bins + 1, d)``; action dimensions beyond the env's ``action_dim`` use the PAD id ``n_bins``.
+
+Each token also gets a learned timestep embedding (``t`` is the env step index inside the episode, 0-based,
+clamped to ``max_timestep - 1``) and a token-type embedding (``2 + A`` types: rtg, state, a_1..a_A). Pre-LayerNorm
+causal blocks over the flattened sequence; the attention Linears are named ``q_proj``/``k_proj``/``v_proj``/
+``out_proj`` and the feed-forward ones ``fc1``/``fc2``, so ``plasticrl.modulation.ModulationPool.attach(model)``
+wraps the query/value projections and feed-forward layers of every block. The head ``Linear(d, n_bins)`` predicts
+``a_tk``'s bin from the output at the token before it: ``s_t`` predicts ``a_t1``, ``a_t1`` predicts ``a_t2``, ...
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = ["DTConfig", "DecisionTransformer", "L2MAgent", "bin_centers", "discretize"]
+
+
+@dataclass
+class DTConfig:
+    """Decision-Transformer sizes. ``return_scale``: return-to-go (reward units) is divided by it before embedding.
+
+    ``context`` counts timesteps (each ``2 + max_action_dim`` tokens); ``max_timestep`` is the size of the
+    timestep embedding (env steps; later steps share the last entry)."""
+
+    state_dim: int = 39
+    max_action_dim: int = 6
+    n_bins: int = 64
+    context: int = 5
+    d_model: int = 128
+    n_layers: int = 3
+    n_heads: int = 4
+    dropout: float = 0.1
+    max_timestep: int = 1000
+    return_scale: float = 1000.0
+
+    def __post_init__(self) -> None:
+        if self.d_model % self.n_heads:
+            raise ValueError(f"d_model ({self.d_model}) must be divisible by n_heads ({self.n_heads})")
+        if min(self.state_dim, self.max_action_dim, self.n_bins, self.context, self.max_timestep) < 1:
+            raise ValueError(f"sizes must be >= 1: {self}")
+        if not self.return_scale > 0:
+            raise ValueError(f"return_scale must be > 0, got {self.return_scale}")
+
+
+def discretize(a: Tensor | np.ndarray, n_bins: int = 64) -> Tensor:
+    """Actions in [-1, 1] (values outside are clipped) -> bin ids in [0, n_bins) (long), uniform bins."""
+    a = torch.as_tensor(a, dtype=torch.float32)
+    return torch.clamp(torch.floor((a + 1.0) * (n_bins / 2.0)), 0, n_bins - 1).long()
+
+
+def bin_centers(bins: Tensor | np.ndarray, n_bins: int = 64) -> Tensor:
+    """Bin ids in [0, n_bins) -> their centres in [-1, 1] (float32); |centre(discretize(a)) - a| <= 1 / n_bins."""
+    bins = torch.as_tensor(bins)
+    return -1.0 + (bins.float() + 0.5) * (2.0 / n_bins)
+
+
+class CausalSelfAttention(nn.Module):
+    """Multi-head causal self-attention with separately named q/k/v/out projections."""
+
+    def __init__(self, d_model: int, n_heads: int, dropout: float) -> None:
+        super().__init__()
+        self.n_heads, self.dropout = n_heads, dropout
+        self.q_proj = nn.Linear(d_model, d_model)
+        self.k_proj = nn.Linear(d_model, d_model)
+        self.v_proj = nn.Linear(d_model, d_model)
+        self.out_proj = nn.Linear(d_model, d_model)
+        self.resid_drop = nn.Dropout(dropout)
+
+    def forward(self, x: Tensor) -> Tensor:
+        b, n, d = x.shape
+
+        def heads(t: Tensor) -> Tensor:
+            return t.view(b, n, self.n_heads, d // self.n_heads).transpose(1, 2)
+
+        y = F.scaled_dot_product_attention(heads(self.q_proj(x)), heads(self.k_proj(x)), heads(self.v_proj(x)),
+                                           dropout_p=self.dropout if self.training else 0.0, is_causal=True)
+        return self.resid_drop(self.out_proj(y.transpose(1, 2).reshape(b, n, d)))
+
+
+class FeedForward(nn.Module):
+    """fc1 (d -> 4d), GELU, fc2 (4d -> d), dropout."""
+
+    def __init__(self, d_model: int, dropout: float) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(d_model, 4 * d_model)
+        self.fc2 = nn.Linear(4 * d_model, d_model)
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.drop(self.fc2(F.gelu(self.fc1(x))))
+
+
+class Block(nn.Module):
+    """Pre-LayerNorm transformer block: x + attn(ln1(x)), then x + ff(ln2(x))."""
+
+    def __init__(self, d_model: int, n_heads: int, dropout: float) -> None:
+        super().__init__()
+        self.ln1 = nn.LayerNorm(d_model)
+        self.attn = CausalSelfAttention(d_model, n_heads, dropout)
+        self.ln2 = nn.LayerNorm(d_model)
+        self.ff = FeedForward(d_model, dropout)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = x + self.attn(self.ln1(x))
+        return x + self.ff(self.ln2(x))
+
+
+class DecisionTransformer(nn.Module):
+    """Multi-domain DT with per-dimension discrete action tokens; see the module docstring for the layout.
+
+    Shapes: ``states`` (B, T, S) with S <= state_dim (zero-padded here), ``actions`` (B, T, A') in [-1, 1] with
+    A' <= max_action_dim, ``rtg`` (B, T) or (B, T, 1) in reward units, ``timesteps`` (B, T) long env-step indices,
+    ``action_mask`` (B, T, A) or (A,) bool, True for the env's real action dims (default: the first A' dims).
+    T <= context.
+    """
+
+    def __init__(self, config: DTConfig | None = None) -> None:
+        super().__init__()
+        self.config = config = config or DTConfig()
+        d, a = config.d_model, config.max_action_dim
+        self.tokens_per_step = 2 + a
+        self.embed_rtg = nn.Linear(1, d)
+        self.embed_state = nn.Linear(config.state_dim, d)
+        self.embed_action = nn.Embedding(config.n_bins + 1, d)  # id n_bins = PAD
+        self.embed_timestep = nn.Embedding(config.max_timestep, d)
+        self.embed_type = nn.Embedding(self.tokens_per_step, d)
+        self.drop = nn.Dropout(config.dropout)
+        self.blocks = nn.ModuleList(Block(d, config.n_heads, config.dropout) for _ in range(config.n_layers))
+        self.ln_f = nn.LayerNorm(d)
+        self.head = nn.Linear(d, config.n_bins)
+        self.apply(self._init_weights)
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+            if isinstance(module, nn.Linear) and module.bias is not None:
+                nn.init.zeros_(module.bias)
+
+    # ---- inputs ---------------------------------------------------------------------
+    @property
+    def pad_id(self) -> int:
+        return self.config.n_bins
+
+    def _device(self) -> torch.device:
+        return self.embed_state.weight.device
+
+    def pad_states(self, states: Tensor | np.ndarray) -> Tensor:
+        """States (..., S) -> float (..., state_dim), zero-padded; ValueError if S > state_dim."""
+        states = torch.as_tensor(states, dtype=torch.float32, device=self._device())
+        width = states.shape[-1]
+        if width > self.config.state_dim:
+            raise ValueError(f"state width {width} exceeds DTConfig.state_dim={self.config.state_dim}; "
+                             "build the model with a larger state_dim")
+        return F.pad(states, (0, self.config.state_dim - width))
+
+    def action_tokens(self, actions: Tensor | np.ndarray, action_mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Actions (B, T, A') in [-1, 1] -> (tokens (B, T, A) long with PAD where the mask is False, mask (B, T, A))."""
+        actions = torch.as_tensor(actions, dtype=torch.float32, device=self._device())
+        width, full = actions.shape[-1], self.config.max_action_dim
+        if width > full:
+            raise ValueError(f"action width {width} exceeds DTConfig.max_action_dim={full}")
+        actions = F.pad(actions, (0, full - width))
+        if action_mask is None:
+            action_mask = torch.arange(full, device=actions.device) < width
+        action_mask = torch.as_tensor(action_mask, dtype=torch.bool, device=actions.device).expand(actions.shape)
+        bins = discretize(actions, self.config.n_bins)
+        return torch.where(action_mask, bins, torch.full_like(bins, self.pad_id)), action_mask
+
+    def _timesteps(self, timesteps: Tensor | np.ndarray) -> Tensor:
+        t = torch.as_tensor(timesteps, dtype=torch.long, device=self._device())
+        return t.clamp(0, self.config.max_timestep - 1)
+
+    def embed(self, states: Tensor, action_tokens: Tensor, rtg: Tensor, timesteps: Tensor) -> Tensor:
+        """Token embeddings (B, T * (2 + A), d) before the first block, in the module docstring's order."""
+        b, t = action_tokens.shape[:2]
+        if t > self.config.context:
+            raise ValueError(f"{t} timesteps exceed the context of {self.config.context}")
+        rtg = torch.as_tensor(rtg, dtype=torch.float32, device=self._device()).reshape(b, t, 1)
+        tokens = torch.cat([
+            self.embed_rtg(rtg / self.config.return_scale).unsqueeze(2),
+            self.embed_state(self.pad_states(states)).unsqueeze(2),
+            self.embed_action(action_tokens),
+        ], dim=2)  # (B, T, 2 + A, d)
+        tokens = tokens + self.embed_timestep(self._timesteps(timesteps)).unsqueeze(2) + self.embed_type.weight
+        return tokens.reshape(b, t * self.tokens_per_step, -1)
+
+    # ---- model ----------------------------------------------------------------------
+    def forward_tokens(self, states: Tensor, action_tokens: Tensor, rtg: Tensor, timesteps: Tensor) -> Tensor:
+        """Action-bin logits (B, T, A, n_bins) from already tokenised actions (B, T, A) long (PAD = n_bins)."""
+        x = self.drop(self.embed(states, action_tokens, rtg, timesteps))
+        for block in self.blocks:
+            x = block(x)
+        b, t = action_tokens.shape[:2]
+        x = self.ln_f(x).reshape(b, t, self.tokens_per_step, -1)
+        return self.head(x[:, :, 1:-1])  # outputs at s_t, a_t1, ..., a_t(A-1) predict a_t1 .. a_tA
+
+    def forward(self, states: Tensor, actions: Tensor, rtg: Tensor, timesteps: Tensor,
+                action_mask: Tensor | None = None) -> Tensor:
+        """Action-bin logits (B, T, A, n_bins); logits[:, t, k] predicts the bin of a_t(k+1) (0-based k)."""
+        tokens, _ = self.action_tokens(actions, action_mask)
+        return self.forward_tokens(states, tokens, rtg, timesteps)
+
+    def loss(self, states: Tensor, actions: Tensor, rtg: Tensor, timesteps: Tensor,
+             action_mask: Tensor | None = None) -> Tensor:
+        """Mean cross-entropy of the action bins over valid (mask True) action dims of all timesteps."""
+        tokens, mask = self.action_tokens(actions, action_mask)
+        logits = self.forward_tokens(states, tokens, rtg, timesteps)
+        targets = tokens.masked_fill(~mask, 0)
+        ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="none")
+        mask = mask.reshape(-1).float()
+        return (ce * mask).sum() / mask.sum().clamp(min=1.0)
+
+    def query_embedding(self, states: Tensor, timesteps: Tensor | None = None) -> Tensor:
+        """L2M key-query input (B, d): mean over the context of the embedded states ``embed_state(s_t)``.
+
+        Taken before the timestep/type embeddings and the first block, so it depends on the states only;
+        ``timesteps`` is accepted for API symmetry and unused."""
+        return self.embed_state(self.pad_states(states)).mean(dim=1)
+
+    @torch.no_grad()
+    def act(self, states: Tensor, actions: Tensor, rtg: Tensor, timesteps: Tensor, action_dim: int,
+            temperature: float | None = None, generator: torch.Generator | None = None) -> Tensor:
+        """The action (action_dim,) in [-1, 1] for the last timestep of one context (batch 1 or unbatched).
+
+        ``states`` (T, S), ``rtg`` (T,), ``timesteps`` (T,) include the current timestep; ``actions`` holds the
+        T - 1 earlier actions (T - 1, action_dim) (its last row, if T rows are given, is ignored). Dimensions are
+        decoded one at a time (argmax bin, or sampled from softmax(logits / temperature)), each fed back as the
+        next token; returns the bin centres."""
+        if not 1 <= action_dim <= self.config.max_action_dim:
+            raise ValueError(f"action_dim must be in [1, {self.config.max_action_dim}], got {action_dim}")
+        states = self.pad_states(states).reshape(1, -1, self.config.state_dim)
+        t = states.shape[1]
+        prev = torch.as_tensor(actions, dtype=torch.float32, device=self._device()).reshape(1, -1, action_dim)
+        prev = prev[:, : t - 1]
+        if prev.shape[1] != t - 1:
+            raise ValueError(f"need {t - 1} earlier actions for {t} states, got {prev.shape[1]}")
+        current = torch.zeros(1, 1, action_dim, device=self._device())
+        tokens, _ = self.action_tokens(torch.cat([prev, current], dim=1))
+        tokens[:, -1] = self.pad_id
+        rtg = torch.as_tensor(rtg, dtype=torch.float32, device=self._device()).reshape(1, t)
+        timesteps = torch.as_tensor(timesteps, device=self._device()).reshape(1, t)
+        for k in range(action_dim):
+            logits = self.forward_tokens(states, tokens, rtg, timesteps)[0, -1, k]
+            if temperature is None:
+                bin_id = logits.argmax()
+            else:
+                probs = F.softmax(logits / temperature, dim=-1)
+                bin_id = torch.multinomial(probs, 1, generator=generator)[0]
+            tokens[0, -1, k] = bin_id
+        return bin_centers(tokens[0, -1, :action_dim], self.config.n_bins)
+
+
+# ---- offline agent -------------------------------------------------------------------
+def _episodes(datasets: Iterable[Any]) -> Iterable[dict[str, np.ndarray]]:
+    """Episodes as dicts of observations, actions, rewards from minari datasets or episode dicts."""
+    for data in datasets:
+        if isinstance(data, dict):
+            yield data
+        else:
+            for episode in data.iterate_episodes():
+                yield {"observations": episode.observations, "actions": episode.actions, "rewards": episode.rewards}
+
+
+class L2MAgent:
+    """Offline training and acting of a ``DecisionTransformer`` with an SB3-like API (``learn``/``predict``/
+    ``save``/``load``); not an SB3 algorithm (no env, no rollouts).
+
+    Units: returns-to-go are sums of raw env rewards (the model divides by ``config.return_scale``); timesteps are
+    0-based env-step indices within an episode.
+    """
+
+    def __init__(self, config: DTConfig | None = None, device: str | torch.device = "auto",
+                 learning_rate: float = 1e-4, batch_size: int = 64, seed: int = 0, weight_decay: float = 0.01,
+                 max_grad_norm: float = 0.25) -> None:
+        self.config = config or DTConfig()
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.device = torch.device(device)
+        self.learning_rate, self.batch_size, self.seed = learning_rate, batch_size, seed
+        self.weight_decay, self.max_grad_norm = weight_decay, max_grad_norm
+        torch.manual_seed(seed)
+        self.model = DecisionTransformer(self.config).to(self.device)
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=learning_rate, weight_decay=weight_decay)
+        self.rng = np.random.default_rng(seed)
+        self.num_steps = 0
+        self.reset(0.0, self.config.max_action_dim)
+
+    # ---- training ----------------------------------------------------------------------
+    def _prepare(self, datasets: Sequence[Any]) -> list[dict[str, np.ndarray]]:
+        """Per episode: states (L, S), actions (L, A'), rtg (L,) in reward units, timesteps (L,). Episodes shorter
+        than ``context`` are skipped."""
+        prepared = []
+        for ep in _episodes(datasets):
+            actions = np.asarray(ep["actions"], dtype=np.float32)
+            steps = len(actions)
+            states = np.asarray(ep["observations"], dtype=np.float32)[:steps]  # drop the final observation
+            rewards = np.asarray(ep["rewards"], dtype=np.float64).reshape(steps)
+            if states.shape[-1] > self.config.state_dim:
+                raise ValueError(f"state width {states.shape[-1]} exceeds DTConfig.state_dim={self.config.state_dim}")
+            if actions.shape[-1] > self.config.max_action_dim:
+                raise ValueError(f"action width {actions.shape[-1]} exceeds "
+                                 f"DTConfig.max_action_dim={self.config.max_action_dim}")
+            if steps < self.config.context:
+                continue
+            rtg = np.cumsum(rewards[::-1])[::-1].astype(np.float32)
+            prepared.append({"states": states, "actions": actions, "rtg": rtg,
+                             "timesteps": np.arange(steps, dtype=np.int64)})
+        if not prepared:
+            raise ValueError(f"no episode with at least context={self.config.context} steps")
+        return prepared
+
+    def _batch(self, episodes: list[dict[str, np.ndarray]]) -> tuple[Tensor, ...]:
+        """A batch of random windows of ``context`` timesteps: episode uniform, start uniform."""
+        cfg, t = self.config, self.config.context
+        states = np.zeros((self.batch_size, t, cfg.state_dim), np.float32)
+        actions = np.zeros((self.batch_size, t, cfg.max_action_dim), np.float32)
+        mask = np.zeros((self.batch_size, t, cfg.max_action_dim), bool)
+        rtg = np.zeros((self.batch_size, t), np.float32)
+        timesteps = np.zeros((self.batch_size, t), np.int64)
+        for i, e in enumerate(self.rng.integers(len(episodes), size=self.batch_size)):
+            ep = episodes[e]
+            start = int(self.rng.integers(len(ep["actions"]) - t + 1))
+            window = slice(start, start + t)
+            s, a = ep["states"][window], ep["actions"][window]
+            states[i, :, : s.shape[-1]] = s
+            actions[i, :, : a.shape[-1]] = a
+            mask[i, :, : a.shape[-1]] = True
+            rtg[i], timesteps[i] = ep["rtg"][window], ep["timesteps"][window]
+        return tuple(torch.as_tensor(x, device=self.device) for x in (states, actions, rtg, timesteps, mask))
+
+    def learn(self, datasets: Sequence[Any], steps: int,
+              callback: Callable[[int, float], bool | None] | None = None) -> L2MAgent:
+        """``steps`` gradient steps (AdamW, grad-norm clipping) on random context windows from the episodes of
+        ``datasets`` (minari datasets, or episode dicts with observations (L or L+1, S), actions (L, A'),
+        rewards (L,)). ``callback(step, loss)`` runs after each step; returning False stops early."""
+        episodes = self._prepare(datasets)
+        self.model.train()
+        for step in range(steps):
+            states, actions, rtg, timesteps, mask = self._batch(episodes)
+            loss = self.model.loss(states, actions, rtg, timesteps, mask)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.max_grad_norm)
+            self.optimizer.step()
+            self.num_steps += 1
+            if callback is not None and callback(step, loss.item()) is False:
+                break
+        self.model.eval()
+        return self
+
+    # ---- acting ------------------------------------------------------------------------
+    def reset(self, target_return: float, action_dim: int) -> None:
+        """Starts an episode: ``target_return`` is the desired return (raw reward units); ``action_dim`` the env's."""
+        if not 1 <= action_dim <= self.config.max_action_dim:
+            raise ValueError(f"action_dim must be in [1, {self.config.max_action_dim}], got {action_dim}")
+        self.action_dim, self._rtg = action_dim, float(target_return)
+        self._states: list[np.ndarray] = []
+        self._actions: list[np.ndarray] = []
+        self._rtgs: list[float] = []
+
+    def predict(self, observation: np.ndarray, deterministic: bool = True, *, reward: float = 0.0,
+                temperature: float = 1.0) -> tuple[np.ndarray, None]:
+        """The action (action_dim,) float32 in [-1, 1] for ``observation``; ``reward`` is the reward received for
+        the previous action (subtracted from the return-to-go; ignored at the first step). Keeps the episode's last
+        ``context`` timesteps; call ``reset`` at episode start. Not deterministic: sampled at ``temperature``."""
+        if self._states:
+            self._rtg -= float(reward)
+        self._states.append(np.asarray(observation, dtype=np.float32).reshape(-1))
+        self._rtgs.append(self._rtg)
+        t = len(self._states)
+        first = max(0, t - self.config.context)
+        prev = self._actions[first:]
+        self.model.eval()
+        action = self.model.act(
+            np.stack(self._states[first:]),
+            np.stack(prev) if prev else np.zeros((0, self.action_dim), np.float32),
+            np.asarray(self._rtgs[first:], np.float32),
+            np.arange(first, t),
+            self.action_dim,
+            temperature=None if deterministic else temperature,
+        ).cpu().numpy().astype(np.float32)
+        self._actions.append(action)
+        return action, None
+
+    # ---- persistence -------------------------------------------------------------------
+    def save(self, path: str | Path) -> None:
+        """``torch.save`` of the config, hyper-parameters, model and optimizer state."""
+        torch.save({"config": asdict(self.config), "model": self.model.state_dict(),
+                    "optimizer": self.optimizer.state_dict(), "num_steps": self.num_steps,
+                    "hparams": {"learning_rate": self.learning_rate, "batch_size": self.batch_size,
+                                "seed": self.seed, "weight_decay": self.weight_decay,
+                                "max_grad_norm": self.max_grad_norm}}, path)
+
+    @classmethod
+    def load(cls, path: str | Path, device: str | torch.device = "auto") -> L2MAgent:
+        """An agent from ``save``'s file (in eval mode), on ``device``."""
+        data = torch.load(path, map_location="cpu", weights_only=False)
+        agent = cls(DTConfig(**data["config"]), device=device, **data["hparams"])
+        agent.model.load_state_dict(data["model"])
+        agent.optimizer.load_state_dict(data["optimizer"])
+        agent.num_steps = data["num_steps"]
+        agent.model.eval()
+        return agent
+
