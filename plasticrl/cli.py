@@ -203,6 +203,14 @@ def _cmd_collect(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_continual(args: argparse.Namespace) -> int:
+    from plasticrl import continual_config
+    from plasticrl.continual import run_sequence
+
+    run_sequence(continual_config.load(args.config, args.set))
+    return 0
+
+
 def _cmd_bench(args: argparse.Namespace) -> int:
     from agents.bench import main as bench_main
 
@@ -241,6 +249,11 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--stochastic", action="store_true", help="sample the agent's actions (default: deterministic)")
     c.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     c.set_defaults(func=_cmd_collect)
+    cl = sub.add_parser("continual", help="continual learning on a task sequence (L2M, LoRA, fine-tuning)")
+    cl.add_argument("config", help="YAML config, e.g. configs/l2m_cw10.yaml")
+    cl.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a config key, e.g. --set sequence.method=finetune (repeatable)")
+    cl.set_defaults(func=_cmd_continual)
     b = sub.add_parser("bench", help="update-step and training-throughput benchmark")
     b.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     b.add_argument("--quick", action="store_true", help="small sizes, for CPU")

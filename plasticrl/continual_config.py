@@ -1,0 +1,158 @@
+"""Typed config of the continual-learning runner (``plasticrl continual CONFIG``), in the style of plasticrl.config.
+
+Sections: run, data, model, pretrain, sequence, pool, logging. Unknown keys and bad values raise
+``plasticrl.config.ConfigError`` with one line per problem (key path, value, what is allowed, close matches).
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from plasticrl.config import ConfigError, apply_override
+
+METHODS = ("l2m", "l2m_oracle", "lora", "finetune")
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class RunConfig(Section):
+    name: str = Field("continual", min_length=1, description="experiment name; runs go to <out_dir>/<name>/")
+    seed: int = Field(0, ge=0, description="seed of networks, sampling, Meta-World goals and data collection")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="training device; auto = cuda if available")
+    out_dir: str = Field("runs", description="root folder of run folders")
+
+
+class DataConfig(Section):
+    out_dir: str = Field("data", description="Minari datasets folder (MINARI_DATASETS_PATH)")
+    episodes_per_task: int = Field(100, ge=1, description="scripted episodes collected per Meta-World task")
+    noise_std: float = Field(0.1, ge=0, description="scripted policies' Gaussian action noise (action units)")
+    dataset_ids: dict[str, str] = Field(
+        default_factory=dict,
+        description="env id -> existing Minari dataset id under out_dir (needed for dmc tasks, e.g. from "
+                    "`plasticrl collect --checkpoint`); other tasks get scripted datasets")
+
+
+class ModelConfig(Section):
+    d_model: int = Field(128, ge=1)
+    n_layers: int = Field(3, ge=1)
+    n_heads: int = Field(4, ge=1)
+    context: int = Field(5, ge=1, description="timesteps per context window")
+    dropout: float = Field(0.1, ge=0, lt=1)
+
+
+class PretrainConfig(Section):
+    tasks: str | list[str] = Field("mt40", description="sequence name, comma-separated env ids, or a list of ids")
+    steps: int = Field(100_000, ge=0, description="gradient steps of pre-training (0: skip)")
+    batch_size: int = Field(64, ge=1)
+    learning_rate: float = Field(1e-4, gt=0, lt=1)
+
+
+class SequenceConfig(Section):
+    tasks: str | list[str] = Field("cw10", description="sequence name, comma-separated env ids, or a list of ids")
+    method: Literal["l2m", "l2m_oracle", "lora", "finetune"] = Field("l2m")
+    steps_per_task: int = Field(10_000, ge=1, description="gradient steps per task")
+    batch_size: int = Field(64, ge=1)
+    learning_rate: float = Field(1e-4, gt=0, lt=1)
+    eval_every: int = Field(0, ge=0, description="evaluate all tasks every N steps of a task (0: only at its end)")
+    eval_episodes: int = Field(10, ge=1, description="episodes per task and evaluation")
+    max_episode_steps: int = Field(200, ge=1, description="env steps per evaluation episode")
+    reference_curves: list[list[float]] | None = Field(
+        None, description="single-task reference success curves, one per task, for forward transfer")
+
+
+class PoolConfig(Section):
+    pool_size: int = Field(30, ge=1)
+    rank: int = Field(8, ge=1)
+    kind: Literal["lora", "ia3"] = Field("lora")
+    top_k: int = Field(1, ge=1)
+    pull_coef: float = Field(0.5, ge=0)
+    count_penalty: bool = Field(True, description="usage penalty on entries picked by earlier tasks")
+
+
+class WandbConfig(Section):
+    mode: Literal["offline", "online", "disabled"] = Field("offline")
+    project: str = Field("plasticrl")
+    entity: str | None = None
+    group: str | None = Field(None, description="default: run.name")
+    name: str | None = Field(None, description="default: <run.name>-s<seed>")
+
+
+class LoggingConfig(Section):
+    wandb: WandbConfig = Field(default_factory=WandbConfig)
+
+
+class ContinualConfig(Section):
+    run: RunConfig = Field(default_factory=RunConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    pretrain: PretrainConfig = Field(default_factory=PretrainConfig)
+    sequence: SequenceConfig = Field(default_factory=SequenceConfig)
+    pool: PoolConfig = Field(default_factory=PoolConfig)
+    logging: LoggingConfig = Field(default_factory=LoggingConfig)
+
+
+def _section_fields(path: tuple[str | int, ...]) -> list[str]:
+    model: Any = ContinualConfig
+    for part in path:
+        field = model.model_fields.get(part) if isinstance(part, str) else None
+        if field is None or not (isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)):
+            return []
+        model = field.annotation
+    return list(model.model_fields)
+
+
+def _describe(error: dict[str, Any]) -> str:
+    loc = tuple(error["loc"])
+    key = ".".join(str(p) for p in loc)
+    if error["type"] == "extra_forbidden":
+        allowed = _section_fields(loc[:-1])
+        close = difflib.get_close_matches(str(loc[-1]), allowed, n=1)
+        hint = f" Did you mean '{'.'.join(str(p) for p in loc[:-1] + (close[0],))}'?" if close else ""
+        return f"{key}: unknown key.{hint} Allowed here: {', '.join(allowed)}."
+    return f"{key}: {error.get('input')!r} is not allowed: {error['msg']}."
+
+
+def validate(data: dict[str, Any], source: str = "config") -> ContinualConfig:
+    """A ContinualConfig from plain data, or ConfigError listing each bad key with its value and what is allowed."""
+    try:
+        cfg = ContinualConfig.model_validate(data)
+    except ValidationError as exc:
+        # str | list unions report each member; keep one line per key and message
+        lines = list(dict.fromkeys(_describe(e) for e in exc.errors()))
+        raise ConfigError(f"{source} is invalid:\n  " + "\n  ".join(lines)) from None
+    problems = []
+    if cfg.model.d_model % cfg.model.n_heads:
+        problems.append(f"model.d_model: {cfg.model.d_model} must be divisible by model.n_heads={cfg.model.n_heads}")
+    if cfg.pool.top_k > cfg.pool.pool_size:
+        problems.append(f"pool.top_k: {cfg.pool.top_k} must be <= pool.pool_size={cfg.pool.pool_size}")
+    if problems:
+        raise ConfigError(f"{source} is invalid:\n  " + "\n  ".join(problems))
+    return cfg
+
+
+def load(path: str | Path, overrides: list[str] | None = None) -> ContinualConfig:
+    """Reads a YAML config, applies ``key.sub=value`` overrides in order, validates."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {str(path)!r} not found; the configs/ folder holds examples (l2m_*.yaml)")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path} is not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} must hold a mapping of sections (run, data, model, ...), got {type(data).__name__}")
+    for assignment in overrides or []:
+        apply_override(data, assignment)
+    return validate(data, source=str(path))
+
+
+def dump(config: ContinualConfig) -> str:
+    """The resolved config as YAML (every key, defaults included)."""
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
