@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import difflib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+M = TypeVar("M", bound=BaseModel)
 
 
 class Section(BaseModel):
@@ -114,8 +116,8 @@ class ConfigError(ValueError):
     """A config that can't be used: the message lists every problem, one per line."""
 
 
-def _section_fields(path: tuple[str | int, ...]) -> list[str]:
-    model: Any = Config
+def _section_fields(root: type[BaseModel], path: tuple[str | int, ...]) -> list[str]:
+    model: Any = root
     for part in path:
         field = model.model_fields.get(part) if isinstance(part, str) else None
         if field is None or not (isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)):
@@ -124,25 +126,31 @@ def _section_fields(path: tuple[str | int, ...]) -> list[str]:
     return list(model.model_fields)
 
 
-def _describe(error: dict[str, Any]) -> str:
+def _describe(root: type[BaseModel], error: dict[str, Any]) -> str:
     loc = tuple(error["loc"])
     key = ".".join(str(p) for p in loc)
     value = error.get("input")
     if error["type"] == "extra_forbidden":
-        allowed = _section_fields(loc[:-1])
+        allowed = _section_fields(root, loc[:-1])
         close = difflib.get_close_matches(str(loc[-1]), allowed, n=1)
         hint = f" Did you mean '{'.'.join(str(p) for p in loc[:-1] + (close[0],))}'?" if close else ""
         return f"{key}: unknown key.{hint} Allowed here: {', '.join(allowed)}."
     return f"{key}: {value!r} is not allowed: {error['msg']}."
 
 
+def validate_model(root: type[M], data: dict[str, Any], source: str = "config") -> M:
+    """``root`` (a config schema) from plain data, or ConfigError listing each bad key with its value and what is
+    allowed (one line per key and message: unions report each member)."""
+    try:
+        return root.model_validate(data)
+    except ValidationError as exc:
+        lines = list(dict.fromkeys(_describe(root, e) for e in exc.errors()))
+        raise ConfigError(f"{source} is invalid:\n  " + "\n  ".join(lines)) from None
+
+
 def validate(data: dict[str, Any], source: str = "config") -> Config:
     """A Config from plain data, or ConfigError listing each bad key with its value and what is allowed."""
-    try:
-        return Config.model_validate(data)
-    except ValidationError as exc:
-        lines = [_describe(e) for e in exc.errors()]
-        raise ConfigError(f"{source} is invalid:\n  " + "\n  ".join(lines)) from None
+    return validate_model(Config, data, source)
 
 
 def apply_override(data: dict[str, Any], assignment: str) -> None:
@@ -160,22 +168,28 @@ def apply_override(data: dict[str, Any], assignment: str) -> None:
     node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else ""
 
 
-def load(path: str | Path, overrides: list[str] | None = None) -> Config:
-    """Reads a YAML config, applies overrides in order, validates."""
+def read_yaml(path: str | Path, overrides: list[str] | None = None, sections: str = "run, env, agent, ...",
+              examples: str = "") -> dict[str, Any]:
+    """The mapping in a YAML config file with ``key.sub=value`` overrides applied in order; ConfigError otherwise."""
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"config file {str(path)!r} not found; the configs/ folder holds examples")
+        raise ConfigError(f"config file {str(path)!r} not found; the configs/ folder holds examples{examples}")
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path} is not valid YAML: {exc}") from None
     if not isinstance(data, dict):
-        raise ConfigError(f"{path} must hold a mapping of sections (run, env, agent, ...), got {type(data).__name__}")
+        raise ConfigError(f"{path} must hold a mapping of sections ({sections}), got {type(data).__name__}")
     for assignment in overrides or []:
         apply_override(data, assignment)
-    return validate(data, source=str(path))
+    return data
 
 
-def dump(config: Config) -> str:
+def load(path: str | Path, overrides: list[str] | None = None) -> Config:
+    """Reads a YAML config, applies overrides in order, validates."""
+    return validate(read_yaml(path, overrides), source=str(path))
+
+
+def dump(config: BaseModel) -> str:
     """The resolved config as YAML (every key, defaults included)."""
     return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)

@@ -258,7 +258,7 @@ def run_sequence(cfg: Any, out_dir: str | Path | None = None) -> Path:
 
     from agents.l2m import DTConfig, L2MAgent
     from plasticrl.cli import resolve_device
-    from plasticrl.continual_config import dump
+    from plasticrl.config import dump
     from plasticrl.logging import RunLogger, make_run_dir
     from plasticrl.modulation import ModulationPool
 

@@ -6,14 +6,12 @@ Sections: run, data, model, pretrain, sequence, pool, logging. Unknown keys and 
 
 from __future__ import annotations
 
-import difflib
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
-from plasticrl.config import ConfigError, apply_override
+from plasticrl.config import ConfigError, read_yaml, validate_model
 
 METHODS = ("l2m", "l2m_oracle", "lora", "finetune")
 
@@ -98,35 +96,9 @@ class ContinualConfig(Section):
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
 
 
-def _section_fields(path: tuple[str | int, ...]) -> list[str]:
-    model: Any = ContinualConfig
-    for part in path:
-        field = model.model_fields.get(part) if isinstance(part, str) else None
-        if field is None or not (isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)):
-            return []
-        model = field.annotation
-    return list(model.model_fields)
-
-
-def _describe(error: dict[str, Any]) -> str:
-    loc = tuple(error["loc"])
-    key = ".".join(str(p) for p in loc)
-    if error["type"] == "extra_forbidden":
-        allowed = _section_fields(loc[:-1])
-        close = difflib.get_close_matches(str(loc[-1]), allowed, n=1)
-        hint = f" Did you mean '{'.'.join(str(p) for p in loc[:-1] + (close[0],))}'?" if close else ""
-        return f"{key}: unknown key.{hint} Allowed here: {', '.join(allowed)}."
-    return f"{key}: {error.get('input')!r} is not allowed: {error['msg']}."
-
-
 def validate(data: dict[str, Any], source: str = "config") -> ContinualConfig:
     """A ContinualConfig from plain data, or ConfigError listing each bad key with its value and what is allowed."""
-    try:
-        cfg = ContinualConfig.model_validate(data)
-    except ValidationError as exc:
-        # str | list unions report each member; keep one line per key and message
-        lines = list(dict.fromkeys(_describe(e) for e in exc.errors()))
-        raise ConfigError(f"{source} is invalid:\n  " + "\n  ".join(lines)) from None
+    cfg = validate_model(ContinualConfig, data, source)
     problems = []
     if cfg.model.d_model % cfg.model.n_heads:
         problems.append(f"model.d_model: {cfg.model.d_model} must be divisible by model.n_heads={cfg.model.n_heads}")
@@ -139,20 +111,5 @@ def validate(data: dict[str, Any], source: str = "config") -> ContinualConfig:
 
 def load(path: str | Path, overrides: list[str] | None = None) -> ContinualConfig:
     """Reads a YAML config, applies ``key.sub=value`` overrides in order, validates."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file {str(path)!r} not found; the configs/ folder holds examples (l2m_*.yaml)")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path} is not valid YAML: {exc}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path} must hold a mapping of sections (run, data, model, ...), got {type(data).__name__}")
-    for assignment in overrides or []:
-        apply_override(data, assignment)
+    data = read_yaml(path, overrides, sections="run, data, model, ...", examples=" (l2m_*.yaml)")
     return validate(data, source=str(path))
-
-
-def dump(config: ContinualConfig) -> str:
-    """The resolved config as YAML (every key, defaults included)."""
-    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
