@@ -89,7 +89,48 @@ def forward_transfer(curves: Sequence[np.ndarray], ref_curves: Sequence[np.ndarr
 # Everything below imports torch, minari, envs and agents.l2m lazily, inside the functions, so the metric
 # functions above stay numpy-only. No stable_baselines3 anywhere.
 
-METHODS = ("l2m", "l2m_oracle", "lora", "finetune")
+METHODS = ("l2m", "l2m_oracle", "lora", "finetune", "ewc")
+
+
+# ---- EWC (Kirkpatrick et al., PNAS 2017), "online" form as in Continual World ------------------
+# One running Fisher sum over the finished tasks and one anchor, the parameters after the latest task:
+#     penalty = lambda/2 * sum_i F_i (theta_i - anchor_i)^2,   F = F_task_0 + ... + F_task_{i-1}.
+# Per-task anchors would give sum_t F_t (theta - theta*_t)^2 instead; the single anchor is the common
+# simplification (Continual World's EWC keeps the summed Fisher and the latest parameters the same way).
+
+def ewc_fisher(model: Any, batches: Any, loss_fn: Any) -> dict[str, Any]:
+    """Diagonal empirical Fisher of ``model``: {name: mean over ``batches`` of grad(loss_fn(model, batch))^2}.
+
+    One squared gradient of the (batch-mean) loss per batch, for every parameter with ``requires_grad``; the
+    parameters' ``.grad`` are left untouched (``torch.autograd.grad``). The caller picks train/eval mode."""
+    import torch
+
+    named = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
+    fisher = {name: torch.zeros_like(p) for name, p in named}
+    count = 0
+    for batch in batches:
+        grads = torch.autograd.grad(loss_fn(model, batch), [p for _, p in named], allow_unused=True)
+        for (name, _), g in zip(named, grads):
+            if g is not None:
+                fisher[name] += g.detach() ** 2
+        count += 1
+    if count == 0:
+        raise ValueError("ewc_fisher needs at least one batch")
+    return {name: f / count for name, f in fisher.items()}
+
+
+def ewc_penalty(model: Any, fisher: dict[str, Any], anchor: dict[str, Any], lam: float) -> Any:
+    """``lam / 2 * sum_i F_i (theta_i - anchor_i)^2`` over the parameters named in ``fisher`` (a scalar tensor;
+    0 when ``fisher`` is empty or ``lam`` is 0)."""
+    import torch
+
+    params = dict(model.named_parameters())
+    total = torch.zeros((), device=next(iter(params.values())).device)
+    if lam == 0 or not fisher:
+        return total
+    for name, f in fisher.items():
+        total = total + (f * (params[name] - anchor[name]) ** 2).sum()
+    return 0.5 * lam * total
 
 
 def resolve_task_list(spec: str | list[str], key: str) -> list[str]:
@@ -247,11 +288,17 @@ def run_sequence(cfg: Any, out_dir: str | Path | None = None) -> Path:
       each task;
     * ``l2m_oracle``: the same with ``oracle=True`` and the task index (also at evaluation);
     * ``lora``: one shared LoRA (pool_size 1, no usage penalty) on the frozen DT;
-    * ``finetune``: every DT parameter trains, no pool.
+    * ``finetune``: every DT parameter trains, no pool;
+    * ``ewc``: ``finetune`` plus the online-EWC penalty ``ewc_penalty`` (weight ``sequence.ewc_lambda``) on the
+      DT loss; after each task but the last, its diagonal Fisher (``ewc_fisher``, eval mode, mean over
+      ``sequence.ewc_fisher_batches`` batches of its data) is added to the running sum and the anchor becomes the
+      current parameters. Pre-training is not consolidated. ``checkpoints/ewc.pt`` keeps the penalty in force
+      during the last task: {"fisher", "anchor", "tasks", "lambda"}.
 
     Every ``eval_every`` steps and at the end of each task, every task of the sequence is evaluated (task-agnostic
     selection, ``pool.eval()``). ``out_dir`` overrides ``run.out_dir``. Writes config.yaml, metrics.jsonl,
-    success_matrix.json, plots/success_matrix.png, summary.json and checkpoints/{pretrained,final}.pt."""
+    success_matrix.json, plots/success_matrix.png, summary.json and checkpoints/{pretrained,final}.pt (+ pool.pt
+    for the pool methods, ewc.pt for ewc)."""
     import json
 
     import torch
@@ -298,7 +345,10 @@ def run_sequence(cfg: Any, out_dir: str | Path | None = None) -> Path:
 
         # ---- the method ----------------------------------------------------------------
         pool = None
-        if method != "finetune":
+        ewc_fisher_sum: dict[str, Any] = {}  # method ewc: summed Fisher of the finished tasks, and their anchor
+        ewc_anchor: dict[str, Any] = {}
+        ewc_tasks = 0
+        if method not in ("finetune", "ewc"):
             p = cfg.pool
             lora = method == "lora"
             pool = ModulationPool(pool_size=1 if lora else p.pool_size, key_dim=m.d_model, rank=p.rank,
@@ -345,8 +395,13 @@ def run_sequence(cfg: Any, out_dir: str | Path | None = None) -> Path:
                 if pool is not None:
                     pool.train()
                 states, actions, rtg, timesteps, mask = agent._batch(data)
+                extra = {}
                 if pool is None:
                     loss = key_loss = model.loss(states, actions, rtg, timesteps, mask)
+                    if method == "ewc" and ewc_fisher_sum:
+                        penalty = ewc_penalty(model, ewc_fisher_sum, ewc_anchor, seq_cfg.ewc_lambda)
+                        extra = {"train/dt_loss": loss.item(), "train/ewc_penalty": penalty.item()}
+                        loss = key_loss = loss + penalty
                 else:
                     query = model.query_embedding(states)
                     idx = pool.select(query, i, oracle=oracle)
@@ -360,7 +415,8 @@ def run_sequence(cfg: Any, out_dir: str | Path | None = None) -> Path:
                 optimizer.step()
                 step += 1
                 if k % 100 == 0 or k == seq_cfg.steps_per_task - 1:
-                    logger.log({"train/loss": loss.item(), "train/key_loss": key_loss.item(), "train/task": i}, step)
+                    logger.log({"train/loss": loss.item(), "train/key_loss": key_loss.item(), "train/task": i,
+                                **extra}, step)
                 last = k == seq_cfg.steps_per_task - 1
                 if last or (seq_cfg.eval_every and (k + 1) % seq_cfg.eval_every == 0):
                     scores = evaluate_all(i)
@@ -369,6 +425,14 @@ def run_sequence(cfg: Any, out_dir: str | Path | None = None) -> Path:
                         perf[i] = scores
             if pool is not None:
                 pool.end_task()
+            if method == "ewc" and i < n - 1:  # the last task's Fisher would only serve a later task
+                model.eval()
+                fisher = ewc_fisher(model, [agent._batch(data) for _ in range(seq_cfg.ewc_fisher_batches)],
+                                    lambda mdl, batch: mdl.loss(*batch))
+                for name, f in fisher.items():
+                    ewc_fisher_sum[name] = ewc_fisher_sum[name] + f if name in ewc_fisher_sum else f
+                ewc_anchor = {name: q.detach().clone() for name, q in model.named_parameters() if q.requires_grad}
+                ewc_tasks = i + 1
             curves.append(curve)
             print(f"task {i} {env_id}: success {perf[i, i]:.2f}  mean over tasks {perf[i].mean():.2f}", flush=True)
 
@@ -377,6 +441,9 @@ def run_sequence(cfg: Any, out_dir: str | Path | None = None) -> Path:
             pool.detach()
             torch.save(pool.state_dict(), run_dir / "checkpoints" / "pool.pt")
         torch.save(model.state_dict(), run_dir / "checkpoints" / "final.pt")
+        if method == "ewc":
+            torch.save({"fisher": ewc_fisher_sum, "anchor": ewc_anchor, "tasks": ewc_tasks,
+                        "lambda": seq_cfg.ewc_lambda}, run_dir / "checkpoints" / "ewc.pt")
         summary: dict[str, Any] = {
             "method": method, "tasks": seq_tasks, "average_performance": average_performance(perf),
             "forgetting": _finite(forgetting(perf)),

@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from plasticrl.config import ConfigError, read_yaml, validate_model
 
-METHODS = ("l2m", "l2m_oracle", "lora", "finetune")
+METHODS = ("l2m", "l2m_oracle", "lora", "finetune", "ewc")
 
 
 class Section(BaseModel):
@@ -54,7 +54,7 @@ class PretrainConfig(Section):
 
 class SequenceConfig(Section):
     tasks: str | list[str] = Field("cw10", description="sequence name, comma-separated env ids, or a list of ids")
-    method: Literal["l2m", "l2m_oracle", "lora", "finetune"] = Field("l2m")
+    method: Literal["l2m", "l2m_oracle", "lora", "finetune", "ewc"] = Field("l2m")
     steps_per_task: int = Field(10_000, ge=1, description="gradient steps per task")
     batch_size: int = Field(64, ge=1)
     learning_rate: float = Field(1e-4, gt=0, lt=1)
@@ -63,6 +63,12 @@ class SequenceConfig(Section):
     max_episode_steps: int = Field(200, ge=1, description="env steps per evaluation episode")
     reference_curves: list[list[float]] | None = Field(
         None, description="single-task reference success curves, one per task, for forward transfer")
+    ewc_lambda: float = Field(
+        1e3, ge=0, description="method ewc: lambda of the penalty lambda/2 * sum_i F_i (theta_i - anchor_i)^2 added "
+                               "to the DT cross-entropy loss (nats per action dim); F = summed diagonal Fisher "
+                               "(squared gradients of that loss), anchor = parameters after the latest task")
+    ewc_fisher_batches: int = Field(
+        10, ge=1, description="method ewc: batches (of batch_size) of a task's data averaged in its diagonal Fisher")
 
 
 class PoolConfig(Section):
