@@ -96,13 +96,9 @@ def train(cfg: cfgmod.Config) -> Path:
     device = resolve_device(cfg.run.device)
     run_dir = make_run_dir(cfg.run.out_dir, cfg.run.name, cfg.run.seed)
     (run_dir / "config.yaml").write_text(cfgmod.dump(cfg))
-    w = cfg.logging.wandb
-    wandb_settings = {
-        "mode": w.mode, "project": w.project, "entity": w.entity, "group": w.group or cfg.run.name,
-        "tags": w.tags or [cfg.agent.kind, cfg.env.id, f"rr-{cfg.replay_ratio.kind}"],
-        "name": w.name or f"{cfg.run.name}-s{cfg.run.seed}",
-    }
-    run_logger = RunLogger(run_dir, cfg.model_dump(mode="json"), wandb_settings)
+    tags = [cfg.agent.kind, cfg.env.id, f"rr-{cfg.replay_ratio.kind}"]
+    run_logger = RunLogger(run_dir, cfg.model_dump(mode="json"),
+                           cfgmod.wandb_settings(cfg.logging.wandb, cfg.run.name, cfg.run.seed, tags))
     print(f"run folder: {run_dir}  (device {device})", flush=True)
     env = eval_env = model = None
     try:

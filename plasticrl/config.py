@@ -96,6 +96,13 @@ class WandbConfig(Section):
     name: str | None = Field(None, description="default: <run.name>-s<seed>")
 
 
+def wandb_settings(w: WandbConfig, run_name: str, seed: int, default_tags: list[str]) -> dict[str, Any]:
+    """Keyword arguments of ``plasticrl.logging.WandbSink`` with this project's defaults filled in: group = the run
+    name (seeds group together), name = ``<run name>-s<seed>``, tags = ``default_tags``."""
+    return {"mode": w.mode, "project": w.project, "entity": w.entity, "group": w.group or run_name,
+            "tags": w.tags or default_tags, "name": w.name or f"{run_name}-s{seed}"}
+
+
 class LoggingConfig(Section):
     wandb: WandbConfig = Field(default_factory=WandbConfig)
     print_episodes: bool = Field(True, description="print each finished episode's return")

@@ -305,7 +305,7 @@ def run_sequence(cfg: Any, out_dir: str | Path | None = None) -> Path:
 
     from agents.l2m import DTConfig, L2MAgent
     from plasticrl.cli import resolve_device
-    from plasticrl.config import dump
+    from plasticrl.config import dump, wandb_settings
     from plasticrl.logging import RunLogger, make_run_dir
     from plasticrl.modulation import ModulationPool
 
@@ -316,10 +316,8 @@ def run_sequence(cfg: Any, out_dir: str | Path | None = None) -> Path:
 
     run_dir = make_run_dir(out_dir or cfg.run.out_dir, cfg.run.name, cfg.run.seed)
     (run_dir / "config.yaml").write_text(dump(cfg))
-    w = cfg.logging.wandb
-    logger = RunLogger(run_dir, cfg.model_dump(mode="json"), {
-        "mode": w.mode, "project": w.project, "entity": w.entity, "group": w.group or cfg.run.name,
-        "tags": ["continual", method], "name": w.name or f"{cfg.run.name}-s{cfg.run.seed}"})
+    logger = RunLogger(run_dir, cfg.model_dump(mode="json"),
+                       wandb_settings(cfg.logging.wandb, cfg.run.name, cfg.run.seed, ["continual", method]))
     print(f"run folder: {run_dir}  (device {device}, method {method})", flush=True)
     try:
         episodes = {t: load_episodes(cfg.data.out_dir, dataset_ids[t]) for t in dict.fromkeys(pre_tasks + seq_tasks)}

@@ -9,15 +9,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
-from plasticrl.config import ConfigError, read_yaml, validate_model
+from plasticrl.config import ConfigError, Section, WandbConfig, read_yaml, validate_model
 
 METHODS = ("l2m", "l2m_oracle", "lora", "finetune", "ewc")
-
-
-class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
 class RunConfig(Section):
@@ -78,14 +74,6 @@ class PoolConfig(Section):
     top_k: int = Field(1, ge=1)
     pull_coef: float = Field(0.5, ge=0)
     count_penalty: bool = Field(True, description="usage penalty on entries picked by earlier tasks")
-
-
-class WandbConfig(Section):
-    mode: Literal["offline", "online", "disabled"] = Field("offline")
-    project: str = Field("plasticrl")
-    entity: str | None = None
-    group: str | None = Field(None, description="default: run.name")
-    name: str | None = Field(None, description="default: <run.name>-s<seed>")
 
 
 class LoggingConfig(Section):
