@@ -300,7 +300,7 @@ class DrQ(SAC):
         """
         obs = random_shift(batch.observations, self.augment_pad)
         next_obs = random_shift(batch.next_observations, self.augment_pad)
-        log_alpha = self.log_ent_coef if self.log_ent_coef is not None else None
+        log_alpha = self.log_ent_coef  # None when ent_coef is fixed
         alpha = log_alpha.detach().exp() if log_alpha is not None else self.ent_coef_tensor
 
         h = self.encoder(obs)
