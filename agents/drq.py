@@ -41,6 +41,9 @@ class Encoder(nn.Module):
     def __init__(self, observation_shape: tuple[int, int, int], channels: int = 32):
         super().__init__()
         self.autocast_dtype: torch.dtype | None = None  # e.g. torch.bfloat16: convolutions in bf16 (CUDA only)
+        # Zero-pad the input channels (and the first conv's weight, on the fly) up to a multiple of this, so that
+        # cuDNN picks tensor-core kernels for the first conv (9 channels get a generic one). Same outputs.
+        self.in_channel_multiple = 1
         c = observation_shape[0]
         self.convnet = nn.Sequential(
             nn.Conv2d(c, channels, 3, stride=2), nn.ReLU(),
@@ -52,13 +55,24 @@ class Encoder(nn.Module):
             self.repr_dim = int(self.convnet(torch.zeros(1, *observation_shape)).numel())
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
-        if not obs.is_cuda:
-            return self.convnet(obs.float() / 255.0 - 0.5).flatten(1)
-        # GPU: NHWC (cuDNN's fastest layout) set on the uint8 input, 4x cheaper than on floats; optional bf16.
-        dtype = self.autocast_dtype or torch.float32
-        x = obs.contiguous(memory_format=torch.channels_last).to(dtype) / 255.0 - 0.5
-        with torch.autocast("cuda", dtype=dtype, enabled=self.autocast_dtype is not None):
-            return self.convnet(x).flatten(1)  # bf16 features stay bf16: the trunks read them in bf16
+        extra = -obs.shape[1] % self.in_channel_multiple
+        if extra:
+            obs = F.pad(obs, (0, 0, 0, 0, 0, extra))  # zero channels, met by zero weights below
+        cuda = obs.is_cuda
+        low = cuda and self.autocast_dtype is not None
+        if cuda:  # NHWC (cuDNN's fastest layout) set on the uint8 input, 4x cheaper than on floats
+            obs = obs.contiguous(memory_format=torch.channels_last)
+        x = obs.to(self.autocast_dtype if low else torch.float32) / 255.0 - 0.5
+        with torch.autocast("cuda", dtype=self.autocast_dtype or torch.bfloat16, enabled=low):
+            if extra:
+                first = self.convnet[0]
+                w = F.pad(first.weight, (0, 0, 0, 0, 0, extra))
+                if cuda:
+                    w = w.contiguous(memory_format=torch.channels_last)
+                x = self.convnet[1:](F.conv2d(x, w, first.bias, stride=first.stride))
+            else:
+                x = self.convnet(x)
+        return x.flatten(1)  # bf16 features stay bf16: the trunks and heads then run in bf16 too
 
 
 def trunk(repr_dim: int, feature_dim: int) -> nn.Sequential:
@@ -66,10 +80,10 @@ def trunk(repr_dim: int, feature_dim: int) -> nn.Sequential:
     return nn.Sequential(nn.Linear(repr_dim, feature_dim), nn.LayerNorm(feature_dim), nn.Tanh())
 
 
-def run_trunk(trunk_net: nn.Module, h: torch.Tensor) -> torch.Tensor:
-    """The trunk on encoder features; bf16 features (``precision="bf16"``) run its Linear in bf16. Returns fp32."""
-    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=h.dtype == torch.bfloat16):
-        return trunk_net(h).float()
+def low_precision(h: torch.Tensor) -> torch.autocast:
+    """bf16 autocast on CUDA when the encoder features ``h`` are bf16 (``precision="bf16"``), else a no-op: the
+    trunks and MLPs then run their matmuls in bf16 with fp32 weights; heads cast their outputs back to fp32."""
+    return torch.autocast("cuda", dtype=torch.bfloat16, enabled=h.dtype == torch.bfloat16)
 
 
 def mlp(in_dim: int, hidden_dim: int, out_dim: int) -> nn.Sequential:
@@ -92,7 +106,9 @@ class Actor(nn.Module):
 
     def forward(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean and log std (B, A) of the pre-tanh Gaussian."""
-        mu, log_std = self.policy(run_trunk(self.trunk, h)).chunk(2, dim=-1)
+        with low_precision(h):
+            out = self.policy(self.trunk(h)).float()
+        mu, log_std = out.chunk(2, dim=-1)
         lo, hi = self.log_std_bounds
         log_std = lo + 0.5 * (hi - lo) * (torch.tanh(log_std) + 1.0)
         return mu, log_std
@@ -121,24 +137,26 @@ class Critic(nn.Module):
         self.q2 = mlp(feature_dim + action_dim, hidden_dim, 1)
 
     def forward(self, h: torch.Tensor, action: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        x = torch.cat([run_trunk(self.trunk, h), action], dim=-1)
-        return self.q1(x), self.q2(x)
+        with low_precision(h):
+            x = torch.cat([self.trunk(h), action], dim=-1)
+            return self.q1(x).float(), self.q2(x).float()
 
     def forward_with_fau(self, h: torch.Tensor, action: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Like ``forward``, plus the fraction of active units (> 0) over both heads' hidden ReLU outputs (0-dim),
         the signal of Adaptive RR (Ma et al. 2024). Computed on the device, no host sync."""
-        x = torch.cat([run_trunk(self.trunk, h), action], dim=-1)
-        active = x.new_zeros(())
+        active = torch.zeros((), device=h.device)
         total = 0
         outs = []
-        for head in (self.q1, self.q2):
-            y = x
-            for layer in head:
-                y = layer(y)
-                if isinstance(layer, nn.ReLU):
-                    active = active + (y > 0).sum()
-                    total += y.numel()
-            outs.append(y)
+        with low_precision(h):
+            x = torch.cat([self.trunk(h), action], dim=-1)
+            for head in (self.q1, self.q2):
+                y = x
+                for layer in head:
+                    y = layer(y)
+                    if isinstance(layer, nn.ReLU):
+                        active = active + (y > 0).sum()
+                        total += y.numel()
+                outs.append(y.float())
         return outs[0], outs[1], active / total
 
 
@@ -252,7 +270,9 @@ class DrQ(SAC):
         )
         self._stats_sum: torch.Tensor | None = None  # sum over updates of the STAT_KEYS vector, on the device
         self._train_count = 0
-        self._update_fn: Any = None
+        self._update_fn: Any = None  # update on a given batch: eager, or a GraphedUpdate copying the batch in
+        self._step_graph: GraphedUpdate | None = None  # sample + update as one graph (replay on the GPU)
+        self._step_graph_key: tuple[int, int] | None = None  # (batch size, id of the replay buffer) it captured
         self._prefetched: tuple[np.ndarray, np.ndarray] | None = None  # next (action, buffer action), env stepping
         # per-update critic FAU (0-dim, on device), drained by ReplayRatioCallback; bounded if nobody drains it
         self.critic_fau_log: deque[torch.Tensor] = deque(maxlen=100_000)
@@ -289,8 +309,8 @@ class DrQ(SAC):
         self.encoder = self.policy.encoder
 
     def _excluded_save_params(self) -> list[str]:
-        return [*super()._excluded_save_params(), "encoder", "_stats_sum", "_update_fn", "critic_fau_log",
-                "_prefetched"]
+        return [*super()._excluded_save_params(), "encoder", "_stats_sum", "_update_fn", "_step_graph",
+                "_step_graph_key", "critic_fau_log", "_prefetched"]
 
     # ------------------------------------------------------------------ the update
     def update(self, batch: PixelBatch) -> dict[str, torch.Tensor]:
@@ -318,7 +338,9 @@ class DrQ(SAC):
 
         h_actor = h.detach()
         action, log_prob = self.actor.action_log_prob(h_actor)
+        self.critic.requires_grad_(False)  # the actor loss needs gradients through the critic, not of its weights
         aq1, aq2 = self.critic(h_actor, action)
+        self.critic.requires_grad_(True)
         actor_loss = (alpha * log_prob - torch.min(aq1, aq2)).mean()
         self.actor.optimizer.zero_grad(set_to_none=True)
         actor_loss.backward()
@@ -363,11 +385,23 @@ class DrQ(SAC):
         self._update_learning_rate(optimizers)
         fau_index = STAT_KEYS.index("critic_fau")
         for _ in range(gradient_steps):
-            stats = self._update_fn(self.replay_buffer.sample(batch_size))
+            stats = self._sample_and_update(batch_size)
             self.critic_fau_log.append(stats[fau_index])
             self._stats_sum = stats if self._stats_sum is None else self._stats_sum + stats
             self._train_count += 1
         self._n_updates += gradient_steps
+
+    def _sample_and_update(self, batch_size: int) -> torch.Tensor:
+        """One update on a fresh replay batch; returns the stats vector (device). With CUDA graphs on and the
+        frames on the GPU, sampling and update replay as one graph (recaptured if the batch size or buffer changes)."""
+        buffer = self.replay_buffer
+        if not (isinstance(self._update_fn, GraphedUpdate) and buffer.storage.type == "cuda"):
+            return self._update_fn(buffer.sample(batch_size))
+        key = (batch_size, id(buffer))
+        if self._step_graph is None or self._step_graph_key != key:
+            self._step_graph = GraphedUpdate(lambda: self._update_vector(buffer.sample(batch_size)))
+            self._step_graph_key = key
+        return self._step_graph()
 
     def pop_train_stats(self) -> dict[str, float]:
         """Means of the update statistics since the last call, read from the device in one transfer.

@@ -21,6 +21,7 @@ wraps the query/value projections and feed-forward layers of every block. The he
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -31,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["DTConfig", "DecisionTransformer", "L2MAgent", "bin_centers", "discretize"]
+__all__ = ["DTConfig", "DecisionTransformer", "EpisodeBatch", "EpisodeData", "L2MAgent", "bin_centers", "discretize"]
 
 
 @dataclass
@@ -238,36 +239,62 @@ class DecisionTransformer(nn.Module):
         return self.embed_state(self.pad_states(states)).mean(dim=1)
 
     @torch.no_grad()
+    def act_batch(self, states: Tensor | np.ndarray, actions: Tensor | np.ndarray, rtg: Tensor | np.ndarray,
+                  timesteps: Tensor | np.ndarray, action_dims: int | Sequence[int] | Tensor,
+                  temperature: float | None = None, generator: torch.Generator | None = None) -> Tensor:
+        """Actions (N, max(action_dims)) in [-1, 1] for the last timestep of N contexts of equal length T.
+
+        ``states`` (N, T, S), ``rtg`` (N, T) in reward units and ``timesteps`` (N, T) include the current timestep;
+        ``actions`` (N, T - 1, A') holds the earlier actions (a T-th row is ignored), A' >= max(action_dims).
+        ``action_dims``: the env's action width per row (an int for all rows). Dimensions are decoded one at a time
+        (argmax bin, or sampled from softmax(logits / temperature)), each fed back as the next token; a row's
+        dimensions beyond its width stay PAD and are returned as 0. Returns bin centres (float32, model device)."""
+        cfg, device = self.config, self._device()
+        states = self.pad_states(states)
+        n, t = states.shape[:2]
+        dims = torch.as_tensor(action_dims, dtype=torch.long, device=device).reshape(-1).expand(n)
+        if dims.numel() and (dims.min() < 1 or dims.max() > cfg.max_action_dim):
+            raise ValueError(f"action dims must be in [1, {cfg.max_action_dim}], got {dims.tolist()}")
+        width = int(dims.max())
+        prev = torch.as_tensor(actions, dtype=torch.float32, device=device).reshape(n, -1, actions.shape[-1])
+        prev = prev[:, : t - 1]
+        if prev.shape[1] != t - 1:
+            raise ValueError(f"need {t - 1} earlier actions for {t} states, got {prev.shape[1]}")
+        if prev.shape[-1] < width:
+            prev = F.pad(prev, (0, width - prev.shape[-1]))
+        current = torch.zeros(n, 1, prev.shape[-1], device=device)
+        mask = torch.arange(cfg.max_action_dim, device=device) < dims[:, None]  # (N, A) real dims per row
+        tokens, _ = self.action_tokens(torch.cat([prev, current], dim=1), mask[:, None, :])
+        tokens[:, -1] = self.pad_id
+        rtg = torch.as_tensor(rtg, dtype=torch.float32, device=device).reshape(n, t)
+        timesteps = torch.as_tensor(timesteps, device=device).reshape(n, t)
+        for k in range(width):
+            logits = self.forward_tokens(states, tokens, rtg, timesteps)[:, -1, k]  # (N, n_bins)
+            if temperature is None:
+                bin_id = logits.argmax(dim=-1)
+            else:
+                probs = F.softmax(logits / temperature, dim=-1)
+                bin_id = torch.multinomial(probs, 1, generator=generator)[:, 0]
+            tokens[:, -1, k] = torch.where(k < dims, bin_id, torch.full_like(bin_id, self.pad_id))
+        last = tokens[:, -1, :width]
+        return torch.where(last == self.pad_id, torch.zeros((), device=device), bin_centers(last, cfg.n_bins))
+
+    @torch.no_grad()
     def act(self, states: Tensor, actions: Tensor, rtg: Tensor, timesteps: Tensor, action_dim: int,
             temperature: float | None = None, generator: torch.Generator | None = None) -> Tensor:
         """The action (action_dim,) in [-1, 1] for the last timestep of one context (batch 1 or unbatched).
 
         ``states`` (T, S), ``rtg`` (T,), ``timesteps`` (T,) include the current timestep; ``actions`` holds the
-        T - 1 earlier actions (T - 1, action_dim) (its last row, if T rows are given, is ignored). Dimensions are
-        decoded one at a time (argmax bin, or sampled from softmax(logits / temperature)), each fed back as the
-        next token; returns the bin centres."""
+        T - 1 earlier actions (T - 1, action_dim) (its last row, if T rows are given, is ignored). ``act_batch``
+        with N = 1."""
         if not 1 <= action_dim <= self.config.max_action_dim:
             raise ValueError(f"action_dim must be in [1, {self.config.max_action_dim}], got {action_dim}")
-        states = self.pad_states(states).reshape(1, -1, self.config.state_dim)
+        states = torch.as_tensor(states, dtype=torch.float32)
+        states = states.reshape(1, -1, states.shape[-1])
         t = states.shape[1]
-        prev = torch.as_tensor(actions, dtype=torch.float32, device=self._device()).reshape(1, -1, action_dim)
-        prev = prev[:, : t - 1]
-        if prev.shape[1] != t - 1:
-            raise ValueError(f"need {t - 1} earlier actions for {t} states, got {prev.shape[1]}")
-        current = torch.zeros(1, 1, action_dim, device=self._device())
-        tokens, _ = self.action_tokens(torch.cat([prev, current], dim=1))
-        tokens[:, -1] = self.pad_id
-        rtg = torch.as_tensor(rtg, dtype=torch.float32, device=self._device()).reshape(1, t)
-        timesteps = torch.as_tensor(timesteps, device=self._device()).reshape(1, t)
-        for k in range(action_dim):
-            logits = self.forward_tokens(states, tokens, rtg, timesteps)[0, -1, k]
-            if temperature is None:
-                bin_id = logits.argmax()
-            else:
-                probs = F.softmax(logits / temperature, dim=-1)
-                bin_id = torch.multinomial(probs, 1, generator=generator)[0]
-            tokens[0, -1, k] = bin_id
-        return bin_centers(tokens[0, -1, :action_dim], self.config.n_bins)
+        actions = torch.as_tensor(actions, dtype=torch.float32).reshape(1, -1, action_dim)
+        return self.act_batch(states, actions, torch.as_tensor(rtg).reshape(1, t),
+                              torch.as_tensor(timesteps).reshape(1, t), action_dim, temperature, generator)[0]
 
 
 # ---- offline agent -------------------------------------------------------------------
@@ -279,6 +306,69 @@ def _episodes(datasets: Iterable[Any]) -> Iterable[dict[str, np.ndarray]]:
         else:
             for episode in data.iterate_episodes():
                 yield {"observations": episode.observations, "actions": episode.actions, "rewards": episode.rewards}
+
+
+@dataclass
+class EpisodeData:
+    """Prepared episodes of one task set, zero-padded to the longest, on the training device.
+
+    ``states`` (E, L, state_dim) float32, ``actions`` (E, L, max_action_dim) float32 in [-1, 1], ``action_mask``
+    (E, max_action_dim) bool (the env's real action dims), ``rtg`` (E, L) float32 return-to-go in reward units,
+    ``lengths`` (E,) long env steps per episode (each >= context)."""
+
+    states: Tensor
+    actions: Tensor
+    action_mask: Tensor
+    rtg: Tensor
+    lengths: Tensor
+
+    def __len__(self) -> int:
+        return int(self.lengths.shape[0])
+
+
+class EpisodeBatch:
+    """N episodes acted in lockstep (``L2MAgent.predict_batch``): per row the last ``context`` states (zero-padded
+    to state_dim), actions, returns-to-go (reward units) and the step count, kept on the host."""
+
+    def __init__(self, config: DTConfig, target_returns: Sequence[float], action_dims: Sequence[int]) -> None:
+        n, t = len(target_returns), config.context
+        if len(action_dims) != n:
+            raise ValueError(f"need one action dim per episode: {n} targets, {len(action_dims)} action dims")
+        self.action_dims = np.asarray(action_dims, dtype=np.int64)
+        if n and not np.all((self.action_dims >= 1) & (self.action_dims <= config.max_action_dim)):
+            raise ValueError(f"action dims must be in [1, {config.max_action_dim}], got {self.action_dims.tolist()}")
+        self.config = config
+        self.rtg_now = np.asarray(target_returns, dtype=np.float64).copy()  # (N,) return still to collect
+        self.steps = np.zeros(n, dtype=np.int64)  # (N,) observations seen so far
+        self.states = np.zeros((n, t, config.state_dim), np.float32)
+        self.actions = np.zeros((n, t, config.max_action_dim), np.float32)
+        self.rtg = np.zeros((n, t), np.float32)
+
+    def __len__(self) -> int:
+        return len(self.steps)
+
+    def push(self, rows: np.ndarray, observations: np.ndarray, rewards: np.ndarray) -> int:
+        """Appends observations (n, S) for ``rows`` (equal step counts); rewards of the previous actions are
+        subtracted from the returns-to-go (ignored at a row's first step). Returns the window length."""
+        count = self.steps[rows]
+        if count.size == 0 or np.any(count != count[0]):
+            raise ValueError("rows must be non-empty and in lockstep (equal step counts)")
+        obs = np.asarray(observations, dtype=np.float32).reshape(len(rows), -1)
+        if obs.shape[1] > self.config.state_dim:
+            raise ValueError(f"state width {obs.shape[1]} exceeds DTConfig.state_dim={self.config.state_dim}")
+        if count[0] > 0:
+            self.rtg_now[rows] -= np.asarray(rewards, dtype=np.float64).reshape(len(rows))
+        slot, t = int(count[0]), self.config.context
+        if slot >= t:  # full window: drop the oldest timestep
+            for buf in (self.states, self.actions, self.rtg):
+                buf[rows] = np.roll(buf[rows], -1, axis=1)
+            slot = t - 1
+        self.states[rows, slot] = 0.0
+        self.states[rows, slot, : obs.shape[1]] = obs
+        self.actions[rows, slot] = 0.0
+        self.rtg[rows, slot] = self.rtg_now[rows]
+        self.steps[rows] += 1
+        return slot + 1
 
 
 class L2MAgent:
@@ -300,107 +390,142 @@ class L2MAgent:
         self.weight_decay, self.max_grad_norm = weight_decay, max_grad_norm
         torch.manual_seed(seed)
         self.model = DecisionTransformer(self.config).to(self.device)
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=learning_rate, weight_decay=weight_decay)
-        self.rng = np.random.default_rng(seed)
+        self.optimizer = self.make_optimizer(self.model.parameters(), learning_rate, weight_decay)
+        self.generator = torch.Generator(device=self.device).manual_seed(seed)  # batch sampling
         self.num_steps = 0
         self.reset(0.0, self.config.max_action_dim)
 
-    # ---- training ----------------------------------------------------------------------
-    def _prepare(self, datasets: Sequence[Any]) -> list[dict[str, np.ndarray]]:
-        """Per episode: states (L, S), actions (L, A'), rtg (L,) in reward units, timesteps (L,). Episodes shorter
-        than ``context`` are skipped."""
-        prepared = []
+    def make_optimizer(self, params: Iterable[nn.Parameter], lr: float, weight_decay: float) -> torch.optim.AdamW:
+        """AdamW on ``params`` (fused on CUDA: one kernel per step)."""
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=self.device.type == "cuda")
+
+    # ---- data --------------------------------------------------------------------------
+    def prepare_episodes(self, datasets: Sequence[Any]) -> EpisodeData:
+        """The episodes of ``datasets`` (minari datasets, or episode dicts with observations (L or L+1, S),
+        actions (L, A'), rewards (L,)) as one padded ``EpisodeData`` on the agent's device; returns-to-go from
+        the rewards. Episodes shorter than ``context`` are skipped; ValueError if none is left or a width is too
+        large for the model."""
+        cfg = self.config
+        kept = []
         for ep in _episodes(datasets):
             actions = np.asarray(ep["actions"], dtype=np.float32)
             steps = len(actions)
             states = np.asarray(ep["observations"], dtype=np.float32)[:steps]  # drop the final observation
-            rewards = np.asarray(ep["rewards"], dtype=np.float64).reshape(steps)
-            if states.shape[-1] > self.config.state_dim:
-                raise ValueError(f"state width {states.shape[-1]} exceeds DTConfig.state_dim={self.config.state_dim}")
-            if actions.shape[-1] > self.config.max_action_dim:
+            if states.shape[-1] > cfg.state_dim:
+                raise ValueError(f"state width {states.shape[-1]} exceeds DTConfig.state_dim={cfg.state_dim}")
+            if actions.shape[-1] > cfg.max_action_dim:
                 raise ValueError(f"action width {actions.shape[-1]} exceeds "
-                                 f"DTConfig.max_action_dim={self.config.max_action_dim}")
-            if steps < self.config.context:
-                continue
-            rtg = np.cumsum(rewards[::-1])[::-1].astype(np.float32)
-            prepared.append({"states": states, "actions": actions, "rtg": rtg,
-                             "timesteps": np.arange(steps, dtype=np.int64)})
-        if not prepared:
-            raise ValueError(f"no episode with at least context={self.config.context} steps")
-        return prepared
+                                 f"DTConfig.max_action_dim={cfg.max_action_dim}")
+            if steps >= cfg.context:
+                rewards = np.asarray(ep["rewards"], dtype=np.float64).reshape(steps)
+                kept.append((states, actions, np.cumsum(rewards[::-1])[::-1].astype(np.float32)))
+        if not kept:
+            raise ValueError(f"no episode with at least context={cfg.context} steps")
+        e, longest = len(kept), max(len(a) for _, a, _ in kept)
+        states = np.zeros((e, longest, cfg.state_dim), np.float32)
+        actions = np.zeros((e, longest, cfg.max_action_dim), np.float32)
+        mask = np.zeros((e, cfg.max_action_dim), bool)
+        rtg = np.zeros((e, longest), np.float32)
+        lengths = np.zeros(e, np.int64)
+        for i, (s, a, r) in enumerate(kept):
+            states[i, : len(s), : s.shape[1]] = s
+            actions[i, : len(a), : a.shape[1]] = a
+            mask[i, : a.shape[1]] = True
+            rtg[i, : len(r)] = r
+            lengths[i] = len(a)
+        return EpisodeData(*(torch.as_tensor(x, device=self.device) for x in (states, actions, mask, rtg, lengths)))
 
-    def _batch(self, episodes: list[dict[str, np.ndarray]]) -> tuple[Tensor, ...]:
-        """A batch of random windows of ``context`` timesteps: episode uniform, start uniform."""
-        cfg, t = self.config, self.config.context
-        states = np.zeros((self.batch_size, t, cfg.state_dim), np.float32)
-        actions = np.zeros((self.batch_size, t, cfg.max_action_dim), np.float32)
-        mask = np.zeros((self.batch_size, t, cfg.max_action_dim), bool)
-        rtg = np.zeros((self.batch_size, t), np.float32)
-        timesteps = np.zeros((self.batch_size, t), np.int64)
-        for i, e in enumerate(self.rng.integers(len(episodes), size=self.batch_size)):
-            ep = episodes[e]
-            start = int(self.rng.integers(len(ep["actions"]) - t + 1))
-            window = slice(start, start + t)
-            s, a = ep["states"][window], ep["actions"][window]
-            states[i, :, : s.shape[-1]] = s
-            actions[i, :, : a.shape[-1]] = a
-            mask[i, :, : a.shape[-1]] = True
-            rtg[i], timesteps[i] = ep["rtg"][window], ep["timesteps"][window]
-        return tuple(torch.as_tensor(x, device=self.device) for x in (states, actions, rtg, timesteps, mask))
+    def sample_batch(self, data: EpisodeData, batch_size: int | None = None) -> tuple[Tensor, ...]:
+        """Random windows of ``context`` timesteps (episode uniform, then start uniform), gathered on the device
+        without a Python loop: (states (B, T, state_dim), actions (B, T, A), rtg (B, T), timesteps (B, T) long,
+        action_mask (B, T, A) bool), B = ``batch_size`` (default ``self.batch_size``)."""
+        b, t = batch_size or self.batch_size, self.config.context
+        g, device = self.generator, self.device
+        episode = torch.randint(len(data), (b,), generator=g, device=device)
+        starts = data.lengths[episode] - t + 1  # (B,) number of window starts per episode
+        start = torch.minimum((torch.rand(b, generator=g, device=device) * starts).long(), starts - 1)
+        timesteps = start[:, None] + torch.arange(t, device=device)  # (B, T)
+        rows = episode[:, None]
+        mask = data.action_mask[episode][:, None, :].expand(b, t, -1)
+        return data.states[rows, timesteps], data.actions[rows, timesteps], data.rtg[rows, timesteps], timesteps, mask
 
-    def learn(self, datasets: Sequence[Any], steps: int,
-              callback: Callable[[int, float], bool | None] | None = None) -> L2MAgent:
-        """``steps`` gradient steps (AdamW, grad-norm clipping) on random context windows from the episodes of
-        ``datasets`` (minari datasets, or episode dicts with observations (L or L+1, S), actions (L, A'),
-        rewards (L,)). ``callback(step, loss)`` runs after each step; returning False stops early."""
-        episodes = self._prepare(datasets)
+    # ---- training ----------------------------------------------------------------------
+    def train_step(self, batch: tuple[Tensor, ...]) -> Tensor:
+        """One AdamW step (grad-norm clipping) of the DT loss on ``batch`` (``sample_batch``'s tuple); returns the
+        loss tensor (no host sync)."""
         self.model.train()
+        loss = self.model.loss(*batch)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        nn.utils.clip_grad_norm_(self.model.parameters(), self.max_grad_norm)
+        self.optimizer.step()
+        self.num_steps += 1
+        return loss.detach()
+
+    def learn(self, datasets: Sequence[Any] | EpisodeData, steps: int,
+              callback: Callable[[int, float], bool | None] | None = None) -> L2MAgent:
+        """``steps`` gradient steps on random context windows from ``datasets`` (see ``prepare_episodes``; an
+        ``EpisodeData`` is used as is). ``callback(step, loss)`` runs after each step (it reads the loss, a host
+        sync); returning False stops early."""
+        data = datasets if isinstance(datasets, EpisodeData) else self.prepare_episodes(datasets)
         for step in range(steps):
-            states, actions, rtg, timesteps, mask = self._batch(episodes)
-            loss = self.model.loss(states, actions, rtg, timesteps, mask)
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            nn.utils.clip_grad_norm_(self.model.parameters(), self.max_grad_norm)
-            self.optimizer.step()
-            self.num_steps += 1
+            loss = self.train_step(self.sample_batch(data))
             if callback is not None and callback(step, loss.item()) is False:
                 break
         self.model.eval()
         return self
 
     # ---- acting ------------------------------------------------------------------------
+    def new_episodes(self, target_returns: Sequence[float], action_dims: Sequence[int]) -> EpisodeBatch:
+        """Starts N episodes acted in lockstep by ``predict_batch``: desired returns (reward units) and each env's
+        action width."""
+        return EpisodeBatch(self.config, target_returns, action_dims)
+
+    def predict_batch(self, episodes: EpisodeBatch, observations: np.ndarray, rewards: np.ndarray | None = None,
+                      rows: np.ndarray | None = None, deterministic: bool = True, temperature: float = 1.0,
+                      select: Callable[[Tensor, np.ndarray], Any] | None = None) -> np.ndarray:
+        """Actions (n, max_action_dim) float32 for observations (n, S) of ``episodes``' ``rows`` (default: all;
+        they must be in lockstep); row i's entries beyond its action width are 0. ``rewards`` (n,): rewards of the
+        previous actions (ignored at the first step). ``select(states, rows)``, if given, returns a context manager
+        the model acts under (e.g. a modulation-pool selection), from the context states (n, T, state_dim) on the
+        device. Sampled at ``temperature`` unless ``deterministic``."""
+        rows = np.arange(len(episodes)) if rows is None else np.asarray(rows, dtype=np.int64)
+        rewards = np.zeros(len(rows)) if rewards is None else rewards
+        t = episodes.push(rows, observations, rewards)
+        count = int(episodes.steps[rows[0]])
+
+        def window(buf: np.ndarray) -> Tensor:
+            return torch.as_tensor(buf[rows, :t], device=self.device)
+
+        states, rtg = window(episodes.states), window(episodes.rtg)
+        timesteps = torch.arange(count - t, count, device=self.device).expand(len(rows), t)
+        self.model.eval()
+        with contextlib.nullcontext() if select is None else select(states, rows):
+            actions = self.model.act_batch(states, window(episodes.actions)[:, : t - 1], rtg, timesteps,
+                                           torch.as_tensor(episodes.action_dims[rows]),
+                                           temperature=None if deterministic else temperature)
+        out = np.zeros((len(rows), self.config.max_action_dim), np.float32)
+        out[:, : actions.shape[1]] = actions.cpu().numpy()
+        episodes.actions[rows, t - 1] = out
+        return out
+
     def reset(self, target_return: float, action_dim: int) -> None:
         """Starts an episode: ``target_return`` is the desired return (raw reward units); ``action_dim`` the env's."""
         if not 1 <= action_dim <= self.config.max_action_dim:
             raise ValueError(f"action_dim must be in [1, {self.config.max_action_dim}], got {action_dim}")
-        self.action_dim, self._rtg = action_dim, float(target_return)
-        self._states: list[np.ndarray] = []
-        self._actions: list[np.ndarray] = []
-        self._rtgs: list[float] = []
+        self.action_dim = action_dim
+        self._episode = self.new_episodes([target_return], [action_dim])
 
     def predict(self, observation: np.ndarray, deterministic: bool = True, *, reward: float = 0.0,
                 temperature: float = 1.0) -> tuple[np.ndarray, None]:
         """The action (action_dim,) float32 in [-1, 1] for ``observation``; ``reward`` is the reward received for
         the previous action (subtracted from the return-to-go; ignored at the first step). Keeps the episode's last
-        ``context`` timesteps; call ``reset`` at episode start. Not deterministic: sampled at ``temperature``."""
-        if self._states:
-            self._rtg -= float(reward)
-        self._states.append(np.asarray(observation, dtype=np.float32).reshape(-1))
-        self._rtgs.append(self._rtg)
-        t = len(self._states)
-        first = max(0, t - self.config.context)
-        prev = self._actions[first:]
-        self.model.eval()
-        action = self.model.act(
-            np.stack(self._states[first:]),
-            np.stack(prev) if prev else np.zeros((0, self.action_dim), np.float32),
-            np.asarray(self._rtgs[first:], np.float32),
-            np.arange(first, t),
-            self.action_dim,
-            temperature=None if deterministic else temperature,
-        ).cpu().numpy().astype(np.float32)
-        self._actions.append(action)
-        return action, None
+        ``context`` timesteps; call ``reset`` at episode start. Not deterministic: sampled at ``temperature``.
+        ``predict_batch`` with one episode."""
+        obs = np.asarray(observation, dtype=np.float32).reshape(1, -1)
+        action = self.predict_batch(self._episode, obs, np.array([reward]), deterministic=deterministic,
+                                    temperature=temperature)
+        return action[0, : self.action_dim], None
 
     # ---- persistence -------------------------------------------------------------------
     def save(self, path: str | Path) -> None:

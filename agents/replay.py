@@ -111,6 +111,9 @@ class FrameReplayBuffer(BaseBuffer):
         self.oldest_valid = 0
         self._oldest_frame_of = np.zeros(buffer_size, dtype=np.int64)
         self._stacks: list[list[int]] = [[] for _ in range(n_envs)]  # global counts of each env's current stack
+        # The same counts on the storage device, read by ``sample`` so that it has no host-side values and can be
+        # captured into a CUDA graph: [oldest intact transition, intact transitions, transitions written].
+        self.bounds = torch.zeros(3, dtype=torch.long, device=st)
 
     # ------------------------------------------------------------------ writing
     def add(
@@ -172,6 +175,7 @@ class FrameReplayBuffer(BaseBuffer):
             self.oldest_valid += 1
         self.pos = self.transitions_written % self.buffer_size
         self.full = self.transitions_written >= self.buffer_size
+        self.bounds.copy_(torch.tensor([self.oldest_valid, self.size(), self.transitions_written]))
 
     def _next_count(self, offset: int) -> int:
         return self.frames_written + offset
@@ -190,17 +194,21 @@ class FrameReplayBuffer(BaseBuffer):
         return out.flatten(1, 2)
 
     def sample_indices(self, batch_size: int) -> torch.Tensor:
-        """Uniform absolute transition numbers (B,) over the intact transitions, on the storage device."""
-        n = self.size()
-        if n <= 0:
+        """Uniform absolute transition numbers (B,) over the intact transitions, on the storage device.
+
+        Reads the counts from ``bounds`` (device), not from host ints, so a captured CUDA graph samples from the
+        buffer's current contents on every replay. Uniform: floor(u * n) with u ~ U[0, 1) in float64."""
+        if self.size() <= 0:
             raise RuntimeError("the replay buffer is empty: collect transitions before sampling")
-        return torch.randint(n, (batch_size,), device=self.storage) + self.oldest_valid
+        u = torch.rand(batch_size, dtype=torch.float64, device=self.storage)
+        return (u * self.bounds[1]).long() + self.bounds[0]
 
     def sample(self, batch_size: int, env: Any = None) -> PixelBatch:  # type: ignore[override]
-        """A batch on the training device; n-step rewards and bootstrap discounts computed on the fly."""
+        """A batch on the training device; n-step rewards and bootstrap discounts computed on the fly. With CUDA
+        storage it makes no host sync and can be captured in a CUDA graph (see ``DrQ``)."""
         first = self.sample_indices(batch_size)
         idx = first % self.buffer_size
-        newest = self.transitions_written  # transition numbers from here on don't exist yet
+        newest = self.bounds[2]  # transition numbers from here on don't exist yet
         reward = torch.zeros(batch_size, dtype=torch.float32, device=self.storage)
         discount = torch.ones(batch_size, dtype=torch.float32, device=self.storage)
         alive = torch.ones(batch_size, dtype=torch.bool, device=self.storage)

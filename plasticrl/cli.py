@@ -25,7 +25,10 @@ def resolve_device(device: str) -> str:
 
 
 def env_options(cfg: cfgmod.Config) -> dict[str, Any]:
+    """``envs.make`` options of ``cfg.env`` (Meta-World takes none of them: state only, no action repeat)."""
     e = cfg.env
+    if e.id.startswith("metaworld:"):
+        return {}
     if not e.pixels:
         return {"pixels": False, "action_repeat": e.action_repeat}
     return {"pixels": True, "size": e.size, "frame_stack": e.frame_stack, "action_repeat": e.action_repeat}
@@ -57,11 +60,21 @@ def build_controller(cfg: cfgmod.Config) -> Any:
 
 
 def build_agent(cfg: cfgmod.Config, env: Any, device: str) -> Any:
-    from agents import DrQ
-
+    """``agents.DrQ("CnnPolicy")`` or ``stable_baselines3.SAC("MlpPolicy")`` (``agent.kind``); ``gradient_steps=0``:
+    the replay-ratio callback sets the updates after each step."""
     a = cfg.agent
     # A buffer larger than the run's transitions never fills: allocate only what the run can use.
     buffer_size = min(a.buffer_size, cfg.run.total_steps)
+    if a.kind == "sac":
+        from stable_baselines3 import SAC
+
+        return SAC("MlpPolicy", env, learning_rate=a.learning_rate, buffer_size=buffer_size,
+                   learning_starts=a.learning_starts, batch_size=a.batch_size, tau=a.tau, gamma=a.gamma,
+                   train_freq=1, gradient_steps=0, ent_coef=f"auto_{a.init_temperature}",
+                   policy_kwargs={"net_arch": [a.hidden_dim, a.hidden_dim]},
+                   seed=cfg.run.seed, device=device, verbose=0)
+    from agents import DrQ
+
     return DrQ("CnnPolicy", env, learning_rate=a.learning_rate, buffer_size=buffer_size,
                learning_starts=a.learning_starts, batch_size=a.batch_size, tau=a.tau, gamma=a.gamma,
                train_freq=1, gradient_steps=0, n_step=a.n_step, ent_coef=f"auto_{a.init_temperature}",
@@ -79,9 +92,6 @@ def check_config(cfg: cfgmod.Config) -> None:
         envs.check_id(cfg.env.id)
     except ValueError as exc:
         raise cfgmod.ConfigError(f"env.id: {exc}") from None
-    if cfg.agent.kind == "drq" and not cfg.env.pixels:
-        raise cfgmod.ConfigError("env.pixels: false is not allowed with agent.kind=drq, a pixel agent; "
-                                 "set env.pixels=true")
     if cfg.agent.kind == "drq" and not cfg.env.id.startswith("dmc:"):
         raise cfgmod.ConfigError(f"env.id: {cfg.env.id!r} has no pixel observations; agent.kind=drq needs a "
                                  "dmc:<domain>-<task> env")
@@ -162,40 +172,75 @@ def _cmd_plot(args: argparse.Namespace) -> int:
 def _cmd_eval(args: argparse.Namespace) -> int:
     from stable_baselines3.common.evaluation import evaluate_policy
 
-    from agents import DrQ
+    from plasticrl.collect import load_agent
 
     run_dir = Path(args.run_dir)
     cfg = cfgmod.load(run_dir / "config.yaml")
     ckpt = Path(args.checkpoint) if args.checkpoint else run_dir / "checkpoints" / "final.zip"
+    try:
+        model = load_agent(cfg.agent.kind, ckpt, resolve_device(args.device))
+    except ValueError as exc:
+        raise cfgmod.ConfigError(str(exc)) from None
     env = make_vec_env(cfg, cfg.run.seed + 20_000, n_envs=1)
-    model = DrQ.load(ckpt, device=resolve_device(args.device), buffer_size=100)
     mean, std = evaluate_policy(model, env, n_eval_episodes=args.episodes, deterministic=True)
     print(f"{ckpt}: return {mean:.2f} +- {std:.2f} over {args.episodes} episodes")
     return 0
+
+
+def _collect_jobs(args: argparse.Namespace) -> list[tuple[str, str | None, str]]:
+    """``(task, checkpoint or None for the scripted policy, agent)`` per dataset to write; ValueError for an unknown
+    task, a dataset that exists, a checkpoint that doesn't load, an ``--agent`` that isn't the run's."""
+    from plasticrl import collect
+
+    if args.runs is not None:
+        if args.checkpoint is not None:
+            raise ValueError("--runs and --checkpoint exclude each other: --runs takes each run's final.zip")
+        runs = {task: (str(ckpt), kind) for task, kind, ckpt in collect.run_checkpoints(args.runs)}
+        tasks = collect.resolve_tasks(args.tasks) if args.tasks else list(runs)
+        missing = [task for task in tasks if task not in runs]
+        if missing:
+            raise ValueError(f"no run under {args.runs} trained on {', '.join(missing)}")
+        jobs: list[tuple[str, str | None, str]] = [(task, *runs[task]) for task in tasks]
+    elif args.tasks is None:
+        raise ValueError("give --tasks (scripted policies, or with --checkpoint) or --runs")
+    elif args.checkpoint is None:
+        jobs = [(task, None, "scripted") for task in collect.resolve_tasks(args.tasks)]
+    else:
+        cfg = collect.run_config(args.checkpoint)
+        agent = args.agent or (cfg.agent.kind if cfg is not None else "drq")
+        jobs = [(task, args.checkpoint, agent) for task in collect.resolve_tasks(args.tasks)]
+    for task, checkpoint, agent in jobs:
+        if checkpoint is None:
+            collect.check_scripted(task, args.episodes, args.noise_std)
+            collect.check_new(collect.scripted_dataset_id(task, args.noise_std), args.out)
+            continue
+        cfg = collect.run_config(checkpoint)
+        if args.agent is not None and cfg is not None and cfg.agent.kind != args.agent:
+            raise ValueError(f"--agent {args.agent}: {checkpoint} is from a run with agent.kind={cfg.agent.kind}")
+        collect.check_new(collect.agent_dataset_id(task, agent, checkpoint, not args.stochastic), args.out)
+        collect.load_agent(agent, checkpoint, "cpu")
+    return jobs
 
 
 def _cmd_collect(args: argparse.Namespace) -> int:
     from plasticrl import collect
 
     try:  # validate every task before anything is written
-        tasks = collect.resolve_tasks(args.tasks)
-        for task in tasks:
-            if args.checkpoint is None:
-                collect.check_scripted(task, args.episodes, args.noise_std)
-                collect.check_new(collect.scripted_dataset_id(task, args.noise_std), args.out)
-            else:
-                collect.check_new(collect.agent_dataset_id(task, args.agent, args.checkpoint, not args.stochastic),
-                                  args.out)
-        if args.checkpoint is not None:
-            collect.load_agent(args.agent, args.checkpoint, "cpu")
+        jobs = _collect_jobs(args)
     except ValueError as exc:
         raise cfgmod.ConfigError(str(exc)) from None
-    for task in tasks:
-        if args.checkpoint is None:
+    written: dict[str, str] = {}
+    for task, checkpoint, agent in jobs:
+        if checkpoint is None:
             collect.collect_scripted(task, args.episodes, args.noise_std, args.seed, args.out)
         else:
-            collect.collect_agent(task, args.checkpoint, args.episodes, args.seed, args.out, agent=args.agent,
-                                  deterministic=not args.stochastic, device=resolve_device(args.device))
+            written[task] = collect.collect_agent(task, checkpoint, args.episodes, args.seed, args.out, agent=agent,
+                                                  deterministic=not args.stochastic,
+                                                  device=resolve_device(args.device))
+    if written:  # what a continual config names them by
+        print(f"data.dataset_ids (data.out_dir: {args.out}):")
+        for task, dataset_id in written.items():
+            print(f"  {task}: {dataset_id}")
     return 0
 
 
@@ -231,17 +276,20 @@ def parser() -> argparse.ArgumentParser:
     pl.add_argument("run_dirs", nargs="+")
     pl.add_argument("--out", default=None, help="PNG path (default: <first run>/plots/dashboard.png)")
     pl.set_defaults(func=_cmd_plot)
-    c = sub.add_parser("collect", help="write Minari datasets from Meta-World's scripted policies or a checkpoint")
-    c.add_argument("--tasks", required=True,
+    c = sub.add_parser("collect", help="write Minari datasets from Meta-World's scripted policies, a checkpoint or runs")
+    c.add_argument("--tasks", default=None,
                    help="a sequence name (cw10, cw20, mt40, dmc10, dmc6) or comma-separated env ids, "
-                        "e.g. metaworld:push-v3,metaworld:reach-v3")
+                        "e.g. metaworld:push-v3,metaworld:reach-v3 (with --runs: only these of the runs' tasks)")
     c.add_argument("--episodes", type=int, default=10, help="episodes per task")
     c.add_argument("--noise-std", type=float, default=0.0,
                    help="scripted policies: std of Gaussian action noise (actions in [-1, 1], clipped)")
     c.add_argument("--seed", type=int, default=0, help="env seed (Meta-World: the goal) and noise/sampling seed")
     c.add_argument("--out", default="data", help="datasets folder (MINARI_DATASETS_PATH), default ./data")
     c.add_argument("--checkpoint", default=None, help="SB3-format agent checkpoint (.zip) instead of scripted policies")
-    c.add_argument("--agent", default="drq", choices=["drq", "sac"], help="class of --checkpoint")
+    c.add_argument("--runs", default=None,
+                   help="a folder of `plasticrl train` runs: each run's checkpoints/final.zip on its env.id")
+    c.add_argument("--agent", default=None, choices=["drq", "sac"],
+                   help="class of --checkpoint (default: its run's agent.kind, else drq)")
     c.add_argument("--stochastic", action="store_true", help="sample the agent's actions (default: deterministic)")
     c.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     c.set_defaults(func=_cmd_collect)

@@ -239,18 +239,42 @@ def load_agent(agent: str, checkpoint: str | Path, device: str = "auto") -> Any:
     return cls.load(checkpoint, device=device, buffer_size=100)
 
 
+def run_config(checkpoint: str | Path) -> Any:
+    """The ``plasticrl train`` config of the run a checkpoint in ``<run>/checkpoints/`` belongs to, else None."""
+    config = Path(checkpoint).resolve().parent.parent / "config.yaml"
+    if not config.is_file():
+        return None
+    from plasticrl import config as cfgmod
+
+    return cfgmod.load(config)
+
+
 def agent_env_options(env_id: str, checkpoint: str | Path) -> dict[str, Any]:
     """Env options the agent was trained with: from ``<run>/config.yaml`` when the checkpoint sits in
     ``<run>/checkpoints/``, else ``envs.make``'s defaults."""
-    if not env_id.startswith("dmc:"):
+    cfg = run_config(checkpoint) if env_id.startswith("dmc:") else None
+    if cfg is None:
         return {}
-    config = Path(checkpoint).resolve().parent.parent / "config.yaml"
-    if not config.is_file():
-        return {}
-    from plasticrl import config as cfgmod
     from plasticrl.cli import env_options
 
-    return env_options(cfgmod.load(config))
+    return env_options(cfg)
+
+
+def run_checkpoints(runs_dir: str | Path) -> list[tuple[str, str, Path]]:
+    """``(env id, agent kind, checkpoints/final.zip)`` of each ``plasticrl train`` run folder under ``runs_dir``
+    (any depth), read from its ``config.yaml``. ValueError when there is none, or two runs share an env id."""
+    found: dict[str, tuple[str, str, Path]] = {}
+    for checkpoint in sorted(Path(runs_dir).rglob("checkpoints/final.zip")):
+        cfg = run_config(checkpoint)
+        if cfg is None:
+            continue
+        if cfg.env.id in found:
+            raise ValueError(f"two runs of {cfg.env.id} under {runs_dir}: {found[cfg.env.id][2].parent.parent} and "
+                             f"{checkpoint.parent.parent}; keep one there or use --checkpoint")
+        found[cfg.env.id] = (cfg.env.id, cfg.agent.kind, checkpoint)
+    if not found:
+        raise ValueError(f"no run folder (config.yaml, checkpoints/final.zip) under {str(runs_dir)!r}")
+    return list(found.values())
 
 
 def collect_agent(task_id: str, checkpoint: str | Path, episodes: int, seed: int, out_dir: str | Path = DEFAULT_OUT,

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -32,7 +32,7 @@ class RunConfig(Section):
 
 class EnvConfig(Section):
     id: str = Field("dmc:walker-walk", description="env id for envs.make, e.g. dmc:walker-walk")
-    pixels: bool = Field(True, description="pixel observations (DrQ needs them)")
+    pixels: bool = Field(True, description="pixel observations (DrQ needs them; SAC needs false, its default)")
     size: int = Field(84, ge=16, le=256, description="image height = width in pixels")
     frame_stack: int = Field(3, ge=1, le=16, description="frames stacked per observation")
     action_repeat: int = Field(2, ge=1, le=16, description="simulator steps per agent step")
@@ -42,7 +42,8 @@ class EnvConfig(Section):
 
 
 class AgentConfig(Section):
-    kind: Literal["drq"] = Field("drq", description="agent class from agents/")
+    kind: Literal["drq", "sac"] = Field(
+        "drq", description="drq: agents.DrQ on pixels; sac: stable_baselines3.SAC('MlpPolicy') on state")
     learning_rate: float = Field(1e-4, gt=0, lt=1)
     batch_size: int = Field(256, ge=1)
     buffer_size: int = Field(1_000_000, ge=100, description="transitions kept in replay")
@@ -51,7 +52,7 @@ class AgentConfig(Section):
     tau: float = Field(0.01, gt=0, le=1, description="target critic Polyak rate")
     n_step: int = Field(3, ge=1, le=20, description="n-step return length")
     feature_dim: int = Field(50, ge=1, description="trunk output width")
-    hidden_dim: int = Field(1024, ge=1, description="actor/critic MLP width")
+    hidden_dim: int = Field(1024, ge=1, description="actor/critic MLP width (2 hidden layers)")
     init_temperature: float = Field(0.1, gt=0, description="initial SAC entropy coefficient (learned)")
     augment_pad: int = Field(4, ge=0, le=16, description="random-shift padding in pixels")
     buffer_device: Literal["auto", "cuda", "cpu"] = Field("auto", description="where replay frames live")
@@ -109,6 +110,17 @@ class LoggingConfig(Section):
     plots: bool = Field(True, description="write a PNG dashboard into the run folder at the end")
 
 
+# agent.kind=sac: defaults of the keys a config leaves out, where SAC on state differs from DrQ on pixels.
+SAC_DEFAULTS: dict[str, dict[str, Any]] = {
+    "env": {"pixels": False},
+    "agent": {"learning_rate": 3e-4, "tau": 0.005, "n_step": 1, "hidden_dim": 256},
+    "replay_ratio": {"ratio": 1.0},
+    "monitor": {"groups": ["actor", "critic"]},
+}
+# DrQ's keys that stock SB3 SAC has no use for: with agent.kind=sac they must keep these defaults.
+DRQ_ONLY = ("feature_dim", "augment_pad", "buffer_device", "async_env_step", "precision", "cuda_graph")
+
+
 class Config(Section):
     run: RunConfig = Field(default_factory=RunConfig)
     env: EnvConfig = Field(default_factory=EnvConfig)
@@ -117,6 +129,43 @@ class Config(Section):
     eval: EvalConfig = Field(default_factory=EvalConfig)
     monitor: MonitorConfig = Field(default_factory=MonitorConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _agent_defaults(cls, data: Any) -> Any:
+        """With ``agent.kind: sac``, fills ``SAC_DEFAULTS`` into the keys the data leaves out."""
+        if not (isinstance(data, dict) and isinstance(data.get("agent"), dict) and data["agent"].get("kind") == "sac"):
+            return data
+        data = dict(data)
+        for section, defaults in SAC_DEFAULTS.items():
+            if isinstance(data.get(section, {}), dict):
+                data[section] = {**defaults, **(data.get(section) or {})}
+        return data
+
+
+def agent_problems(cfg: Config) -> list[str]:
+    """Keys that don't fit ``agent.kind`` (one line each, naming the key and the fix); [] if all fit."""
+    a, problems = cfg.agent, []
+    if a.kind == "drq":
+        if not cfg.env.pixels:
+            problems.append("env.pixels: false is not allowed with agent.kind=drq, a pixel agent; set "
+                            "env.pixels=true (or agent.kind=sac for state observations)")
+        return problems
+    if cfg.env.pixels:
+        problems.append("env.pixels: true is not allowed with agent.kind=sac, a state agent (MlpPolicy); set "
+                        "env.pixels=false (or agent.kind=drq for pixels)")
+    if a.n_step != 1:
+        problems.append(f"agent.n_step: {a.n_step} is not supported by agent.kind=sac (stock SB3 SAC uses 1-step "
+                        "returns); remove the key or set agent.n_step=1")
+    for key in DRQ_ONLY:
+        value, default = getattr(a, key), AgentConfig.model_fields[key].default
+        if value != default:
+            problems.append(f"agent.{key}: {value!r} is a DrQ option that agent.kind=sac does not have; remove the "
+                            f"key (default {default!r})")
+    if "encoder" in cfg.monitor.groups:
+        problems.append("monitor.groups: agent.kind=sac has no encoder (MlpPolicy on state); use actor, critic, "
+                        "critic_target")
+    return problems
 
 
 class ConfigError(ValueError):
@@ -156,8 +205,13 @@ def validate_model(root: type[M], data: dict[str, Any], source: str = "config") 
 
 
 def validate(data: dict[str, Any], source: str = "config") -> Config:
-    """A Config from plain data, or ConfigError listing each bad key with its value and what is allowed."""
-    return validate_model(Config, data, source)
+    """A Config from plain data, or ConfigError listing each bad key with its value and what is allowed, and each
+    key that doesn't fit ``agent.kind`` (see ``agent_problems``)."""
+    cfg = validate_model(Config, data, source)
+    problems = agent_problems(cfg)
+    if problems:
+        raise ConfigError(f"{source} is invalid:\n  " + "\n  ".join(problems))
+    return cfg
 
 
 def apply_override(data: dict[str, Any], assignment: str) -> None:

@@ -89,7 +89,7 @@ def forward_transfer(curves: Sequence[np.ndarray], ref_curves: Sequence[np.ndarr
 # Everything below imports torch, minari, envs and agents.l2m lazily, inside the functions, so the metric
 # functions above stay numpy-only. No stable_baselines3 anywhere.
 
-METHODS = ("l2m", "l2m_oracle", "lora", "finetune", "ewc")
+METHODS = ("l2m", "l2m_oracle", "lora", "finetune", "ewc", "reference")
 
 
 # ---- EWC (Kirkpatrick et al., PNAS 2017), "online" form as in Continual World ------------------
@@ -152,11 +152,77 @@ def resolve_task_list(spec: str | list[str], key: str) -> list[str]:
     return ids
 
 
-def check_continual(cfg: Any) -> tuple[list[str], list[str]]:
-    """(pre-training tasks, sequence tasks) of a validated config; ConfigError for problems needing the registries."""
+def dt_config(cfg: Any) -> Any:
+    """The ``agents.l2m.DTConfig`` of a config's ``model`` section (other sizes at their defaults)."""
+    from agents.l2m import DTConfig
+
+    m = cfg.model
+    return DTConfig(d_model=m.d_model, n_layers=m.n_layers, n_heads=m.n_heads, context=m.context, dropout=m.dropout)
+
+
+def load_pretrained(cfg: Any) -> dict[str, Any]:
+    """The contents of ``pretrain.checkpoint`` (an ``L2MAgent.save`` file); ConfigError if it is missing,
+    unreadable or was built with other DT sizes than the ``model`` section."""
+    from dataclasses import asdict
+
+    import torch
+
     from plasticrl.config import ConfigError
 
-    pre = resolve_task_list(cfg.pretrain.tasks, "pretrain.tasks") if cfg.pretrain.steps > 0 else []
+    path = Path(cfg.pretrain.checkpoint)
+    if not path.is_file():
+        raise ConfigError(f"pretrain.checkpoint: {str(path)!r} not found; give the pretrained.pt of an earlier run "
+                          "(<run>/checkpoints/pretrained.pt) or pretrain.checkpoint=null to pre-train")
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=False)
+        saved = dict(data["config"])
+        if "model" not in data:
+            raise KeyError("no 'model' weights")
+    except Exception as exc:  # noqa: BLE001 - any unreadable file gets the same advice
+        raise ConfigError(f"pretrain.checkpoint: {str(path)!r} is not an L2MAgent checkpoint ({exc})") from None
+    wanted = asdict(dt_config(cfg))
+    diff = [f"{k}={saved.get(k)!r} (config: {v!r})" for k, v in wanted.items() if saved.get(k) != v]
+    if diff:
+        raise ConfigError(f"pretrain.checkpoint: {str(path)!r} was built with other DT sizes: {', '.join(diff)}; "
+                          "set the model section to the checkpoint's sizes or pretrain.checkpoint=null")
+    return data
+
+
+def load_reference_curves(cfg: Any, seq_tasks: list[str]) -> list[list[float]] | None:
+    """``sequence.reference_curves`` as one curve per task (from the list, or from a reference run's
+    ``reference_curves.json``); None when not given. ConfigError for a wrong count, empty curves, a missing file or
+    a file made for other tasks."""
+    import json
+
+    from plasticrl.config import ConfigError
+
+    refs = cfg.sequence.reference_curves
+    if refs is None:
+        return None
+    if isinstance(refs, str):
+        path = Path(refs)
+        if not path.is_file():
+            raise ConfigError(f"sequence.reference_curves: {refs!r} not found; run `plasticrl continual CONFIG --set "
+                              "sequence.method=reference` first and give its reference_curves.json")
+        data = json.loads(path.read_text())
+        if data.get("tasks") != seq_tasks:
+            raise ConfigError(f"sequence.reference_curves: {refs!r} holds curves of tasks {data.get('tasks')}, "
+                              f"not of sequence.tasks {seq_tasks}")
+        refs = data["curves"]
+    if len(refs) != len(seq_tasks) or any(len(r) == 0 for r in refs):
+        raise ConfigError(f"sequence.reference_curves: need {len(seq_tasks)} non-empty curves (one per task), "
+                          f"got {len(refs)}")
+    return [list(map(float, r)) for r in refs]
+
+
+def check_continual(cfg: Any) -> tuple[list[str], list[str]]:
+    """(pre-training tasks, sequence tasks) of a validated config; ConfigError for problems needing the registries
+    or files (``pretrain.checkpoint``, a ``sequence.reference_curves`` file). No pre-training tasks when
+    ``pretrain.steps`` is 0 or ``pretrain.checkpoint`` is given."""
+    from plasticrl.config import ConfigError
+
+    pretrain = cfg.pretrain.steps > 0 and cfg.pretrain.checkpoint is None
+    pre = resolve_task_list(cfg.pretrain.tasks, "pretrain.tasks") if pretrain else []
     seq = resolve_task_list(cfg.sequence.tasks, "sequence.tasks")
     if not seq:
         raise ConfigError("sequence.tasks: no tasks; give a sequence name (cw10, ...) or env ids")
@@ -167,10 +233,9 @@ def check_continual(cfg: Any) -> tuple[list[str], list[str]]:
             raise ConfigError(f"{env_id}: DMC tasks have no scripted policy; collect their data first with "
                               f"`plasticrl collect --tasks {env_id} --checkpoint RUN/checkpoints/final.zip "
                               f"--out {cfg.data.out_dir}` and give the dataset id in data.dataset_ids")
-    refs = cfg.sequence.reference_curves
-    if refs is not None and (len(refs) != len(seq) or any(len(r) == 0 for r in refs)):
-        raise ConfigError(f"sequence.reference_curves: need {len(seq)} non-empty curves (one per task), "
-                          f"got {len(refs)}")
+    load_reference_curves(cfg, seq)
+    if cfg.pretrain.checkpoint is not None:
+        load_pretrained(cfg)
     if cfg.sequence.method == "l2m_oracle" and cfg.pool.pool_size < len(seq) * cfg.pool.top_k:
         raise ConfigError(f"pool.pool_size: {cfg.pool.pool_size} is too small for l2m_oracle; need at least "
                           f"{len(seq)} tasks x top_k {cfg.pool.top_k} = {len(seq) * cfg.pool.top_k} entries")
@@ -178,11 +243,16 @@ def check_continual(cfg: Any) -> tuple[list[str], list[str]]:
 
 
 def ensure_datasets(cfg: Any, tasks: list[str]) -> dict[str, str]:
-    """Dataset id per task: ``data.dataset_ids`` entries, else scripted Meta-World data (collected if missing)."""
+    """Dataset id per task: ``data.dataset_ids`` entries, else scripted Meta-World data, collected if missing (in
+    parallel processes, ``min(missing, os.cpu_count())`` of them, when several are missing)."""
+    import multiprocessing
+    import os
+    from concurrent.futures import ProcessPoolExecutor
+
     from plasticrl.collect import collect_scripted, scripted_dataset_id
     from plasticrl.config import ConfigError
 
-    out, ids = Path(cfg.data.out_dir), {}
+    out, ids, missing = Path(cfg.data.out_dir), {}, []
     for env_id in dict.fromkeys(tasks):
         if env_id in cfg.data.dataset_ids:
             ids[env_id] = cfg.data.dataset_ids[env_id]
@@ -191,7 +261,17 @@ def ensure_datasets(cfg: Any, tasks: list[str]) -> dict[str, str]:
             continue
         ids[env_id] = scripted_dataset_id(env_id, cfg.data.noise_std)
         if not (out / ids[env_id]).exists():
-            collect_scripted(env_id, cfg.data.episodes_per_task, cfg.data.noise_std, cfg.run.seed, out)
+            missing.append(env_id)
+    args = [(env_id, cfg.data.episodes_per_task, cfg.data.noise_std, cfg.run.seed, out) for env_id in missing]
+    workers = min(len(missing), os.cpu_count() or 1)
+    if workers > 1:
+        print(f"collecting {len(missing)} scripted datasets with {workers} processes into {out}", flush=True)
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+            for future in [pool.submit(collect_scripted, *a) for a in args]:
+                future.result()  # re-raises a worker's error
+    else:
+        for a in args:
+            collect_scripted(*a)
     return ids
 
 
@@ -213,43 +293,72 @@ def _env_options(env_id: str, seed: int, max_episode_steps: int) -> dict[str, An
     return {"pixels": False, "seed": seed}
 
 
-def evaluate_task(agent: Any, env_id: str, episodes: int, target_return: float, seed: int, max_episode_steps: int,
-                  select: Any = None) -> tuple[float, float]:
-    """(success rate, mean return) of ``agent`` (an L2MAgent) on ``env_id`` over ``episodes`` episodes.
+class Evaluator:
+    """Lockstep evaluation of an ``L2MAgent`` on tasks x episodes: one env per (task, episode e), built on first use
+    with ``seed`` and reset with ``seed + e``, kept for later evaluations; all running envs are stepped together,
+    one batched ``predict_batch`` per env step, for ``max_episode_steps`` steps (an env that terminates or truncates
+    is no longer stepped). Success: ``info["success"] >= 1`` at any step (dmc has none: 0)."""
 
-    Success: ``info["success"] >= 1`` at any step (dmc has no success signal: 0). ``select(states)`` -> entry
-    indices (1, top_k) is called before every action with the context's states (T, S) when given, and the action
-    is taken under that selection (``select`` returns a context manager)."""
-    import envs
+    def __init__(self, tasks: list[str], episodes: int, seed: int, max_episode_steps: int) -> None:
+        self.tasks, self.episodes, self.seed, self.max_episode_steps = tasks, episodes, seed, max_episode_steps
+        self._envs: dict[int, list[Any]] = {}
 
-    env = envs.make(env_id, **_env_options(env_id, seed, max_episode_steps))
-    action_dim = int(np.prod(env.action_space.shape))
-    successes, returns = [], []
-    try:
-        for episode in range(episodes):
-            obs, _ = env.reset(seed=seed + episode)
-            agent.reset(target_return, action_dim)
-            reward, ret, success = 0.0, 0.0, False
-            for _ in range(max_episode_steps):
-                if select is None:
-                    action, _ = agent.predict(obs, reward=reward)
-                else:
-                    context = [*agent._states[-(agent.config.context - 1):], np.asarray(obs, np.float32).reshape(-1)]
-                    with select(np.stack(context)):
-                        action, _ = agent.predict(obs, reward=reward)
-                obs, reward, terminated, truncated, info = env.step(action)
-                ret += float(reward)
-                success = success or float(info.get("success", 0.0)) >= 1.0
-                if terminated or truncated:
-                    break
-            successes.append(success)
-            returns.append(ret)
-    finally:
-        env.close()
-    return float(np.mean(successes)), float(np.mean(returns))
+    def envs_of(self, task: int) -> list[Any]:
+        """The ``episodes`` envs of task index ``task``."""
+        import envs
+
+        if task not in self._envs:
+            env_id = self.tasks[task]
+            self._envs[task] = [envs.make(env_id, **_env_options(env_id, self.seed, self.max_episode_steps))
+                                for _ in range(self.episodes)]
+        return self._envs[task]
+
+    def run(self, agent: Any, tasks: list[int], targets: list[float],
+            select: Any = None) -> tuple[np.ndarray, np.ndarray]:
+        """(success rate, mean return), each (len(tasks),), of ``agent`` on the task indices ``tasks``; ``targets``
+        the target return per task (reward units). ``select(states, task_indices)`` -> context manager (see
+        ``L2MAgent.predict_batch``), called with the sequence index of each row's task."""
+        rows = [(k, e, env) for k, j in enumerate(tasks) for e, env in enumerate(self.envs_of(j))]
+        n, width = len(rows), agent.config.state_dim
+        task_of_row = np.array([tasks[k] for k, _, _ in rows])
+        dims = [int(np.prod(env.action_space.shape)) for _, _, env in rows]
+        batch = agent.new_episodes([targets[k] for k, _, _ in rows], dims)
+        obs = np.zeros((n, width), np.float32)
+        for r, (_, e, env) in enumerate(rows):
+            o = np.asarray(env.reset(seed=self.seed + e)[0], np.float32).reshape(-1)
+            obs[r, : o.size] = o
+        rewards, returns, success = np.zeros(n), np.zeros(n), np.zeros(n, bool)
+        active = np.arange(n)
+        wrapped = None if select is None else (lambda states, r: select(states, task_of_row[r]))
+        for _ in range(self.max_episode_steps):
+            if active.size == 0:
+                break
+            actions = agent.predict_batch(batch, obs[active], rewards[active], rows=active, select=wrapped)
+            still = []
+            for a, r in zip(actions, active):
+                o, reward, terminated, truncated, info = rows[r][2].step(a[: dims[r]])
+                o = np.asarray(o, np.float32).reshape(-1)
+                obs[r] = 0.0
+                obs[r, : o.size] = o
+                rewards[r] = reward
+                returns[r] += float(reward)
+                success[r] |= float(info.get("success", 0.0)) >= 1.0
+                if not (terminated or truncated):
+                    still.append(r)
+            active = np.asarray(still, dtype=np.int64)
+        per_task = np.array([k for k, _, _ in rows])
+        return (np.array([success[per_task == k].mean() for k in range(len(tasks))]),
+                np.array([returns[per_task == k].mean() for k in range(len(tasks))]))
+
+    def close(self) -> None:
+        for task_envs in self._envs.values():
+            for env in task_envs:
+                env.close()
+        self._envs = {}
 
 
 def _plot_matrix(perf: np.ndarray, tasks: list[str], path: Path) -> None:
+    """Heatmap of ``perf`` (rows may be NaN: not reached yet) with the scores written in."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -265,8 +374,9 @@ def _plot_matrix(perf: np.ndarray, tasks: list[str], path: Path) -> None:
     ax.set_ylabel("after training task")
     for i in range(n):
         for j in range(n):
-            ax.text(j, i, f"{perf[i, j]:.2f}", ha="center", va="center", fontsize=6,
-                    color="white" if perf[i, j] < 0.5 else "black")
+            if np.isfinite(perf[i, j]):
+                ax.text(j, i, f"{perf[i, j]:.2f}", ha="center", va="center", fontsize=6,
+                        color="white" if perf[i, j] < 0.5 else "black")
     fig.colorbar(im, ax=ax, label="success rate")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -281,7 +391,8 @@ def run_sequence(cfg: Any, out_dir: str | Path | None = None) -> Path:
     """Runs one continual-learning experiment from a validated ``ContinualConfig``; returns its run folder.
 
     Data (scripted Meta-World datasets, collected if missing) -> pre-training of an ``agents.l2m.L2MAgent`` on
-    ``pretrain.tasks`` -> ``sequence.steps_per_task`` gradient steps per task with ``sequence.method``:
+    ``pretrain.tasks`` (or its weights from ``pretrain.checkpoint``) -> ``sequence.steps_per_task`` gradient steps
+    per task with ``sequence.method``:
 
     * ``l2m``: a ``ModulationPool`` on the frozen DT; per-batch query ``model.query_embedding(states)``, entries by
       ``pool.select``, loss = DT loss under ``pool.selected(idx)`` + ``pool.key_loss``; ``pool.end_task()`` after
@@ -293,23 +404,28 @@ def run_sequence(cfg: Any, out_dir: str | Path | None = None) -> Path:
       DT loss; after each task but the last, its diagonal Fisher (``ewc_fisher``, eval mode, mean over
       ``sequence.ewc_fisher_batches`` batches of its data) is added to the running sum and the anchor becomes the
       current parameters. Pre-training is not consolidated. ``checkpoints/ewc.pt`` keeps the penalty in force
-      during the last task: {"fisher", "anchor", "tasks", "lambda"}.
+      during the last task: {"fisher", "anchor", "tasks", "lambda"};
+    * ``reference``: per task, from the pre-trained weights (fresh optimizer), ``finetune`` on that task alone,
+      evaluating only it at the same points; writes ``reference_curves.json`` (for ``sequence.reference_curves``)
+      and summary.json, no success matrix.
 
-    Every ``eval_every`` steps and at the end of each task, every task of the sequence is evaluated (task-agnostic
-    selection, ``pool.eval()``). ``out_dir`` overrides ``run.out_dir``. Writes config.yaml, metrics.jsonl,
-    success_matrix.json, plots/success_matrix.png, summary.json and checkpoints/{pretrained,final}.pt (+ pool.pt
-    for the pool methods, ewc.pt for ewc)."""
+    Every ``eval_every`` steps and at the end of each task, every task of the sequence is evaluated in lockstep
+    (``Evaluator``; task-agnostic selection, ``pool.eval()``). ``out_dir`` overrides ``run.out_dir``. Writes
+    config.yaml, metrics.jsonl, success_matrix.json, plots/success_matrix.png, summary.json and
+    checkpoints/{pretrained,final}.pt (+ pool.pt for the pool methods, ewc.pt for ewc)."""
     import json
+    import time
 
     import torch
 
-    from agents.l2m import DTConfig, L2MAgent
+    from agents.l2m import L2MAgent
     from plasticrl.cli import resolve_device
     from plasticrl.config import dump, wandb_settings
     from plasticrl.logging import RunLogger, make_run_dir
     from plasticrl.modulation import ModulationPool
 
     pre_tasks, seq_tasks = check_continual(cfg)
+    ref_curves = load_reference_curves(cfg, seq_tasks)
     device = resolve_device(cfg.run.device)
     seq_cfg, method, n = cfg.sequence, cfg.sequence.method, len(seq_tasks)
     dataset_ids = ensure_datasets(cfg, pre_tasks + seq_tasks)
@@ -319,86 +435,116 @@ def run_sequence(cfg: Any, out_dir: str | Path | None = None) -> Path:
     logger = RunLogger(run_dir, cfg.model_dump(mode="json"),
                        wandb_settings(cfg.logging.wandb, cfg.run.name, cfg.run.seed, ["continual", method]))
     print(f"run folder: {run_dir}  (device {device}, method {method})", flush=True)
+    evaluator = Evaluator(seq_tasks, seq_cfg.eval_episodes, cfg.run.seed, seq_cfg.max_episode_steps)
     try:
         episodes = {t: load_episodes(cfg.data.out_dir, dataset_ids[t]) for t in dict.fromkeys(pre_tasks + seq_tasks)}
-        target = {t: max(float(np.sum(ep["rewards"])) for ep in eps) for t, eps in episodes.items()}
-        m = cfg.model
-        dt_config = DTConfig(d_model=m.d_model, n_layers=m.n_layers, n_heads=m.n_heads, context=m.context,
-                             dropout=m.dropout)
-        agent = L2MAgent(dt_config, device=device, learning_rate=cfg.pretrain.learning_rate,
+        target = [max(float(np.sum(ep["rewards"])) for ep in episodes[t]) for t in seq_tasks]
+        agent = L2MAgent(dt_config(cfg), device=device, learning_rate=cfg.pretrain.learning_rate,
                          batch_size=cfg.pretrain.batch_size, seed=cfg.run.seed)
         model = agent.model
         step = 0  # global gradient step, the x-axis of metrics.jsonl
 
-        # ---- pre-training -------------------------------------------------------------
-        if pre_tasks:
-            def log_pretrain(i: int, loss: float) -> None:
-                if i % 100 == 0 or i == cfg.pretrain.steps - 1:
-                    logger.log({"pretrain/loss": loss}, i)
-
-            agent.learn([ep for t in pre_tasks for ep in episodes[t]], cfg.pretrain.steps, callback=log_pretrain)
-            step = cfg.pretrain.steps
-            print(f"pre-trained {cfg.pretrain.steps} steps on {len(pre_tasks)} tasks", flush=True)
+        # ---- pre-training (or its checkpoint) -------------------------------------------
+        started = time.time()
+        if cfg.pretrain.checkpoint is not None:
+            saved = load_pretrained(cfg)
+            model.load_state_dict(saved["model"])
+            agent.num_steps = saved["num_steps"]
+            print(f"pre-trained weights from {cfg.pretrain.checkpoint} ({saved['num_steps']} steps)", flush=True)
+        elif pre_tasks:
+            data = agent.prepare_episodes([ep for t in pre_tasks for ep in episodes[t]])
+            total, last_i, last_t = cfg.pretrain.steps, 0, time.time()
+            print_every = max(1, total // 20)
+            for i in range(total):
+                loss = agent.train_step(agent.sample_batch(data))
+                if i % 100 == 0 or (i + 1) % print_every == 0 or i == total - 1:
+                    loss_value, now = loss.item(), time.time()  # .item() waits for the device: honest timing
+                    rate = (i + 1 - last_i) / max(now - last_t, 1e-9)
+                    last_i, last_t = i + 1, now
+                    logger.log({"pretrain/loss": loss_value, "pretrain/steps_per_s": rate}, i)
+                    if (i + 1) % print_every == 0 or i == total - 1:
+                        print(f"pretrain {i + 1}/{total}  loss {loss_value:.4f}  {rate:.1f} steps/s  "
+                              f"{now - started:.0f} s", flush=True)
+            step = total
+            del data
+            print(f"pre-trained {total} steps on {len(pre_tasks)} tasks", flush=True)
+        pretrain_wall = time.time() - started
+        model.eval()
         agent.save(run_dir / "checkpoints" / "pretrained.pt")
+        print(f"saved {run_dir / 'checkpoints' / 'pretrained.pt'}", flush=True)
+        pretrained_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
 
         # ---- the method ----------------------------------------------------------------
         pool = None
         ewc_fisher_sum: dict[str, Any] = {}  # method ewc: summed Fisher of the finished tasks, and their anchor
         ewc_anchor: dict[str, Any] = {}
         ewc_tasks = 0
-        if method not in ("finetune", "ewc"):
+        if method not in ("finetune", "ewc", "reference"):
             p = cfg.pool
             lora = method == "lora"
-            pool = ModulationPool(pool_size=1 if lora else p.pool_size, key_dim=m.d_model, rank=p.rank,
+            pool = ModulationPool(pool_size=1 if lora else p.pool_size, key_dim=cfg.model.d_model, rank=p.rank,
                                   kind=p.kind, top_k=1 if lora else p.top_k, pull_coef=p.pull_coef,
                                   count_penalty=False if lora else p.count_penalty).to(agent.device)
             pool.attach(model)
             pool.freeze_backbone(model)
         oracle = method == "l2m_oracle"
 
-        def selector(task_index: int) -> Any:
-            def select(states: np.ndarray) -> Any:
-                query = model.query_embedding(torch.as_tensor(states, device=agent.device).unsqueeze(0))
-                return pool.selected(pool.select(query, task_index, oracle=oracle, evaluate=True))
+        def select(states: Any, task_indices: np.ndarray) -> Any:
+            query = model.query_embedding(states)
+            return pool.selected(pool.select(query, torch.as_tensor(task_indices), oracle=oracle, evaluate=True))
 
-            return select
+        perf = np.full((n, n), np.nan)  # rows filled as tasks end
+        columns = ["after task", *[f"{j}-{t}" for j, t in enumerate(seq_tasks)]]
+        eval_wall = 0.0
 
-        def evaluate_all(stage: int) -> np.ndarray:
+        def evaluate(stage: int, tasks: list[int]) -> np.ndarray:
+            """Scores (len(tasks),) of the task indices ``tasks``, logged; for the sequence methods also the
+            success matrix so far (finished rows + this evaluation as row ``stage``) as a W&B table and heatmap."""
+            nonlocal eval_wall
+            began = time.time()
             if pool is not None:
                 pool.eval()
             model.eval()
-            scores, record = np.zeros(n), {}
-            for j, env_id in enumerate(seq_tasks):
-                success, ret = evaluate_task(agent, env_id, seq_cfg.eval_episodes, target[env_id], cfg.run.seed,
-                                             seq_cfg.max_episode_steps, None if pool is None else selector(j))
-                scores[j] = success
-                record[f"eval/{j}-{env_id}/success"] = success
-                record[f"eval/{j}-{env_id}/return"] = ret
-            record.update({"eval/stage": stage, "eval/mean_success": float(scores.mean())})
+            scores, returns = evaluator.run(agent, tasks, [target[j] for j in tasks], None if pool is None else select)
+            record: dict[str, float] = {}
+            for j, success, ret in zip(tasks, scores, returns):
+                record[f"eval/{j}-{seq_tasks[j]}/success"] = float(success)
+                record[f"eval/{j}-{seq_tasks[j]}/return"] = float(ret)
+            record.update({"eval/stage": stage, "eval/mean_success": float(scores.mean()),
+                           "eval/wall_s": time.time() - began})
             logger.log(record, step)
+            if method != "reference" and logger.wandb is not None:
+                so_far = perf[: stage + 1].copy()
+                so_far[stage] = scores
+                logger.log_table("eval/success_matrix", columns,
+                                 [[f"{i}-{seq_tasks[i]}", *map(float, row)] for i, row in enumerate(so_far)], step)
+                shown = np.full((n, n), np.nan)
+                shown[: stage + 1] = so_far
+                _plot_matrix(shown, seq_tasks, run_dir / "plots" / "success_matrix.png")
+                logger.log_image("eval/success_matrix_plot", run_dir / "plots" / "success_matrix.png", step)
+            eval_wall += time.time() - began
             return scores
 
-        # ---- the sequence --------------------------------------------------------------
-        perf = np.zeros((n, n))
-        curves: list[list[float]] = []
-        agent.batch_size = seq_cfg.batch_size
-        for i, env_id in enumerate(seq_tasks):
-            data = agent._prepare(episodes[env_id])
+        def train_task(i: int, eval_tasks: list[int]) -> list[float]:
+            """``steps_per_task`` steps on task ``i`` (fresh optimizer); returns task i's curve at the eval points
+            and fills ``perf[i]`` with the last evaluation (sequence methods)."""
+            nonlocal step, ewc_anchor, ewc_tasks
+            data = agent.prepare_episodes(episodes[seq_tasks[i]])
             params = [q for q in (model.parameters() if pool is None else pool.parameters()) if q.requires_grad]
-            optimizer = torch.optim.AdamW(params, lr=seq_cfg.learning_rate,
-                                          weight_decay=agent.weight_decay if pool is None else 0.0)
+            optimizer = agent.make_optimizer(params, seq_cfg.learning_rate,
+                                             agent.weight_decay if pool is None else 0.0)
             curve = []
             for k in range(seq_cfg.steps_per_task):
                 model.train()
                 if pool is not None:
                     pool.train()
-                states, actions, rtg, timesteps, mask = agent._batch(data)
+                states, actions, rtg, timesteps, mask = agent.sample_batch(data, seq_cfg.batch_size)
                 extra = {}
                 if pool is None:
                     loss = key_loss = model.loss(states, actions, rtg, timesteps, mask)
                     if method == "ewc" and ewc_fisher_sum:
                         penalty = ewc_penalty(model, ewc_fisher_sum, ewc_anchor, seq_cfg.ewc_lambda)
-                        extra = {"train/dt_loss": loss.item(), "train/ewc_penalty": penalty.item()}
+                        extra = {"train/dt_loss": loss, "train/ewc_penalty": penalty}
                         loss = key_loss = loss + penalty
                 else:
                     query = model.query_embedding(states)
@@ -414,27 +560,57 @@ def run_sequence(cfg: Any, out_dir: str | Path | None = None) -> Path:
                 step += 1
                 if k % 100 == 0 or k == seq_cfg.steps_per_task - 1:
                     logger.log({"train/loss": loss.item(), "train/key_loss": key_loss.item(), "train/task": i,
-                                **extra}, step)
+                                **{key: v.item() for key, v in extra.items()}}, step)
                 last = k == seq_cfg.steps_per_task - 1
                 if last or (seq_cfg.eval_every and (k + 1) % seq_cfg.eval_every == 0):
-                    scores = evaluate_all(i)
-                    curve.append(float(scores[i]))
-                    if last:
+                    scores = evaluate(i, eval_tasks)
+                    curve.append(float(scores[eval_tasks.index(i)]))
+                    if last and method != "reference":
                         perf[i] = scores
             if pool is not None:
                 pool.end_task()
             if method == "ewc" and i < n - 1:  # the last task's Fisher would only serve a later task
                 model.eval()
-                fisher = ewc_fisher(model, [agent._batch(data) for _ in range(seq_cfg.ewc_fisher_batches)],
+                fisher = ewc_fisher(model, [agent.sample_batch(data, seq_cfg.batch_size)
+                                            for _ in range(seq_cfg.ewc_fisher_batches)],
                                     lambda mdl, batch: mdl.loss(*batch))
                 for name, f in fisher.items():
                     ewc_fisher_sum[name] = ewc_fisher_sum[name] + f if name in ewc_fisher_sum else f
                 ewc_anchor = {name: q.detach().clone() for name, q in model.named_parameters() if q.requires_grad}
                 ewc_tasks = i + 1
-            curves.append(curve)
-            print(f"task {i} {env_id}: success {perf[i, i]:.2f}  mean over tasks {perf[i].mean():.2f}", flush=True)
+            return curve
+
+        # ---- the sequence --------------------------------------------------------------
+        seq_started = time.time()
+        curves: list[list[float]] = []
+        for i, env_id in enumerate(seq_tasks):
+            began, eval_before = time.time(), eval_wall
+            if method == "reference":
+                model.load_state_dict(pretrained_state)
+            curves.append(train_task(i, [i] if method == "reference" else list(range(n))))
+            wall, evals = time.time() - began, eval_wall - eval_before
+            logger.log({"task/wall_s": wall, "task/train_wall_s": wall - evals, "task/eval_wall_s": evals,
+                        "task/index": i}, step)
+            done = f"final success {curves[-1][-1]:.2f}" if method == "reference" else \
+                f"success {perf[i, i]:.2f}  mean over tasks {perf[i].mean():.2f}"
+            print(f"task {i} {env_id}: {done}  ({wall:.0f} s: train {wall - evals:.0f} s, eval {evals:.0f} s)",
+                  flush=True)
+        sequence_wall = time.time() - seq_started
 
         # ---- save and score ------------------------------------------------------------
+        walls = {"pretrain_wall_s": pretrain_wall, "sequence_wall_s": sequence_wall, "eval_wall_s": eval_wall}
+        if method == "reference":
+            (run_dir / "reference_curves.json").write_text(json.dumps(
+                {"tasks": seq_tasks, "curves": curves, "steps_per_task": seq_cfg.steps_per_task,
+                 "eval_every": seq_cfg.eval_every, "eval_episodes": seq_cfg.eval_episodes}, indent=2))
+            summary: dict[str, Any] = {"method": method, "tasks": seq_tasks,
+                                       "reference_auc_per_task": [float(np.mean(c)) for c in curves],
+                                       "final_success_per_task": [c[-1] for c in curves], **walls}
+            (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+            torch.save(model.state_dict(), run_dir / "checkpoints" / "final.pt")
+            logger.log({f"summary/{k}": v for k, v in walls.items()}, step)
+            print(f"reference curves -> {run_dir / 'reference_curves.json'}", flush=True)
+            return run_dir
         if pool is not None:
             pool.detach()
             torch.save(pool.state_dict(), run_dir / "checkpoints" / "pool.pt")
@@ -442,14 +618,15 @@ def run_sequence(cfg: Any, out_dir: str | Path | None = None) -> Path:
         if method == "ewc":
             torch.save({"fisher": ewc_fisher_sum, "anchor": ewc_anchor, "tasks": ewc_tasks,
                         "lambda": seq_cfg.ewc_lambda}, run_dir / "checkpoints" / "ewc.pt")
-        summary: dict[str, Any] = {
+        summary = {
             "method": method, "tasks": seq_tasks, "average_performance": average_performance(perf),
             "forgetting": _finite(forgetting(perf)),
             "average_performance_per_task": average_performance_per_task(perf).tolist(),
-            "forgetting_per_task": forgetting_per_task(perf).tolist(),
+            "forgetting_per_task": forgetting_per_task(perf).tolist(), **walls,
         }
-        if seq_cfg.reference_curves is not None:
-            summary["forward_transfer"] = forward_transfer(curves, seq_cfg.reference_curves)
+        if ref_curves is not None:
+            summary["forward_transfer"] = forward_transfer(curves, ref_curves)
+            summary["forward_transfer_per_task"] = forward_transfer_per_task(curves, ref_curves).tolist()
         else:
             summary["forward_transfer"] = None
             summary["forward_transfer_note"] = "skipped: no sequence.reference_curves given"
@@ -459,7 +636,8 @@ def run_sequence(cfg: Any, out_dir: str | Path | None = None) -> Path:
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
         logger.log({f"summary/{k}": v for k, v in summary.items() if isinstance(v, float)}, step)
     finally:
+        evaluator.close()
         logger.close()
     print(f"average performance {summary['average_performance']:.3f}  forgetting {summary['forgetting']}  "
-          f"-> {run_dir}", flush=True)
+          f"forward transfer {summary['forward_transfer']}  -> {run_dir}", flush=True)
     return run_dir

@@ -13,7 +13,7 @@ from pydantic import Field
 
 from plasticrl.config import ConfigError, Section, WandbConfig, read_yaml, validate_model
 
-METHODS = ("l2m", "l2m_oracle", "lora", "finetune", "ewc")
+METHODS = ("l2m", "l2m_oracle", "lora", "finetune", "ewc", "reference")
 
 
 class RunConfig(Section):
@@ -46,19 +46,25 @@ class PretrainConfig(Section):
     steps: int = Field(100_000, ge=0, description="gradient steps of pre-training (0: skip)")
     batch_size: int = Field(64, ge=1)
     learning_rate: float = Field(1e-4, gt=0, lt=1)
+    checkpoint: str | None = Field(
+        None, description="a pretrained.pt (L2MAgent.save format, e.g. <run>/checkpoints/pretrained.pt) to start "
+                          "from instead of pre-training; its DT sizes must match the model section")
 
 
 class SequenceConfig(Section):
     tasks: str | list[str] = Field("cw10", description="sequence name, comma-separated env ids, or a list of ids")
-    method: Literal["l2m", "l2m_oracle", "lora", "finetune", "ewc"] = Field("l2m")
+    method: Literal["l2m", "l2m_oracle", "lora", "finetune", "ewc", "reference"] = Field(
+        "l2m", description="reference: per task, fine-tune the pre-trained DT on that task alone and write "
+                           "reference_curves.json (single-task curves for forward transfer)")
     steps_per_task: int = Field(10_000, ge=1, description="gradient steps per task")
     batch_size: int = Field(64, ge=1)
     learning_rate: float = Field(1e-4, gt=0, lt=1)
     eval_every: int = Field(0, ge=0, description="evaluate all tasks every N steps of a task (0: only at its end)")
     eval_episodes: int = Field(10, ge=1, description="episodes per task and evaluation")
     max_episode_steps: int = Field(200, ge=1, description="env steps per evaluation episode")
-    reference_curves: list[list[float]] | None = Field(
-        None, description="single-task reference success curves, one per task, for forward transfer")
+    reference_curves: list[list[float]] | str | None = Field(
+        None, description="single-task reference success curves, one per task, for forward transfer: a list of "
+                          "curves or the path of a reference run's reference_curves.json")
     ewc_lambda: float = Field(
         1e3, ge=0, description="method ewc: lambda of the penalty lambda/2 * sum_i F_i (theta_i - anchor_i)^2 added "
                                "to the DT cross-entropy loss (nats per action dim); F = summed diagonal Fisher "

@@ -77,6 +77,12 @@ class WandbSink:
     def histograms(self, values: dict[str, Any], step: int) -> None:
         self.run.log({STEP_KEY: step, **{k: self._wandb.Histogram(v) for k, v in values.items()}})
 
+    def table(self, key: str, columns: list[str], rows: list[list[Any]], step: int) -> None:
+        self.run.log({STEP_KEY: step, key: self._wandb.Table(columns=columns, data=rows)})
+
+    def image(self, key: str, path: str, step: int) -> None:
+        self.run.log({STEP_KEY: step, key: self._wandb.Image(path)})
+
     def close(self) -> None:
         self.run.finish()
 
@@ -124,6 +130,14 @@ class RunLogger:
     def log_histograms(self, values: dict[str, Any], step: int) -> None:
         """Per-unit distributions (1-D arrays) to W&B only."""
         self._wandb_call("histograms", values, int(step))
+
+    def log_table(self, key: str, columns: list[str], rows: list[list[Any]], step: int) -> None:
+        """A table (one list per row, in ``columns`` order) to W&B only, as ``wandb.Table`` under ``key``."""
+        self._wandb_call("table", key, columns, rows, int(step))
+
+    def log_image(self, key: str, path: str | Path, step: int) -> None:
+        """An image file (e.g. a PNG plot) to W&B only, as ``wandb.Image`` under ``key``."""
+        self._wandb_call("image", key, str(path), int(step))
 
     def close(self) -> None:
         self.jsonl.close()

@@ -249,11 +249,13 @@ class ModulationPool(nn.Module):
 
     @torch.no_grad()
     def select(
-        self, query: Tensor, task_id: int | None = None, *, oracle: bool = False, evaluate: bool | None = None
+        self, query: Tensor, task_id: int | Tensor | None = None, *, oracle: bool = False,
+        evaluate: bool | None = None
     ) -> Tensor:
         """Entry indices (B, top_k) for queries (B, key_dim); see the module docstring for the modes.
 
-        ``evaluate=None`` follows ``not self.training``. ``task_id`` is used only with ``oracle=True``.
+        ``evaluate=None`` follows ``not self.training``. ``task_id`` is used only with ``oracle=True``: one task
+        for the batch (int) or one per sample (B,).
         """
         if query.dim() != 2 or query.shape[1] != self.key_dim:
             raise ValueError(f"query must be (B, {self.key_dim}), got {tuple(query.shape)}")
@@ -261,7 +263,8 @@ class ModulationPool(nn.Module):
         if oracle:
             if task_id is None:
                 raise ValueError("oracle selection needs a task_id")
-            block = (task_id * self.top_k + torch.arange(self.top_k, device=self.keys.device)) % self.pool_size
+            tasks = torch.as_tensor(task_id, dtype=torch.long, device=self.keys.device).reshape(-1, 1)
+            block = (tasks * self.top_k + torch.arange(self.top_k, device=self.keys.device)) % self.pool_size
             idx = block.expand(query.shape[0], self.top_k).clone()
         else:
             score = self.similarity(query)

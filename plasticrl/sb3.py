@@ -21,6 +21,8 @@ from plasticrl.monitor import PlasticityMonitor
 from plasticrl.replay_ratio import ReplayRatioController
 
 DEFAULT_GROUPS = ("encoder", "actor", "critic")
+# What stock SB3 SAC's train() records in its logger (means over that call's updates).
+SB3_TRAIN_KEYS = ("train/actor_loss", "train/critic_loss", "train/ent_coef")
 
 
 def default_groups(model: BaseAlgorithm, names: tuple[str, ...] | list[str] = DEFAULT_GROUPS) -> dict[str, nn.Module]:
@@ -77,7 +79,7 @@ class _EveryN:
 
 class EpisodeLogCallback(BaseCallback):
     """Logs finished episodes (return, length; the mean when several end in one vector step), the agent's update
-    statistics since the last record, and fps (agent steps per second); prints a line."""
+    statistics since the last record (stock SB3 agents: its latest ``train()`` call's), and fps (agent steps per second); prints a line."""
 
     def __init__(self, run_logger: RunLogger, print_episodes: bool = True):
         super().__init__()
@@ -104,6 +106,9 @@ class EpisodeLogCallback(BaseCallback):
         pop = getattr(self.model, "pop_train_stats", None)
         if pop is not None:
             record.update({f"train/{k}": v for k, v in pop().items()})
+        else:  # stock SB3 agents: the latest train() call's values in SB3's logger
+            values = self.model.logger.name_to_value
+            record.update({k: float(values[k]) for k in SB3_TRAIN_KEYS if k in values})
         self.run_logger.log(record, self.num_timesteps)
         if self.print_episodes:
             from tqdm import tqdm

@@ -1,5 +1,6 @@
 """plasticrl.continual.run_sequence: the L2M continual-learning runner, end to end on the smoke config."""
 
+import contextlib
 import json
 
 import numpy as np
@@ -11,6 +12,15 @@ from plasticrl import continual_config as cc
 from plasticrl.config import ConfigError
 
 SMOKE = "configs/l2m_smoke.yaml"
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models on a shared 2-core machine: one torch thread is several times faster than two."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
@@ -42,6 +52,17 @@ def test_run_folder_matrix_and_summary(l2m_run):
     assert summary["forward_transfer"] is None  # no reference curves
     records = [json.loads(line) for line in (l2m_run / "metrics.jsonl").read_text().splitlines()]
     assert any("eval/mean_success" in r for r in records) and any("train/loss" in r for r in records)
+    # throughput: pre-training rate, per-task wall time, totals in the summary
+    assert any(r.get("pretrain/steps_per_s", 0) > 0 for r in records)
+    walls = [r for r in records if "task/wall_s" in r]
+    assert [r["task/index"] for r in walls] == [0, 1]
+    assert all(r["task/wall_s"] >= r["task/eval_wall_s"] > 0 for r in walls)
+    assert summary["pretrain_wall_s"] > 0 and summary["sequence_wall_s"] >= sum(r["task/wall_s"] for r in walls)
+    # the curves are task j's logged success at its own eval points
+    for j, task in enumerate(matrix["tasks"]):
+        logged = [r[f"eval/{j}-{task}/success"] for r in records if r.get("train/task", r.get("eval/stage")) == j
+                  and f"eval/{j}-{task}/success" in r]
+        assert logged == matrix["curves"][j]
 
 
 def test_l2m_keeps_backbone_frozen_and_trains_pool(l2m_run):
@@ -70,7 +91,7 @@ def test_bad_method_names_allowed_values():
     for method in ("l2m", "l2m_oracle", "lora", "finetune", "ewc"):
         assert method in str(err.value)
     assert "sequence.method" in str(err.value)
-    assert set(continual.METHODS) == set(cc.METHODS) == {"l2m", "l2m_oracle", "lora", "finetune", "ewc"}
+    assert set(continual.METHODS) == set(cc.METHODS) == {"l2m", "l2m_oracle", "lora", "finetune", "ewc", "reference"}
     with pytest.raises(ConfigError, match="sequence.ewc_lambda"):
         cc.load(SMOKE, ["sequence.method=ewc", "sequence.ewc_lambda=-1"])
 
@@ -155,3 +176,132 @@ def test_unknown_key_and_task():
         cc.load(SMOKE, ["sequence.steps_per_tsk=3"])
     with pytest.raises(ConfigError, match="sequence.tasks"):
         continual.check_continual(cc.load(SMOKE, ["sequence.tasks=[metaworld:psh-v3]"]))
+
+
+def test_lockstep_evaluation_equals_one_episode_at_a_time(data_dir):
+    """Evaluator (all tasks x episodes in lockstep, batched) against a plain loop over episodes with predict."""
+    import envs
+    from agents.l2m import L2MAgent
+
+    tasks, episodes, seed, steps = ["metaworld:push-v3", "metaworld:window-close-v3"], 2, 3, 15
+    targets = [900.0, 400.0]
+    agent = L2MAgent(continual.dt_config(smoke(data_dir)), device="cpu", seed=0)
+    evaluator = continual.Evaluator(tasks, episodes, seed, steps)
+    seen = []
+
+    def select(states, task_indices):
+        seen.append(task_indices.tolist())
+        return contextlib.nullcontext()
+
+    try:
+        success, returns = evaluator.run(agent, [1, 0], [targets[1], targets[0]], select)
+    finally:
+        evaluator.close()
+    assert seen[0] == [1, 1, 0, 0] and len(seen) == steps  # every row's sequence index, every step
+    for k, j in enumerate([1, 0]):
+        rets, wins = [], []
+        env = envs.make(tasks[j], seed=seed, max_episode_steps=steps)
+        for e in range(episodes):
+            obs, _ = env.reset(seed=seed + e)
+            agent.reset(targets[j], 4)
+            reward, ret, win = 0.0, 0.0, False
+            for _ in range(steps):
+                action, _ = agent.predict(obs, reward=reward)
+                obs, reward, _, truncated, info = env.step(action)
+                ret, win = ret + reward, win or info["success"] >= 1
+            rets.append(ret)
+            wins.append(win)
+        env.close()
+        assert returns[k] == pytest.approx(np.mean(rets), rel=1e-6) and success[k] == np.mean(wins)
+
+
+@pytest.fixture(scope="module")
+def pretrained(l2m_run):
+    return l2m_run / "checkpoints" / "pretrained.pt"
+
+
+def test_pretrained_checkpoint_is_reused_and_validated(data_dir, pretrained, tmp_path):
+    run = continual.run_sequence(smoke(data_dir, f"pretrain.checkpoint={pretrained}", "sequence.method=finetune",
+                                       "sequence.steps_per_task=2", "sequence.eval_every=0"), tmp_path)
+    given = torch.load(pretrained, weights_only=False)["model"]
+    used = torch.load(run / "checkpoints" / "pretrained.pt", weights_only=False)["model"]
+    assert all(torch.equal(given[k], used[k]) for k in given)
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert not any("pretrain/loss" in r for r in records)
+    with pytest.raises(ConfigError, match=r"pretrain.checkpoint.*d_model=16 \(config: 32\)"):
+        continual.check_continual(smoke(data_dir, f"pretrain.checkpoint={pretrained}", "model.d_model=32"))
+    with pytest.raises(ConfigError, match="pretrain.checkpoint.*not found"):
+        continual.check_continual(smoke(data_dir, f"pretrain.checkpoint={tmp_path / 'nope.pt'}"))
+
+
+def test_reference_curves_and_forward_transfer(data_dir, pretrained, tmp_path):
+    common = [f"pretrain.checkpoint={pretrained}", "sequence.steps_per_task=4", "sequence.eval_every=2"]
+    ref_run = continual.run_sequence(smoke(data_dir, *common, "sequence.method=reference"), tmp_path / "ref")
+    refs = json.loads((ref_run / "reference_curves.json").read_text())
+    assert refs["tasks"] == ["metaworld:push-v3", "metaworld:window-close-v3"]
+    assert [len(c) for c in refs["curves"]] == [2, 2]
+    records = [json.loads(line) for line in (ref_run / "metrics.jsonl").read_text().splitlines()]
+    evals = [r for r in records if "eval/stage" in r]
+    # only the task in training is evaluated, and the curves are those evaluations
+    assert [[k for k in r if k.endswith("/success")] for r in evals] == \
+        [["eval/0-metaworld:push-v3/success"]] * 2 + [["eval/1-metaworld:window-close-v3/success"]] * 2
+    assert [r[k] for r in evals for k in r if k.endswith("/success")] == refs["curves"][0] + refs["curves"][1]
+
+    run = continual.run_sequence(smoke(data_dir, *common, f"sequence.reference_curves={ref_run}/reference_curves.json"),
+                                 tmp_path / "l2m")
+    curves = json.loads((run / "success_matrix.json").read_text())["curves"]
+    summary = json.loads((run / "summary.json").read_text())
+    by_hand = []
+    for curve, ref in zip(curves, refs["curves"]):
+        auc, auc_ref = sum(curve) / len(curve), sum(ref) / len(ref)
+        by_hand.append(0.0 if auc_ref >= 1 else (auc - auc_ref) / (1 - auc_ref))
+    assert summary["forward_transfer_per_task"] == pytest.approx(by_hand)
+    assert summary["forward_transfer"] == pytest.approx(sum(by_hand) / 2)
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps({"tasks": ["metaworld:reach-v3"], "curves": [[0.5]]}))
+    with pytest.raises(ConfigError, match="sequence.reference_curves.*reach-v3"):
+        continual.check_continual(smoke(data_dir, f"sequence.reference_curves={other}"))
+
+
+def test_forward_transfer_from_listed_curves(data_dir, pretrained, tmp_path, monkeypatch):
+    """Scripted evaluation scores make the expected FT non-trivial: curves [0.2, 0.4] and [0.6, 0.8]."""
+    scores = iter([0.2, 0.4, 0.6, 0.8])
+
+    def fake_run(self, agent, tasks, targets, select=None):
+        s = next(scores)
+        return np.full(len(tasks), s), np.zeros(len(tasks))
+
+    monkeypatch.setattr(continual.Evaluator, "run", fake_run)
+    run = continual.run_sequence(smoke(data_dir, f"pretrain.checkpoint={pretrained}", "sequence.steps_per_task=2",
+                                       "sequence.eval_every=1", "sequence.reference_curves=[[0.0,0.2],[0.5,1.0]]"),
+                                 tmp_path)
+    summary = json.loads((run / "summary.json").read_text())
+    # task 0: AUC 0.3, ref 0.1 -> 0.2/0.9; task 1: AUC 0.7, ref 0.75 -> -0.05/0.25 = -0.2
+    assert summary["forward_transfer_per_task"] == pytest.approx([0.2 / 0.9, -0.2])
+    with pytest.raises(ConfigError, match="sequence.reference_curves: need 2"):
+        continual.check_continual(smoke(data_dir, "sequence.reference_curves=[[0.5]]"))
+
+
+def test_wandb_gets_the_success_matrix_table_and_heatmap(data_dir, pretrained, tmp_path, monkeypatch):
+    """Real wandb, offline: every evaluation logs the matrix so far (finished rows + the current evaluation)."""
+    scores = iter([[0.1, 0.2], [0.3, 0.4], [0.5, 0.6], [0.7, 0.8]])  # 2 evaluations per task
+
+    def fake_run(self, agent, tasks, targets, select=None):
+        return np.array(next(scores))[tasks], np.zeros(len(tasks))
+
+    monkeypatch.setattr(continual.Evaluator, "run", fake_run)
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    run = continual.run_sequence(cc.load(SMOKE, [f"data.out_dir={data_dir}", "logging.wandb.mode=offline",
+                                                 f"pretrain.checkpoint={pretrained}", "sequence.steps_per_task=2",
+                                                 "sequence.eval_every=1"]), tmp_path)
+    (files,) = run.glob("wandb/offline-run-*/files")
+    tables = sorted(files.glob("media/table/eval/success_matrix_*.table.json"),
+                    key=lambda p: int(p.name.split("_")[2]))  # success_matrix_<wandb step>_<hash>.table.json
+    got = [json.loads(p.read_text()) for p in tables]
+    names = ["0-metaworld:push-v3", "1-metaworld:window-close-v3"]
+    assert all(t["columns"] == ["after task", *names] for t in got)
+    assert [t["data"] for t in got] == [[[names[0], 0.1, 0.2]], [[names[0], 0.3, 0.4]],
+                                        [[names[0], 0.3, 0.4], [names[1], 0.5, 0.6]],
+                                        [[names[0], 0.3, 0.4], [names[1], 0.7, 0.8]]]
+    assert len(list(files.glob("media/images/eval/success_matrix_plot_*.png"))) >= 2  # identical images share a file
+    assert json.loads((run / "success_matrix.json").read_text())["perf"] == [[0.3, 0.4], [0.7, 0.8]]

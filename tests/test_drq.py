@@ -212,3 +212,21 @@ def test_async_env_step_stores_the_actions_the_env_executed():
     assert len(executed) == 60
     np.testing.assert_allclose(stored, np.stack(executed[:60]), atol=1e-6)
     env.close()
+
+
+def test_channel_padding_leaves_features_and_gradients_unchanged():
+    """Encoder.in_channel_multiple pads input channels and the first conv's weight with zeros on the fly: the
+    features and the gradient of the (unpadded) first-conv weight equal the plain encoder's."""
+    torch.manual_seed(0)
+    enc = Encoder((9, 36, 36))
+    obs = torch.randint(0, 256, (4, 9, 36, 36), dtype=torch.uint8)
+    plain = enc(obs)
+    plain.square().sum().backward()
+    grad_plain = enc.convnet[0].weight.grad.clone()
+    enc.zero_grad()
+    enc.in_channel_multiple = 16
+    padded = enc(obs)
+    padded.square().sum().backward()
+    assert enc.convnet[0].weight.shape == (32, 9, 3, 3)
+    torch.testing.assert_close(padded, plain, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(enc.convnet[0].weight.grad, grad_plain, rtol=1e-4, atol=1e-5)

@@ -1,5 +1,7 @@
 """agents.l2m: the multi-domain Decision Transformer of L2M and its offline agent."""
 
+import contextlib
+
 import minari
 import numpy as np
 import pytest
@@ -171,9 +173,17 @@ def test_agent_learns_from_episode_dicts_and_validates():
     rng = np.random.default_rng(0)
     episode = {"observations": rng.normal(size=(11, 5)), "actions": rng.uniform(-1, 1, (10, 2)),
                "rewards": np.ones(10)}
+    short = {"observations": rng.normal(size=(7, 3)), "actions": rng.uniform(-1, 1, (6, 1)),
+             "rewards": np.arange(6.0)}
     agent = L2MAgent(SMALL, device="cpu", batch_size=4)
-    agent._prepare([episode])  # rtg per episode from rewards, in reward units
-    assert agent._prepare([episode])[0]["rtg"].tolist() == list(range(10, 0, -1))
+    data = agent.prepare_episodes([episode, short])
+    assert data.lengths.tolist() == [10, 6] and len(data) == 2
+    assert data.states.shape == (2, 10, SMALL.state_dim) and data.actions.shape == (2, 10, SMALL.max_action_dim)
+    assert data.rtg[0].tolist() == list(range(10, 0, -1))  # rtg per episode from rewards, in reward units
+    assert data.rtg[1, :6].tolist() == [15.0, 15.0, 14.0, 12.0, 9.0, 5.0] and not data.rtg[1, 6:].any()
+    np.testing.assert_array_equal(data.states[1, :6, :3].numpy(), short["observations"][:6].astype(np.float32))
+    assert not data.states[1, :, 3:].any() and not data.states[1, 6:].any()  # zero padding
+    assert data.action_mask.tolist() == [[True, True, False], [True, False, False]]
     agent.learn([episode], steps=2)
     with pytest.raises(ValueError, match="state_dim"):
         agent.learn([{**episode, "observations": rng.normal(size=(11, 8))}], steps=1)
@@ -181,21 +191,94 @@ def test_agent_learns_from_episode_dicts_and_validates():
         agent.learn([{k: v[:3] for k, v in episode.items()}], steps=1)
 
 
-def test_agent_windows_and_predict_context():
-    steps = 12
-    episode = {"observations": np.arange(steps + 1, dtype=np.float32)[:, None].repeat(5, 1),
-               "actions": np.linspace(-1, 1, steps * 2).reshape(steps, 2), "rewards": np.arange(steps, dtype=float)}
-    agent = L2MAgent(SMALL, device="cpu", batch_size=64, seed=1)
-    states, _, rtg, timesteps, mask = agent._batch(agent._prepare([episode]))
-    starts = states[:, 0, 0].long()
-    assert set(starts.tolist()) == set(range(steps - SMALL.context + 1))  # every window start is sampled
-    offsets = torch.arange(SMALL.context)
-    assert torch.equal(timesteps, starts[:, None] + offsets) and torch.equal(states[..., 0].long(), timesteps)
-    returns_to_go = torch.tensor(np.cumsum(episode["rewards"][::-1])[::-1].copy(), dtype=torch.float32)
-    assert torch.equal(rtg, returns_to_go[timesteps])
-    assert mask[..., :2].all() and not mask[..., 2:].any()
+def test_sample_batch_windows_are_uniform_and_seeded():
+    lengths = (12, 6)
+    episodes = [{"observations": np.stack([np.arange(n + 1), np.full(n + 1, e)], 1).repeat(2, 1).astype(np.float32),
+                 "actions": np.linspace(-1, 1, n * (2 - e)).reshape(n, 2 - e), "rewards": np.arange(n, dtype=float)}
+                for e, n in enumerate(lengths)]
+    agent = L2MAgent(SMALL, device="cpu", batch_size=4000, seed=1)
+    states, actions, rtg, timesteps, mask = agent.sample_batch(agent.prepare_episodes(episodes))
+    t = SMALL.context
+    which, starts = states[:, 0, 2].long(), states[:, 0, 0].long()  # column 0: timestep, column 2: episode
+    for e, n in enumerate(lengths):
+        mine = starts[which == e]
+        assert set(mine.tolist()) == set(range(n - t + 1))  # every window start, never past the end
+        counts = torch.bincount(mine, minlength=n - t + 1).float()  # uniform start within the episode
+        assert counts.min() > 0.6 * counts.mean()
+        returns_to_go = torch.tensor(np.cumsum(episodes[e]["rewards"][::-1])[::-1].copy(), dtype=torch.float32)
+        assert torch.equal(rtg[which == e], returns_to_go[timesteps[which == e]])
+        expected = torch.as_tensor(episodes[e]["actions"], dtype=torch.float32)[timesteps[which == e]]
+        assert torch.equal(actions[which == e][..., : 2 - e], expected) and not actions[which == e][..., 2 - e:].any()
+        assert mask[which == e][..., : 2 - e].all() and not mask[which == e][..., 2 - e:].any()
+    assert abs((which == 0).float().mean().item() - 0.5) < 0.05  # episode uniform, not window uniform (9/12)
+    assert torch.equal(timesteps, starts[:, None] + torch.arange(t)) and torch.equal(states[..., 0].long(), timesteps)
+    again = L2MAgent(SMALL, device="cpu", batch_size=4000, seed=1)
+    assert torch.equal(again.sample_batch(again.prepare_episodes(episodes))[0], states)  # seeded
 
-    # predict keeps the last `context` steps: absolute timesteps, rtg minus the rewards received so far
+
+def greedy_by_hand(m, states, prev, rtg, timesteps, dim):
+    """Independent greedy decoding of one context with forward_tokens: PAD for dims >= dim and the current step."""
+    pad, width = SMALL.n_bins, SMALL.max_action_dim
+    t = states.shape[0]
+    tokens = torch.full((1, t, width), pad, dtype=torch.long)
+    tokens[0, : t - 1, :dim] = discretize(prev[:, :dim])
+    for k in range(dim):
+        tokens[0, -1, k] = m.forward_tokens(states[None], tokens, rtg[None], timesteps[None])[0, -1, k].argmax()
+    return bin_centers(tokens[0, -1, :dim])
+
+
+def test_act_batch_equals_single_calls_and_hand_decoding():
+    m = model(seed=3)
+    g = torch.Generator().manual_seed(0)
+    n, t, dims = 5, 3, [3, 2, 1, 3, 2]
+    states, prev = torch.randn(n, t, 5, generator=g), torch.rand(n, t - 1, 3, generator=g) * 2 - 1
+    rtg, timesteps = torch.rand(n, t, generator=g) * 20, torch.arange(t).repeat(n, 1) + torch.arange(n)[:, None]
+    batched = m.act_batch(states, prev, rtg, timesteps, dims)
+    assert batched.shape == (n, 3)
+    for i, dim in enumerate(dims):
+        single = m.act(states[i], prev[i, :, :dim], rtg[i], timesteps[i], action_dim=dim)
+        assert torch.equal(batched[i, :dim], single)
+        assert torch.equal(single, greedy_by_hand(m, states[i], prev[i], rtg[i], timesteps[i], dim))
+        assert not batched[i, dim:].any()  # dims beyond the row's width: 0
+
+
+def test_predict_batch_in_lockstep_matches_explicit_windows():
+    agent = L2MAgent(SMALL, device="cpu", seed=2)
+    rng = np.random.default_rng(0)
+    n, steps, dims, targets = 3, 7, [2, 3, 1], [20.0, 5.0, 12.0]
+    obs, rewards = rng.normal(size=(steps, n, 5)).astype(np.float32), rng.uniform(0, 3, (steps, n))
+    batch = agent.new_episodes(targets, dims)
+    seen = []
+
+    def select(states, rows):
+        seen.append((states.shape, rows.tolist()))
+        return contextlib.nullcontext()
+
+    taken, rtgs = [[] for _ in range(n)], [[t] for t in targets]
+    for step in range(steps):
+        rows = np.arange(n) if step < 5 else np.array([0, 2])  # row 1 stops after 5 steps
+        if step:
+            for r in rows:
+                rtgs[r].append(rtgs[r][-1] - float(rewards[step - 1, r]))
+        actions = agent.predict_batch(batch, obs[step, rows], rewards[step - 1, rows] if step else rewards[0, rows],
+                                      rows=rows, select=select)
+        first = max(0, step + 1 - SMALL.context)
+        for a, r in zip(actions, rows):
+            prev = np.array(taken[r][first:], np.float32).reshape(-1, dims[r])
+            expected = agent.model.act(obs[first:step + 1, r], prev, np.array(rtgs[r][first:], np.float32),
+                                       np.arange(first, step + 1), action_dim=dims[r]).numpy()
+            np.testing.assert_array_equal(a[: dims[r]], expected)
+            assert not a[dims[r]:].any()
+            taken[r].append(a[: dims[r]])
+        assert seen[-1] == ((len(rows), step + 1 - first, SMALL.state_dim), rows.tolist())
+    np.testing.assert_allclose(batch.rtg_now, [rtgs[r][-1] for r in range(n)])  # reward units
+    with pytest.raises(ValueError, match="lockstep"):
+        agent.predict_batch(batch, obs[0], rewards[0])  # row 1 is behind
+
+
+def test_predict_context():
+    """predict keeps the last `context` steps: absolute timesteps, rtg minus the rewards received so far."""
+    agent = L2MAgent(SMALL, device="cpu", seed=1)
     rng = np.random.default_rng(0)
     observations, rewards = rng.normal(size=(7, 5)).astype(np.float32), rng.uniform(0, 3, 7)
     agent.reset(target_return=20.0, action_dim=2)
@@ -205,8 +288,16 @@ def test_agent_windows_and_predict_context():
             rtgs.append(rtgs[-1] - float(rewards[t - 1]))
         action, _ = agent.predict(observations[t], reward=rewards[t - 1] if t else 5.0)  # first: ignored
         first = max(0, t + 1 - SMALL.context)
-        expected = agent.model.act(observations[first:t + 1], np.array(taken[first:]).reshape(-1, 2),
-                                   np.array(rtgs[first:], np.float32), np.arange(first, t + 1), action_dim=2).numpy()
-        assert np.array_equal(action, expected)
-        assert agent._rtgs == rtgs  # returns-to-go kept per step, in reward units
+        expected = greedy_by_hand(agent.model, torch.as_tensor(observations[first:t + 1]),
+                                  torch.as_tensor(np.array(taken[first:], np.float32).reshape(-1, 2)),
+                                  torch.tensor(rtgs[first:], dtype=torch.float32), torch.arange(first, t + 1), 2)
+        assert np.array_equal(action, expected.numpy()) and action.shape == (2,)
         taken.append(action)
+
+
+def test_pool_oracle_per_sample_task_ids():
+    pool = ModulationPool(pool_size=7, key_dim=4, top_k=2)
+    idx = pool.select(torch.randn(4, 4), torch.tensor([0, 2, 3, 1]), oracle=True, evaluate=True)
+    # task k -> entries (2k, 2k + 1) mod 7
+    assert idx.tolist() == [[0, 1], [4, 5], [6, 0], [2, 3]]
+    assert torch.equal(pool.select(torch.randn(2, 4), 3, oracle=True, evaluate=True), torch.tensor([[6, 0]] * 2))

@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# The CW10 report on one GPU machine: scripted Meta-World data (collected in parallel), ONE pre-training (inside
+# the reference run), then the single-task reference curves, L2M and full fine-tuning as three concurrent
+# processes sharing that pre-trained checkpoint; then forward transfer of both against the references.
+#   scripts/l2m_cw10_device.sh [--set key=value ...]      (overrides go to every run; RUNS=folder, default runs)
+# Logs: $RUNS/cw10_*.log; results: $RUNS/{reference,l2m,finetune}_cw10/<seed>-<time>/summary.json etc.
+set -euo pipefail
+py=${PYTHON:-python}
+runs=${RUNS:-runs}
+mkdir -p "$runs"
+common=(--set run.out_dir="$runs" "$@")
+$py -m plasticrl continual configs/finetune_cw10.yaml "${common[@]}" --set run.name=reference_cw10 \
+  --set sequence.method=reference >"$runs/cw10_reference.log" 2>&1 &
+ref=$!
+until grep -q "^saved .*pretrained.pt" "$runs/cw10_reference.log" 2>/dev/null; do
+  kill -0 $ref 2>/dev/null || { echo "the reference run stopped before pre-training ended:"; tail "$runs/cw10_reference.log"; exit 1; }
+  sleep 5
+done
+ckpt=$(grep "^saved .*pretrained.pt" "$runs/cw10_reference.log" | head -1 | cut -d' ' -f2)
+echo "pre-trained: $ckpt"
+$py -m plasticrl continual configs/l2m_cw10.yaml "${common[@]}" --set pretrain.checkpoint="$ckpt" \
+  >"$runs/cw10_l2m.log" 2>&1 &
+l2m=$!
+$py -m plasticrl continual configs/finetune_cw10.yaml "${common[@]}" --set pretrain.checkpoint="$ckpt" \
+  >"$runs/cw10_finetune.log" 2>&1 &
+ft=$!
+status=0
+for pid in $ref $l2m $ft; do wait $pid || status=1; done
+tail -n 3 "$runs"/cw10_*.log
+$py - "$runs" <<'PY'
+import glob, json, sys
+from plasticrl.continual import forward_transfer
+runs = sys.argv[1]
+refs = glob.glob(f"{runs}/reference_cw10/*/reference_curves.json")
+ref = json.load(open(refs[-1]))["curves"] if refs else None
+for name in ("l2m_cw10", "finetune_cw10"):
+    for path in glob.glob(f"{runs}/{name}/*/summary.json"):
+        summary = json.load(open(path))
+        if ref is not None:
+            curves = json.load(open(path.replace("summary.json", "success_matrix.json")))["curves"]
+            summary["forward_transfer"] = forward_transfer(curves, ref)
+            json.dump(summary, open(path, "w"), indent=2)
+        keep = ("average_performance", "forgetting", "forward_transfer", "pretrain_wall_s", "sequence_wall_s")
+        print(name, {k: summary.get(k) for k in keep})
+PY
+exit $status
