@@ -243,6 +243,7 @@ class DrQ(SAC):
         augment_pad: int = 4,
         buffer_device: str = "auto",
         cuda_graph: bool | str = "auto",
+        compile_update: bool = False,
         precision: str = "fp32",
         async_env_step: bool = False,
         policy_kwargs: dict[str, Any] | None = None,
@@ -256,6 +257,7 @@ class DrQ(SAC):
         self.augment_pad = augment_pad
         self.buffer_device = buffer_device
         self.cuda_graph = cuda_graph
+        self.compile_update = compile_update
         if precision not in ("fp32", "bf16"):
             raise ValueError(f"precision={precision!r}: allowed are 'fp32' and 'bf16'")
         self.precision = precision
@@ -270,6 +272,7 @@ class DrQ(SAC):
         )
         self._stats_sum: torch.Tensor | None = None  # sum over updates of the STAT_KEYS vector, on the device
         self._train_count = 0
+        self._compiled_update: Any = None  # torch.compile(self.update) when compile_update on CUDA
         self._update_fn: Any = None  # update on a given batch: eager, or a GraphedUpdate copying the batch in
         self._step_graph: GraphedUpdate | None = None  # sample + update as one graph (replay on the GPU)
         self._step_graph_key: tuple[int, int] | None = None  # (batch size, id of the replay buffer) it captured
@@ -298,6 +301,8 @@ class DrQ(SAC):
         self.critic.optimizer = torch.optim.Adam(critic_params, lr=lr, **extra)
         if self.log_ent_coef is not None:
             self.ent_coef_optimizer = torch.optim.Adam([self.log_ent_coef], lr=lr, **extra)
+        if self.compile_update:  # Inductor fuses the elementwise work; compiled once, at the first update
+            self._compiled_update = torch.compile(self.update)
         constant_lr = self.lr_schedule(0) == self.lr_schedule(1)
         if self.cuda_graph is True or (self.cuda_graph == "auto" and constant_lr):
             if not constant_lr:
@@ -309,7 +314,7 @@ class DrQ(SAC):
         self.encoder = self.policy.encoder
 
     def _excluded_save_params(self) -> list[str]:
-        return [*super()._excluded_save_params(), "encoder", "_stats_sum", "_update_fn", "_step_graph",
+        return [*super()._excluded_save_params(), "encoder", "_stats_sum", "_update_fn", "_compiled_update", "_step_graph",
                 "_step_graph_key", "critic_fau_log", "_prefetched"]
 
     # ------------------------------------------------------------------ the update
@@ -362,7 +367,7 @@ class DrQ(SAC):
                 "ent_coef_loss": ent_coef_loss.detach(), "critic_fau": critic_fau, "q": q1.detach().mean()}
 
     def _update_vector(self, batch: PixelBatch) -> torch.Tensor:
-        stats = self.update(batch)
+        stats = (self._compiled_update or self.update)(batch)
         return torch.stack([stats[k].float().reshape(()) for k in STAT_KEYS])
 
     def _sample_action(self, learning_starts: int, action_noise: Any = None,

@@ -136,6 +136,7 @@ class DecisionTransformer(nn.Module):
 
     def __init__(self, config: DTConfig | None = None) -> None:
         super().__init__()
+        self.autocast_dtype: torch.dtype | None = None  # e.g. torch.bfloat16: blocks and head in bf16 (CUDA only)
         self.config = config = config or DTConfig()
         d, a = config.d_model, config.max_action_dim
         self.tokens_per_step = 2 + a
@@ -208,12 +209,14 @@ class DecisionTransformer(nn.Module):
     # ---- model ----------------------------------------------------------------------
     def forward_tokens(self, states: Tensor, action_tokens: Tensor, rtg: Tensor, timesteps: Tensor) -> Tensor:
         """Action-bin logits (B, T, A, n_bins) from already tokenised actions (B, T, A) long (PAD = n_bins)."""
-        x = self.drop(self.embed(states, action_tokens, rtg, timesteps))
-        for block in self.blocks:
-            x = block(x)
-        b, t = action_tokens.shape[:2]
-        x = self.ln_f(x).reshape(b, t, self.tokens_per_step, -1)
-        return self.head(x[:, :, 1:-1])  # outputs at s_t, a_t1, ..., a_t(A-1) predict a_t1 .. a_tA
+        low = self.autocast_dtype is not None and self._device().type == "cuda"
+        with torch.autocast("cuda", dtype=self.autocast_dtype or torch.bfloat16, enabled=low):
+            x = self.drop(self.embed(states, action_tokens, rtg, timesteps))
+            for block in self.blocks:
+                x = block(x)
+            b, t = action_tokens.shape[:2]
+            x = self.ln_f(x).reshape(b, t, self.tokens_per_step, -1)
+            return self.head(x[:, :, 1:-1]).float()  # outputs at s_t, a_t1, ..., a_t(A-1) predict a_t1 .. a_tA
 
     def forward(self, states: Tensor, actions: Tensor, rtg: Tensor, timesteps: Tensor,
                 action_mask: Tensor | None = None) -> Tensor:
@@ -381,15 +384,21 @@ class L2MAgent:
 
     def __init__(self, config: DTConfig | None = None, device: str | torch.device = "auto",
                  learning_rate: float = 1e-4, batch_size: int = 64, seed: int = 0, weight_decay: float = 0.01,
-                 max_grad_norm: float = 0.25) -> None:
+                 max_grad_norm: float = 0.25, precision: str = "fp32") -> None:
+        """``precision="bf16"``: on CUDA the transformer's matmuls run in bf16 autocast (fp32 weights, optimizer
+        and loss); on CPU it has no effect."""
+        if precision not in ("fp32", "bf16"):
+            raise ValueError(f"precision={precision!r}: allowed are 'fp32' and 'bf16'")
         self.config = config or DTConfig()
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
         self.device = torch.device(device)
+        self.precision = precision
         self.learning_rate, self.batch_size, self.seed = learning_rate, batch_size, seed
         self.weight_decay, self.max_grad_norm = weight_decay, max_grad_norm
         torch.manual_seed(seed)
         self.model = DecisionTransformer(self.config).to(self.device)
+        self.model.autocast_dtype = torch.bfloat16 if precision == "bf16" else None
         self.optimizer = self.make_optimizer(self.model.parameters(), learning_rate, weight_decay)
         self.generator = torch.Generator(device=self.device).manual_seed(seed)  # batch sampling
         self.num_steps = 0
@@ -534,7 +543,7 @@ class L2MAgent:
                     "optimizer": self.optimizer.state_dict(), "num_steps": self.num_steps,
                     "hparams": {"learning_rate": self.learning_rate, "batch_size": self.batch_size,
                                 "seed": self.seed, "weight_decay": self.weight_decay,
-                                "max_grad_norm": self.max_grad_norm}}, path)
+                                "max_grad_norm": self.max_grad_norm, "precision": self.precision}}, path)
 
     @classmethod
     def load(cls, path: str | Path, device: str | torch.device = "auto") -> L2MAgent:

@@ -57,7 +57,10 @@ class AgentConfig(Section):
     augment_pad: int = Field(4, ge=0, le=16, description="random-shift padding in pixels")
     buffer_device: Literal["auto", "cuda", "cpu"] = Field("auto", description="where replay frames live")
     async_env_step: bool = Field(False, description="step the envs while the GPU updates (actions one update round stale)")
-    precision: Literal["fp32", "bf16"] = Field("fp32", description="encoder convolutions' precision on CUDA")
+    precision: Literal["fp32", "bf16"] = Field(
+        "fp32", description="CUDA: bf16 autocast of encoder, trunks and heads (fp32 weights, losses, optimizer)")
+    compile: bool = Field(False, description="torch.compile the update (CUDA only; about a minute of compiling "
+                                            "at the first update)")
     cuda_graph: Literal["auto"] | bool = Field(
         "auto", description="replay each update as one CUDA graph (auto: on CUDA with a constant learning rate)")
 
@@ -118,7 +121,7 @@ SAC_DEFAULTS: dict[str, dict[str, Any]] = {
     "monitor": {"groups": ["actor", "critic"]},
 }
 # DrQ's keys that stock SB3 SAC has no use for: with agent.kind=sac they must keep these defaults.
-DRQ_ONLY = ("feature_dim", "augment_pad", "buffer_device", "async_env_step", "precision", "cuda_graph")
+DRQ_ONLY = ("feature_dim", "augment_pad", "buffer_device", "async_env_step", "precision", "cuda_graph", "compile")
 
 
 class Config(Section):

@@ -439,7 +439,8 @@ def run_sequence(cfg: Any, out_dir: str | Path | None = None) -> Path:
     try:
         episodes = {t: load_episodes(cfg.data.out_dir, dataset_ids[t]) for t in dict.fromkeys(pre_tasks + seq_tasks)}
         target = [max(float(np.sum(ep["rewards"])) for ep in episodes[t]) for t in seq_tasks]
-        agent = L2MAgent(dt_config(cfg), device=device, learning_rate=cfg.pretrain.learning_rate,
+        agent = L2MAgent(dt_config(cfg), device=device, precision=cfg.model.precision,
+                         learning_rate=cfg.pretrain.learning_rate,
                          batch_size=cfg.pretrain.batch_size, seed=cfg.run.seed)
         model = agent.model
         step = 0  # global gradient step, the x-axis of metrics.jsonl

@@ -39,6 +39,8 @@ class ModelConfig(Section):
     n_heads: int = Field(4, ge=1)
     context: int = Field(5, ge=1, description="timesteps per context window")
     dropout: float = Field(0.1, ge=0, lt=1)
+    precision: Literal["fp32", "bf16"] = Field(
+        "bf16", description="transformer matmuls on CUDA (bf16 autocast, fp32 weights and loss); CPU: fp32")
 
 
 class PretrainConfig(Section):

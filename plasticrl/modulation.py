@@ -268,13 +268,17 @@ class ModulationPool(nn.Module):
             idx = block.expand(query.shape[0], self.top_k).clone()
         else:
             score = self.similarity(query)
-            if self.penalty_active(evaluate):
-                share = self.counts.double() / self.counts.sum()
+            if training and self.count_penalty:
+                # decided on the device (no host sync): penalised only once earlier tasks recorded selections
+                total = self.counts.sum()
+                share = self.counts.double() / total.clamp(min=1)
                 inv = 1.0 / (share + PENALTY_EPS)
-                score = (1.0 + score.double()) / 2.0 * (inv / inv.sum())
+                penalised = (1.0 + score.double()) / 2.0 * (inv / inv.sum())
+                score = torch.where(total > 0, penalised, score.double())
             idx = score.topk(self.top_k, dim=1).indices
         if training:
-            self.task_counts += torch.bincount(idx.reshape(-1), minlength=self.pool_size)
+            flat = idx.reshape(-1)
+            self.task_counts.index_add_(0, flat, torch.ones_like(flat))  # bincount would sync with the host
         return idx
 
     def end_task(self) -> None:

@@ -101,3 +101,36 @@ def test_graph_captured_sampling_reads_the_current_buffer():
     assert first.min() >= 0 and first.max() <= 99 and first.max() >= 95
     assert second.min() >= 0 and second.max() <= 399 and second.max() >= 390
     assert abs(second.mean().item() - 199.5) < 10  # uniform over 0..399
+
+
+def test_decision_transformer_bf16_loss_is_close_to_fp32():
+    """L2MAgent(precision="bf16") runs the DT in bf16 autocast: same loss as fp32 to bf16 accuracy, fp32 logits."""
+    import numpy as np
+
+    from agents.l2m import DTConfig, L2MAgent
+
+    rng = np.random.default_rng(0)
+    episodes = [{"observations": rng.normal(size=(31, 39)), "actions": rng.uniform(-1, 1, (30, 4)),
+                 "rewards": rng.uniform(0, 1, 30)} for _ in range(8)]
+    cfg = DTConfig(d_model=64, n_layers=2, n_heads=4, context=5, dropout=0.0)
+    a = L2MAgent(cfg, device="cuda", batch_size=32, precision="fp32")
+    b = L2MAgent(cfg, device="cuda", batch_size=32, precision="bf16")
+    b.model.load_state_dict(a.model.state_dict())
+    batch = a.sample_batch(a.prepare_episodes(episodes))
+    assert b.model(*batch[:4], batch[4]).dtype == torch.float32
+    torch.testing.assert_close(b.model.loss(*batch), a.model.loss(*batch), rtol=2e-2, atol=2e-2)
+
+
+def test_compiled_update_equals_eager_update():
+    """compile_update=True (torch.compile of DrQ.update, inside the CUDA graph) gives the eager update's stats and
+    parameters on the same batches (deterministic update as above), to float tolerance."""
+    from agents.bench import synthetic_batch
+
+    kw = {"augment_pad": 0, "ent_coef": 0.0, "policy_kwargs": {"log_std_bounds": (-30.0, -30.0)}}
+    a, b = make_agent(True, compile_update=True, **kw), make_agent(False, **kw)
+    shape, adim = a.observation_space.shape, a.action_space.shape[0]
+    for s in range(3):
+        batch = synthetic_batch(64, shape, adim, torch.device("cuda"), s)
+        torch.testing.assert_close(a._update_fn(batch), b._update_fn(batch), rtol=1e-4, atol=1e-5)
+    for (name, pa), pb in zip(a.policy.named_parameters(), b.policy.parameters()):
+        torch.testing.assert_close(pa, pb, rtol=1e-4, atol=1e-5, msg=name)
