@@ -123,7 +123,9 @@ def test_decision_transformer_bf16_loss_is_close_to_fp32():
 
 def test_compiled_update_equals_eager_update():
     """compile_update=True (torch.compile of DrQ.update, inside the CUDA graph) gives the eager update's stats and
-    parameters on the same batches (deterministic update as above), to float tolerance."""
+    parameters on the same batches (deterministic update as above), to TF32 tolerance: on CUDA both paths run
+    their matmuls in TF32 (10-bit mantissa) and Inductor's fusions change the rounding order (H100, 2026-11-25:
+    largest stat difference 1.0e-3 relative, on the actor loss)."""
     from agents.bench import synthetic_batch
 
     kw = {"augment_pad": 0, "ent_coef": 0.0, "policy_kwargs": {"log_std_bounds": (-30.0, -30.0)}}
@@ -131,6 +133,6 @@ def test_compiled_update_equals_eager_update():
     shape, adim = a.observation_space.shape, a.action_space.shape[0]
     for s in range(3):
         batch = synthetic_batch(64, shape, adim, torch.device("cuda"), s)
-        torch.testing.assert_close(a._update_fn(batch), b._update_fn(batch), rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(a._update_fn(batch), b._update_fn(batch), rtol=3e-3, atol=1e-4)
     for (name, pa), pb in zip(a.policy.named_parameters(), b.policy.parameters()):
-        torch.testing.assert_close(pa, pb, rtol=1e-4, atol=1e-5, msg=name)
+        torch.testing.assert_close(pa, pb, rtol=1e-3, atol=1e-5, msg=name)
