@@ -57,6 +57,11 @@ class GraphedUpdate:
         inputs = tuple(batch) if batch is not None else ()
         if self.graph is None:
             return self._capture(inputs)
+        shapes = [tuple(t.shape) for t in inputs]
+        if shapes != [tuple(t.shape) for t in self.static_inputs]:  # copy_ would broadcast or keep stale rows
+            raise ValueError(f"this CUDA graph was captured for inputs of shapes "
+                             f"{[tuple(t.shape) for t in self.static_inputs]}, got {shapes}; make a new "
+                             "GraphedUpdate for another batch size")
         for dst, src in zip(self.static_inputs, inputs):
             dst.copy_(src, non_blocking=True)
         self.graph.replay()

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from gymnasium import spaces
 from stable_baselines3 import SAC
 from stable_baselines3.common.policies import BasePolicy
+from stable_baselines3.common.save_util import load_from_pkl
 from stable_baselines3.common.type_aliases import Schedule
 from torch import nn
 
@@ -82,8 +83,17 @@ def trunk(repr_dim: int, feature_dim: int) -> nn.Sequential:
 
 def low_precision(h: torch.Tensor) -> torch.autocast:
     """bf16 autocast on CUDA when the encoder features ``h`` are bf16 (``precision="bf16"``), else a no-op: the
-    trunks and MLPs then run their matmuls in bf16 with fp32 weights; heads cast their outputs back to fp32."""
+    trunks and hidden MLP layers then run their matmuls in bf16 with fp32 weights (see ``run_mlp``)."""
     return torch.autocast("cuda", dtype=torch.bfloat16, enabled=h.dtype == torch.bfloat16)
+
+
+def run_mlp(net: nn.Sequential, x: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+    """``net`` (an ``mlp``) on ``x``: hidden layers in bf16 when the features ``h`` are bf16 (``low_precision``), the
+    output Linear always in fp32: Q values and action means need fp32 resolution (bf16 keeps 8 significant bits,
+    steps of 0.5 between 64 and 128, the range of DMC Q values)."""
+    with low_precision(h):
+        y = net[:-1](x)
+    return net[-1](y.float())
 
 
 def mlp(in_dim: int, hidden_dim: int, out_dim: int) -> nn.Sequential:
@@ -107,8 +117,8 @@ class Actor(nn.Module):
     def forward(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean and log std (B, A) of the pre-tanh Gaussian."""
         with low_precision(h):
-            out = self.policy(self.trunk(h)).float()
-        mu, log_std = out.chunk(2, dim=-1)
+            x = self.trunk(h)
+        mu, log_std = run_mlp(self.policy, x.float(), h).chunk(2, dim=-1)
         lo, hi = self.log_std_bounds
         log_std = lo + 0.5 * (hi - lo) * (torch.tanh(log_std) + 1.0)
         return mu, log_std
@@ -138,8 +148,8 @@ class Critic(nn.Module):
 
     def forward(self, h: torch.Tensor, action: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         with low_precision(h):
-            x = torch.cat([self.trunk(h), action], dim=-1)
-            return self.q1(x).float(), self.q2(x).float()
+            x = torch.cat([self.trunk(h).float(), action], dim=-1)
+        return run_mlp(self.q1, x, h), run_mlp(self.q2, x, h)
 
     def forward_with_fau(self, h: torch.Tensor, action: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Like ``forward``, plus the fraction of active units (> 0) over both heads' hidden ReLU outputs (0-dim),
@@ -148,15 +158,16 @@ class Critic(nn.Module):
         total = 0
         outs = []
         with low_precision(h):
-            x = torch.cat([self.trunk(h), action], dim=-1)
-            for head in (self.q1, self.q2):
-                y = x
-                for layer in head:
+            x = torch.cat([self.trunk(h).float(), action], dim=-1)
+        for head in (self.q1, self.q2):
+            y = x
+            with low_precision(h):
+                for layer in head[:-1]:
                     y = layer(y)
                     if isinstance(layer, nn.ReLU):
                         active = active + (y > 0).sum()
                         total += y.numel()
-                outs.append(y.float())
+            outs.append(head[-1](y.float()))  # the output Linear in fp32, as in run_mlp
         return outs[0], outs[1], active / total
 
 
@@ -274,8 +285,8 @@ class DrQ(SAC):
         self._train_count = 0
         self._compiled_update: Any = None  # torch.compile(self.update) when compile_update on CUDA
         self._update_fn: Any = None  # update on a given batch: eager, or a GraphedUpdate copying the batch in
-        self._step_graph: GraphedUpdate | None = None  # sample + update as one graph (replay on the GPU)
-        self._step_graph_key: tuple[int, int] | None = None  # (batch size, id of the replay buffer) it captured
+        self._step_graph: GraphedUpdate | None = None  # the graph train() replays (see _sample_and_update)
+        self._step_graph_key: tuple[int, int] | None = None  # (batch size, id of a GPU replay buffer or 0)
         self._prefetched: tuple[np.ndarray, np.ndarray] | None = None  # next (action, buffer action), env stepping
         # per-update critic FAU (0-dim, on device), drained by ReplayRatioCallback; bounded if nobody drains it
         self.critic_fau_log: deque[torch.Tensor] = deque(maxlen=100_000)
@@ -317,6 +328,17 @@ class DrQ(SAC):
         return [*super()._excluded_save_params(), "encoder", "_stats_sum", "_update_fn", "_compiled_update", "_step_graph",
                 "_step_graph_key", "critic_fau_log", "_prefetched"]
 
+    def load_replay_buffer(self, path: Any, truncate_last_traj: bool = True) -> None:
+        """Loads a buffer written by ``save_replay_buffer`` (a pickled ``FrameReplayBuffer``); batches then go to
+        this agent's device. (SB3's version accepts only its own ``ReplayBuffer`` class.)"""
+        buffer = load_from_pkl(path, self.verbose)
+        if not isinstance(buffer, FrameReplayBuffer):
+            raise TypeError(f"{path} holds a {type(buffer).__name__}; DrQ needs a FrameReplayBuffer, as written by "
+                            "DrQ.save_replay_buffer")
+        buffer.device = self.device
+        self.replay_buffer = buffer
+        self._step_graph = self._step_graph_key = None
+
     # ------------------------------------------------------------------ the update
     def update(self, batch: PixelBatch) -> dict[str, torch.Tensor]:
         """One gradient update (critic + encoder, actor, temperature, target) on one batch.
@@ -343,9 +365,12 @@ class DrQ(SAC):
 
         h_actor = h.detach()
         action, log_prob = self.actor.action_log_prob(h_actor)
-        self.critic.requires_grad_(False)  # the actor loss needs gradients through the critic, not of its weights
+        trainable = [p for p in self.critic.parameters() if p.requires_grad]
+        for p in trainable:  # the actor loss needs gradients through the critic, not of its weights
+            p.requires_grad_(False)
         aq1, aq2 = self.critic(h_actor, action)
-        self.critic.requires_grad_(True)
+        for p in trainable:
+            p.requires_grad_(True)
         actor_loss = (alpha * log_prob - torch.min(aq1, aq2)).mean()
         self.actor.optimizer.zero_grad(set_to_none=True)
         actor_loss.backward()
@@ -397,16 +422,18 @@ class DrQ(SAC):
         self._n_updates += gradient_steps
 
     def _sample_and_update(self, batch_size: int) -> torch.Tensor:
-        """One update on a fresh replay batch; returns the stats vector (device). With CUDA graphs on and the
-        frames on the GPU, sampling and update replay as one graph (recaptured if the batch size or buffer changes)."""
+        """One update on a fresh replay batch; returns the stats vector (device). With CUDA graphs on, the graph is
+        kept per batch size (and buffer): with the frames on the GPU, sampling and update replay as one graph; with
+        pinned CPU frames the sampled batch is copied into the graph's inputs."""
         buffer = self.replay_buffer
-        if not (isinstance(self._update_fn, GraphedUpdate) and buffer.storage.type == "cuda"):
+        if not isinstance(self._update_fn, GraphedUpdate):
             return self._update_fn(buffer.sample(batch_size))
-        key = (batch_size, id(buffer))
+        on_gpu = buffer.storage.type == "cuda"
+        key = (batch_size, id(buffer) if on_gpu else 0)
         if self._step_graph is None or self._step_graph_key != key:
-            self._step_graph = GraphedUpdate(lambda: self._update_vector(buffer.sample(batch_size)))
-            self._step_graph_key = key
-        return self._step_graph()
+            fn = (lambda: self._update_vector(buffer.sample(batch_size))) if on_gpu else self._update_vector
+            self._step_graph, self._step_graph_key = GraphedUpdate(fn), key
+        return self._step_graph() if on_gpu else self._step_graph(buffer.sample(batch_size))
 
     def pop_train_stats(self) -> dict[str, float]:
         """Means of the update statistics since the last call, read from the device in one transfer.

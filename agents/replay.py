@@ -115,6 +115,12 @@ class FrameReplayBuffer(BaseBuffer):
         # captured into a CUDA graph: [oldest intact transition, intact transitions, transitions written].
         self.bounds = torch.zeros(3, dtype=torch.long, device=st)
 
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        """Unpickling; buffers pickled before ``bounds`` existed get it from their host counts."""
+        self.__dict__.update(state)
+        if "bounds" not in state:
+            self.bounds = torch.tensor([self.oldest_valid, self.size(), self.transitions_written], device=self.storage)
+
     # ------------------------------------------------------------------ writing
     def add(
         self,

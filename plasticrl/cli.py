@@ -307,7 +307,7 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--train-steps", type=int, default=2000, help="agent steps of the end-to-end run (0: skip)")
     b.add_argument("--n-envs", type=int, default=1)
     b.add_argument("--async-env-step", action="store_true", help="also time training with agent.async_env_step")
-    b.add_argument("--precision", default="fp32", choices=["fp32", "bf16"], help="encoder convolutions' precision")
+    b.add_argument("--precision", default="fp32", choices=["fp32", "bf16"], help="bf16: encoder, trunks and hidden layers in bf16 autocast (CUDA)")
     b.add_argument("--compile", action="store_true", help="torch.compile the DrQ update (CUDA)")
     b.add_argument("--json", default=None, help="also write results to this JSON file")
     b.set_defaults(func=_cmd_bench)

@@ -208,6 +208,11 @@ def load_reference_curves(cfg: Any, seq_tasks: list[str]) -> list[list[float]] |
         if data.get("tasks") != seq_tasks:
             raise ConfigError(f"sequence.reference_curves: {refs!r} holds curves of tasks {data.get('tasks')}, "
                               f"not of sequence.tasks {seq_tasks}")
+        differ = [f"sequence.{k}: {data[k]} there, {getattr(cfg.sequence, k)} here"
+                  for k in ("steps_per_task", "eval_every") if k in data and data[k] != getattr(cfg.sequence, k)]
+        if differ:  # curves of another length or grid would make the AUCs incomparable
+            raise ConfigError(f"sequence.reference_curves: {refs!r} was made with other settings ({'; '.join(differ)}); "
+                              "make the reference run with this config's sequence settings")
         refs = data["curves"]
     if len(refs) != len(seq_tasks) or any(len(r) == 0 for r in refs):
         raise ConfigError(f"sequence.reference_curves: need {len(seq_tasks)} non-empty curves (one per task), "

@@ -28,17 +28,21 @@ status=0
 for pid in $ref $l2m $ft; do wait $pid || status=1; done
 tail -n 3 "$runs"/cw10_*.log
 $py - "$runs" <<'PY'
-import glob, json, sys
-from plasticrl.continual import forward_transfer
+import json, os, sys
+from glob import glob
+from plasticrl.continual import forward_transfer, forward_transfer_per_task
 runs = sys.argv[1]
-refs = glob.glob(f"{runs}/reference_cw10/*/reference_curves.json")
-ref = json.load(open(refs[-1]))["curves"] if refs else None
+refs = sorted(glob(f"{runs}/reference_cw10/*/reference_curves.json"), key=os.path.getmtime)
+ref = json.load(open(refs[-1])) if refs else None
 for name in ("l2m_cw10", "finetune_cw10"):
-    for path in glob.glob(f"{runs}/{name}/*/summary.json"):
+    for path in sorted(glob(f"{runs}/{name}/*/summary.json"), key=os.path.getmtime):
         summary = json.load(open(path))
-        if ref is not None:
-            curves = json.load(open(path.replace("summary.json", "success_matrix.json")))["curves"]
-            summary["forward_transfer"] = forward_transfer(curves, ref)
+        matrix = json.load(open(path.replace("summary.json", "success_matrix.json")))
+        if ref is not None and ref["tasks"] == matrix["tasks"]:
+            summary["forward_transfer"] = forward_transfer(matrix["curves"], ref["curves"])
+            summary["forward_transfer_per_task"] = forward_transfer_per_task(matrix["curves"], ref["curves"]).tolist()
+            summary["forward_transfer_reference"] = refs[-1]
+            summary.pop("forward_transfer_note", None)
             json.dump(summary, open(path, "w"), indent=2)
         keep = ("average_performance", "forgetting", "forward_transfer", "pretrain_wall_s", "sequence_wall_s")
         print(name, {k: summary.get(k) for k in keep})

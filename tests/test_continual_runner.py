@@ -261,6 +261,9 @@ def test_reference_curves_and_forward_transfer(data_dir, pretrained, tmp_path):
     other.write_text(json.dumps({"tasks": ["metaworld:reach-v3"], "curves": [[0.5]]}))
     with pytest.raises(ConfigError, match="sequence.reference_curves.*reach-v3"):
         continual.check_continual(smoke(data_dir, f"sequence.reference_curves={other}"))
+    with pytest.raises(ConfigError, match="sequence.steps_per_task: 4 there, 6 here"):
+        continual.check_continual(smoke(data_dir, *common, "sequence.steps_per_task=6",
+                                        f"sequence.reference_curves={ref_run}/reference_curves.json"))
 
 
 def test_forward_transfer_from_listed_curves(data_dir, pretrained, tmp_path, monkeypatch):

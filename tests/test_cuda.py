@@ -130,9 +130,13 @@ def test_compiled_update_equals_eager_update():
 
     kw = {"augment_pad": 0, "ent_coef": 0.0, "policy_kwargs": {"log_std_bounds": (-30.0, -30.0)}}
     a, b = make_agent(True, compile_update=True, **kw), make_agent(False, **kw)
+    before = [p.detach().clone() for p in b.policy.parameters()]
     shape, adim = a.observation_space.shape, a.action_space.shape[0]
     for s in range(3):
         batch = synthetic_batch(64, shape, adim, torch.device("cuda"), s)
         torch.testing.assert_close(a._update_fn(batch), b._update_fn(batch), rtol=3e-3, atol=1e-4)
-    for (name, pa), pb in zip(a.policy.named_parameters(), b.policy.parameters()):
-        torch.testing.assert_close(pa, pb, rtol=1e-3, atol=1e-5, msg=name)
+    # the parameters' changes (three Adam steps of ~1e-4 each), not the parameters, are compared: each tensor's
+    # change under the compiled update is within 5 % (relative norm) of the eager one
+    for (name, pa), pb, p0 in zip(a.policy.named_parameters(), b.policy.parameters(), before):
+        da, db = pa.detach() - p0, pb.detach() - p0
+        assert (da - db).norm() <= 0.05 * db.norm() + 1e-7, name
