@@ -58,7 +58,7 @@ class AgentConfig(Section):
     buffer_device: Literal["auto", "cuda", "cpu"] = Field("auto", description="where replay frames live")
     async_env_step: bool = Field(False, description="step the envs while the GPU updates (actions one update round stale)")
     precision: Literal["fp32", "bf16"] = Field(
-        "fp32", description="CUDA: bf16 autocast of encoder, trunks and heads (fp32 weights, losses, optimizer)")
+        "fp32", description="CUDA: bf16 autocast of encoder, trunks, hidden MLP layers (fp32 outputs, weights, losses)")
     compile: bool = Field(False, description="torch.compile the update (CUDA only; about a minute of compiling "
                                             "at the first update)")
     cuda_graph: Literal["auto"] | bool = Field(
