@@ -242,11 +242,6 @@ class ModulationPool(nn.Module):
         """Cosine similarity of queries (B, key_dim) to all keys: (B, pool)."""
         return F.normalize(query, dim=-1) @ F.normalize(self.keys, dim=-1).T
 
-    def penalty_active(self, evaluate: bool | None = None) -> bool:
-        """True in training mode with ``count_penalty`` once earlier tasks recorded selections."""
-        training = self.training if evaluate is None else not evaluate
-        return training and self.count_penalty and bool(self.counts.sum() > 0)
-
     @torch.no_grad()
     def select(
         self, query: Tensor, task_id: int | Tensor | None = None, *, oracle: bool = False,
