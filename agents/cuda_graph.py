@@ -3,9 +3,10 @@
 An eager DrQ update launches several hundred small kernels; on an H100 the launches, not the math, set its time.
 ``GraphedUpdate`` records the update once into a CUDA graph over static input tensors; every later update copies
 the sampled batch into those tensors and replays the graph, one launch. With the replay buffer on the GPU the
-sampling itself (indices, frame-stack gathers, n-step returns) is recorded too, and a replay takes no input. Random numbers (augmentation shifts, policy
-noise) stay fresh on every replay: PyTorch advances the CUDA generator's offset per replay. Requirements: Adam with
-``capturable=True`` (DrQ builds its optimizers so on CUDA) and a constant learning rate.
+sampling itself (indices, frame-stack gathers, n-step returns) is recorded too, and a replay takes no input.
+Random numbers (augmentation shifts, policy noise, sampled indices) stay fresh on every replay: PyTorch advances
+the CUDA generator's offset per replay. Requirements: Adam with ``capturable=True`` (DrQ builds its optimizers so
+on CUDA) and a constant learning rate.
 """
 
 from __future__ import annotations

@@ -73,7 +73,7 @@ class Encoder(nn.Module):
                 x = self.convnet[1:](F.conv2d(x, w, first.bias, stride=first.stride))
             else:
                 x = self.convnet(x)
-        return x.flatten(1)  # bf16 features stay bf16: the trunks and heads then run in bf16 too
+        return x.flatten(1)  # bf16 features stay bf16: the trunks and hidden layers then run in bf16 too
 
 
 def trunk(repr_dim: int, feature_dim: int) -> nn.Sequential:

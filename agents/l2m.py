@@ -464,12 +464,16 @@ class L2MAgent:
         loss tensor (no host sync)."""
         self.model.train()
         loss = self.model.loss(*batch)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        nn.utils.clip_grad_norm_(self.model.parameters(), self.max_grad_norm)
-        self.optimizer.step()
+        self.optimizer_step(loss, self.optimizer, list(self.model.parameters()))
         self.num_steps += 1
         return loss.detach()
+
+    def optimizer_step(self, loss: Tensor, optimizer: torch.optim.Optimizer, params: list[nn.Parameter]) -> None:
+        """Backward of ``loss``, gradients of ``params`` clipped to norm ``max_grad_norm``, one ``optimizer`` step."""
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        nn.utils.clip_grad_norm_(params, self.max_grad_norm)
+        optimizer.step()
 
     def learn(self, datasets: Sequence[Any] | EpisodeData, steps: int,
               callback: Callable[[int, float], bool | None] | None = None) -> L2MAgent:

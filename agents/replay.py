@@ -119,7 +119,11 @@ class FrameReplayBuffer(BaseBuffer):
         """Unpickling; buffers pickled before ``bounds`` existed get it from their host counts."""
         self.__dict__.update(state)
         if "bounds" not in state:
-            self.bounds = torch.tensor([self.oldest_valid, self.size(), self.transitions_written], device=self.storage)
+            self.bounds = self._host_bounds().to(self.storage)
+
+    def _host_bounds(self) -> torch.Tensor:
+        """The host counts that ``bounds`` mirrors: [oldest intact transition, intact transitions, written]."""
+        return torch.tensor([self.oldest_valid, self.size(), self.transitions_written])
 
     # ------------------------------------------------------------------ writing
     def add(
@@ -181,7 +185,7 @@ class FrameReplayBuffer(BaseBuffer):
             self.oldest_valid += 1
         self.pos = self.transitions_written % self.buffer_size
         self.full = self.transitions_written >= self.buffer_size
-        self.bounds.copy_(torch.tensor([self.oldest_valid, self.size(), self.transitions_written]))
+        self.bounds.copy_(self._host_bounds())
 
     def _next_count(self, offset: int) -> int:
         return self.frames_written + offset

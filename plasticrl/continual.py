@@ -559,10 +559,7 @@ def run_sequence(cfg: Any, out_dir: str | Path | None = None) -> Path:
                         dt_loss = model.loss(states, actions, rtg, timesteps, mask)
                     key_loss = pool.key_loss(query, idx)
                     loss = dt_loss + key_loss
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(params, agent.max_grad_norm)
-                optimizer.step()
+                agent.optimizer_step(loss, optimizer, params)
                 step += 1
                 if k % 100 == 0 or k == seq_cfg.steps_per_task - 1:
                     logger.log({"train/loss": loss.item(), "train/key_loss": key_loss.item(), "train/task": i,
