@@ -1,12 +1,13 @@
-"""Replaying a whole DrQ update (forward, backward, optimizer steps, target update) as one CUDA graph.
+"""Replaying a whole update (forward, backward, optimizer steps, target update) as one CUDA graph.
 
-An eager DrQ update launches several hundred small kernels; on an H100 the launches, not the math, set its time.
+Used by DrQ (``agents.drq``) and the Decision Transformer (``agents.l2m``, ``plasticrl.continual``). An eager DrQ
+update launches several hundred small kernels; on an H100 the launches, not the math, set its time.
 ``GraphedUpdate`` records the update once into a CUDA graph over static input tensors; every later update copies
 the sampled batch into those tensors and replays the graph, one launch. With the replay buffer on the GPU the
 sampling itself (indices, frame-stack gathers, n-step returns) is recorded too, and a replay takes no input.
 Random numbers (augmentation shifts, policy noise, sampled indices) stay fresh on every replay: PyTorch advances
-the CUDA generator's offset per replay. Requirements: Adam with ``capturable=True`` (DrQ builds its optimizers so
-on CUDA) and a constant learning rate.
+the CUDA generator's offset per replay. Requirements: Adam/AdamW with ``capturable=True`` (DrQ and ``L2MAgent`` build their optimizers so on
+CUDA), a constant learning rate, and no host reads of device values inside the update.
 """
 
 from __future__ import annotations
@@ -16,14 +17,12 @@ from typing import Any
 
 import torch
 
-from agents.replay import PixelBatch
-
 
 class GraphedUpdate:
-    """Wraps ``update_fn(*inputs) -> Tensor`` (1-D stats vector) into a captured CUDA graph.
+    """Wraps ``update_fn(batch) -> Tensor`` (1-D stats vector) or ``update_fn() -> Tensor`` into a captured CUDA graph.
 
-    ``inputs`` are device tensors (e.g. the fields of a ``PixelBatch``) or nothing, when ``update_fn`` draws its
-    own batch from a device replay buffer inside the graph. The first call runs ``update_fn`` eagerly on a side
+    ``batch`` is a tuple (or NamedTuple, e.g. a ``PixelBatch``) of device tensors, or nothing, when ``update_fn``
+    draws its own batch from a device replay buffer inside the graph. The first call runs ``update_fn`` eagerly on a side
     stream (a real update: it also initialises optimizer state and lets cuDNN pick its kernels), then records the
     graph without running it. Every call is exactly one update.
 
@@ -35,6 +34,7 @@ class GraphedUpdate:
         self.graph: torch.cuda.CUDAGraph | None = None
         self.static_inputs: tuple[torch.Tensor, ...] = ()
         self.static_out: torch.Tensor | None = None
+        self._rebuild: Callable[[Any], Any] = tuple  # tensors -> the batch type update_fn takes
 
     def _capture(self, inputs: tuple[torch.Tensor, ...]) -> torch.Tensor:
         self.static_inputs = tuple(t.clone() for t in inputs)
@@ -50,13 +50,14 @@ class GraphedUpdate:
         return out
 
     def _args(self) -> tuple[Any, ...]:
-        return (PixelBatch(*self.static_inputs),) if self.static_inputs else ()
+        return (self._rebuild(self.static_inputs),) if self.static_inputs else ()
 
-    def __call__(self, batch: PixelBatch | None = None) -> torch.Tensor:
+    def __call__(self, batch: tuple[torch.Tensor, ...] | None = None) -> torch.Tensor:
         """One update on ``batch`` (tensors on the graph's device; None for a graph that samples its own batch);
         returns a fresh copy of the stats vector."""
         inputs = tuple(batch) if batch is not None else ()
         if self.graph is None:
+            self._rebuild = getattr(type(batch), "_make", tuple)  # NamedTuple._make(iterable), or tuple
             return self._capture(inputs)
         shapes = [tuple(t.shape) for t in inputs]
         if shapes != [tuple(t.shape) for t in self.static_inputs]:  # copy_ would broadcast or keep stale rows

@@ -32,6 +32,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from agents.cuda_graph import GraphedUpdate
+
 __all__ = ["DTConfig", "DecisionTransformer", "EpisodeBatch", "EpisodeData", "L2MAgent", "bin_centers", "discretize"]
 
 
@@ -384,9 +386,10 @@ class L2MAgent:
 
     def __init__(self, config: DTConfig | None = None, device: str | torch.device = "auto",
                  learning_rate: float = 1e-4, batch_size: int = 64, seed: int = 0, weight_decay: float = 0.01,
-                 max_grad_norm: float = 0.25, precision: str = "fp32") -> None:
+                 max_grad_norm: float = 0.25, precision: str = "fp32", cuda_graph: bool = True) -> None:
         """``precision="bf16"``: on CUDA the transformer's matmuls run in bf16 autocast (fp32 weights, optimizer
-        and loss); on CPU it has no effect."""
+        and loss); on CPU it has no effect. ``cuda_graph``: on CUDA, ``train_step`` replays one captured CUDA graph
+        per batch shape (forward, backward, clipping, AdamW: one launch instead of hundreds)."""
         if precision not in ("fp32", "bf16"):
             raise ValueError(f"precision={precision!r}: allowed are 'fp32' and 'bf16'")
         self.config = config or DTConfig()
@@ -396,6 +399,8 @@ class L2MAgent:
         self.precision = precision
         self.learning_rate, self.batch_size, self.seed = learning_rate, batch_size, seed
         self.weight_decay, self.max_grad_norm = weight_decay, max_grad_norm
+        self.cuda_graph = cuda_graph  # used on CUDA only
+        self._graphs: dict[tuple[tuple[int, ...], ...], GraphedUpdate] = {}  # train_step's, per batch shapes
         torch.manual_seed(seed)
         self.model = DecisionTransformer(self.config).to(self.device)
         self.model.autocast_dtype = torch.bfloat16 if precision == "bf16" else None
@@ -405,8 +410,9 @@ class L2MAgent:
         self.reset(0.0, self.config.max_action_dim)
 
     def make_optimizer(self, params: Iterable[nn.Parameter], lr: float, weight_decay: float) -> torch.optim.AdamW:
-        """AdamW on ``params`` (fused on CUDA: one kernel per step)."""
-        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=self.device.type == "cuda")
+        """AdamW on ``params`` (on CUDA fused, one kernel per step, and capturable into a CUDA graph)."""
+        cuda = self.device.type == "cuda"
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=cuda, capturable=cuda)
 
     # ---- data --------------------------------------------------------------------------
     def prepare_episodes(self, datasets: Sequence[Any]) -> EpisodeData:
@@ -461,12 +467,27 @@ class L2MAgent:
     # ---- training ----------------------------------------------------------------------
     def train_step(self, batch: tuple[Tensor, ...]) -> Tensor:
         """One AdamW step (grad-norm clipping) of the DT loss on ``batch`` (``sample_batch``'s tuple); returns the
-        loss tensor (no host sync)."""
+        loss tensor (no host sync). With ``cuda_graph`` the step is a graph replay (see ``agents.cuda_graph``)."""
         self.model.train()
+        if self.uses_graphs:
+            key = tuple(tuple(t.shape) for t in batch)
+            if key not in self._graphs:
+                self._graphs[key] = GraphedUpdate(self._train_step_eager)
+            loss = self._graphs[key](tuple(batch))[0]
+        else:
+            loss = self._train_step_eager(batch)[0]
+        self.num_steps += 1
+        return loss
+
+    @property
+    def uses_graphs(self) -> bool:
+        """True when training steps replay CUDA graphs (``cuda_graph`` on a CUDA device)."""
+        return self.cuda_graph and self.device.type == "cuda"
+
+    def _train_step_eager(self, batch: tuple[Tensor, ...]) -> Tensor:
         loss = self.model.loss(*batch)
         self.optimizer_step(loss, self.optimizer, list(self.model.parameters()))
-        self.num_steps += 1
-        return loss.detach()
+        return loss.detach().reshape(1)
 
     def optimizer_step(self, loss: Tensor, optimizer: torch.optim.Optimizer, params: list[nn.Parameter]) -> None:
         """Backward of ``loss``, gradients of ``params`` clipped to norm ``max_grad_norm``, one ``optimizer`` step."""
@@ -547,7 +568,8 @@ class L2MAgent:
                     "optimizer": self.optimizer.state_dict(), "num_steps": self.num_steps,
                     "hparams": {"learning_rate": self.learning_rate, "batch_size": self.batch_size,
                                 "seed": self.seed, "weight_decay": self.weight_decay,
-                                "max_grad_norm": self.max_grad_norm, "precision": self.precision}}, path)
+                                "max_grad_norm": self.max_grad_norm, "precision": self.precision,
+                                "cuda_graph": self.cuda_graph}}, path)
 
     @classmethod
     def load(cls, path: str | Path, device: str | torch.device = "auto") -> L2MAgent:

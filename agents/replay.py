@@ -157,22 +157,22 @@ class FrameReplayBuffer(BaseBuffer):
             frames.append(next_obs[e, -1])
             next_slot[e] = count % self.frame_capacity
             self._stacks[e] = self._stacks[e][1:] + [count]
-        slots = torch.as_tensor((self.frames_written + np.arange(len(frames))) % self.frame_capacity,
-                                device=self.storage)
-        self.frames[slots] = torch.as_tensor(np.stack(frames), device=self.storage)
-        self.prev[slots] = torch.as_tensor(np.asarray(prev, dtype=np.int64), device=self.storage)
+        put = self._to_storage
+        slots = put((self.frames_written + np.arange(len(frames))) % self.frame_capacity)
+        self.frames[slots] = put(np.stack(frames))
+        self.prev[slots] = put(np.asarray(prev, dtype=np.int64))
         self.frames_written += len(frames)
 
         done = np.asarray(done, dtype=bool).reshape(n)
         truncated = np.array([bool(info.get("TimeLimit.truncated", False)) for info in infos], dtype=bool)
         t = (self.transitions_written + np.arange(n)) % self.buffer_size
-        ti, dev = torch.as_tensor(t, device=self.storage), self.storage
-        self.obs_slot[ti] = torch.as_tensor(obs_slot, device=dev)
-        self.next_slot[ti] = torch.as_tensor(next_slot, device=dev)
-        self.actions[ti] = torch.as_tensor(np.asarray(action, dtype=np.float32).reshape(n, -1), device=dev)
-        self.rewards[ti] = torch.as_tensor(np.asarray(reward, dtype=np.float32).reshape(n), device=dev)
-        self.terminated[ti] = torch.as_tensor(done & ~truncated, device=dev)
-        self.episode_end[ti] = torch.as_tensor(done, device=dev)
+        ti = put(t)
+        self.obs_slot[ti] = put(obs_slot)
+        self.next_slot[ti] = put(next_slot)
+        self.actions[ti] = put(np.asarray(action, dtype=np.float32).reshape(n, -1))
+        self.rewards[ti] = put(np.asarray(reward, dtype=np.float32).reshape(n))
+        self.terminated[ti] = put(done & ~truncated)
+        self.episode_end[ti] = put(done)
         self._oldest_frame_of[t] = obs_oldest
         self.transitions_written += n
         for e in np.flatnonzero(done):
@@ -185,7 +185,16 @@ class FrameReplayBuffer(BaseBuffer):
             self.oldest_valid += 1
         self.pos = self.transitions_written % self.buffer_size
         self.full = self.transitions_written >= self.buffer_size
-        self.bounds.copy_(self._host_bounds())
+        self.bounds.copy_(put(self._host_bounds().numpy()))
+
+    def _to_storage(self, array: np.ndarray) -> torch.Tensor:
+        """``array`` as a tensor on the storage device. To the GPU through pinned memory with a non-blocking copy:
+        the copy is queued behind the updates already launched and the host does not wait for them (a pageable
+        copy would). PyTorch's pinned-memory cache keeps each staging block until its copy has run."""
+        host = torch.from_numpy(np.ascontiguousarray(array))
+        if self.storage.type != "cuda":
+            return host
+        return host.pin_memory().to(self.storage, non_blocking=True)
 
     def _next_count(self, offset: int) -> int:
         return self.frames_written + offset

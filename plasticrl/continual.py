@@ -423,6 +423,7 @@ def run_sequence(cfg: Any, out_dir: str | Path | None = None) -> Path:
 
     import torch
 
+    from agents.cuda_graph import GraphedUpdate
     from agents.l2m import L2MAgent
     from plasticrl.cli import resolve_device
     from plasticrl.config import dump, wandb_settings
@@ -445,6 +446,7 @@ def run_sequence(cfg: Any, out_dir: str | Path | None = None) -> Path:
         episodes = {t: load_episodes(cfg.data.out_dir, dataset_ids[t]) for t in dict.fromkeys(pre_tasks + seq_tasks)}
         target = [max(float(np.sum(ep["rewards"])) for ep in episodes[t]) for t in seq_tasks]
         agent = L2MAgent(dt_config(cfg), device=device, precision=cfg.model.precision,
+                         cuda_graph=cfg.model.cuda_graph,
                          learning_rate=cfg.pretrain.learning_rate,
                          batch_size=cfg.pretrain.batch_size, seed=cfg.run.seed)
         model = agent.model
@@ -539,18 +541,18 @@ def run_sequence(cfg: Any, out_dir: str | Path | None = None) -> Path:
             params = [q for q in (model.parameters() if pool is None else pool.parameters()) if q.requires_grad]
             optimizer = agent.make_optimizer(params, seq_cfg.learning_rate,
                                              agent.weight_decay if pool is None else 0.0)
-            curve = []
-            for k in range(seq_cfg.steps_per_task):
-                model.train()
-                if pool is not None:
-                    pool.train()
-                states, actions, rtg, timesteps, mask = agent.sample_batch(data, seq_cfg.batch_size)
-                extra = {}
+            ewc_on = method == "ewc" and bool(ewc_fisher_sum)
+            names = ["train/loss", "train/key_loss"] + (["train/dt_loss", "train/ewc_penalty"] if ewc_on else [])
+
+            def gradient_step(batch: tuple[Any, ...]) -> Any:
+                """One optimizer step on ``batch``; returns the ``names`` values as one device vector."""
+                states, actions, rtg, timesteps, mask = batch
                 if pool is None:
                     loss = key_loss = model.loss(states, actions, rtg, timesteps, mask)
-                    if method == "ewc" and ewc_fisher_sum:
+                    extra = []
+                    if ewc_on:
                         penalty = ewc_penalty(model, ewc_fisher_sum, ewc_anchor, seq_cfg.ewc_lambda)
-                        extra = {"train/dt_loss": loss, "train/ewc_penalty": penalty}
+                        extra = [loss, penalty]
                         loss = key_loss = loss + penalty
                 else:
                     query = model.query_embedding(states)
@@ -559,11 +561,21 @@ def run_sequence(cfg: Any, out_dir: str | Path | None = None) -> Path:
                         dt_loss = model.loss(states, actions, rtg, timesteps, mask)
                     key_loss = pool.key_loss(query, idx)
                     loss = dt_loss + key_loss
+                    extra = []
                 agent.optimizer_step(loss, optimizer, params)
+                return torch.stack([v.detach().float() for v in (loss, key_loss, *extra)])
+
+            # on CUDA one graph per task (its optimizer, task index and EWC terms are baked in)
+            run_step = GraphedUpdate(gradient_step) if agent.uses_graphs else gradient_step
+            curve = []
+            for k in range(seq_cfg.steps_per_task):
+                model.train()
+                if pool is not None:
+                    pool.train()
+                values = run_step(agent.sample_batch(data, seq_cfg.batch_size))
                 step += 1
                 if k % 100 == 0 or k == seq_cfg.steps_per_task - 1:
-                    logger.log({"train/loss": loss.item(), "train/key_loss": key_loss.item(), "train/task": i,
-                                **{key: v.item() for key, v in extra.items()}}, step)
+                    logger.log({**dict(zip(names, values.tolist())), "train/task": i}, step)
                 last = k == seq_cfg.steps_per_task - 1
                 if last or (seq_cfg.eval_every and (k + 1) % seq_cfg.eval_every == 0):
                     scores = evaluate(i, eval_tasks)

@@ -41,6 +41,9 @@ class ModelConfig(Section):
     dropout: float = Field(0.1, ge=0, lt=1)
     precision: Literal["fp32", "bf16"] = Field(
         "bf16", description="transformer matmuls on CUDA (bf16 autocast, fp32 weights and loss); CPU: fp32")
+    cuda_graph: bool = Field(
+        True, description="on CUDA, every gradient step (sampled batch in, loss, backward, clipping, AdamW) "
+                          "replays one captured CUDA graph; false: eager steps (same results)")
 
 
 class PretrainConfig(Section):

@@ -289,11 +289,15 @@ class ModulationPool(nn.Module):
 
     # ---- applying a selection -------------------------------------------------------
     def set_selection(self, indices: Tensor | None) -> None:
-        """Make every wrapped layer apply ``indices`` (B, top_k) or (B,); ``None`` turns modulation off."""
+        """Make every wrapped layer apply ``indices`` (B, top_k) or (B,); ``None`` turns modulation off.
+
+        Index values are range-checked when they are on the CPU; device tensors (``select``'s output) are not read
+        back, so that a training step stays free of host syncs and can be captured in a CUDA graph."""
         if indices is not None:
             if indices.dim() == 1:
                 indices = indices.unsqueeze(1)
-            if indices.dim() != 2 or indices.min() < 0 or indices.max() >= self.pool_size:
+            if indices.dim() != 2 or (indices.device.type == "cpu" and indices.numel() and (
+                    indices.min() < 0 or indices.max() >= self.pool_size)):
                 raise ValueError(f"indices must be (B, top_k) in [0, {self.pool_size}), got {indices}")
             indices = indices.to(self.keys.device)
         for _, _, wrapped in self._wrapped:

@@ -140,3 +140,56 @@ def test_compiled_update_equals_eager_update():
     for (name, pa), pb, p0 in zip(a.policy.named_parameters(), b.policy.parameters(), before):
         da, db = pa.detach() - p0, pb.detach() - p0
         assert (da - db).norm() <= 0.05 * db.norm() + 1e-7, name
+
+
+def _dt_episodes(n=8, steps=30, state_dim=39, action_dim=4):
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    return [{"observations": rng.normal(size=(steps + 1, state_dim)), "actions": rng.uniform(-1, 1, (steps, action_dim)),
+             "rewards": rng.uniform(0, 1, steps)} for _ in range(n)]
+
+
+def test_decision_transformer_graphed_train_step_equals_eager():
+    """L2MAgent(cuda_graph=True) replays one CUDA graph per train_step: same losses and parameters as eager steps
+    on the same batches (dropout 0, fp32), and a new batch shape gets its own graph."""
+    from agents.l2m import DTConfig, L2MAgent
+
+    cfg = DTConfig(d_model=64, n_layers=2, n_heads=4, context=5, dropout=0.0)
+    a = L2MAgent(cfg, device="cuda", batch_size=32, cuda_graph=True)
+    b = L2MAgent(cfg, device="cuda", batch_size=32, cuda_graph=False)
+    b.model.load_state_dict(a.model.state_dict())
+    data = a.prepare_episodes(_dt_episodes())
+    for size in (32, 32, 32, 16, 16):
+        batch = a.sample_batch(data, size)
+        torch.testing.assert_close(a.train_step(batch), b.train_step(batch), rtol=1e-5, atol=1e-6)
+    assert a.uses_graphs and not b.uses_graphs and len(a._graphs) == 2 and a.num_steps == b.num_steps == 5
+    for (name, pa), pb in zip(a.model.named_parameters(), b.model.parameters()):
+        torch.testing.assert_close(pa, pb, rtol=1e-4, atol=1e-6, msg=name)
+
+
+@pytest.mark.parametrize("method", ["l2m", "ewc"])
+def test_continual_run_with_graphs_equals_eager_run(method, tmp_path):
+    """The smoke sequence on CUDA with model.cuda_graph on and off: batches come from the same generator and the
+    smoke DT has no dropout, so the graphed steps (pool selection and usage counts, EWC penalty inside the graph)
+    must end with the eager run's weights, pool and success matrix."""
+    import json
+
+    from plasticrl import continual
+    from plasticrl import continual_config as cc
+
+    finals = []
+    for graph in (True, False):
+        cfg = cc.load("configs/l2m_smoke.yaml", [f"data.out_dir={tmp_path / 'data'}", "logging.wandb.mode=disabled",
+                                                  "run.device=cuda", f"sequence.method={method}",
+                                                  "sequence.ewc_lambda=10.0", f"model.cuda_graph={graph}"])
+        finals.append(continual.run_sequence(cfg, tmp_path / f"runs{graph}"))
+    g, e = finals
+    for name in ["final.pt"] + (["pool.pt"] if method == "l2m" else []):
+        sg, se = (torch.load(run / "checkpoints" / name) for run in (g, e))
+        for key in se:
+            torch.testing.assert_close(sg[key], se[key], rtol=1e-4, atol=1e-5, msg=f"{name} {key}")
+    if method == "l2m":
+        assert torch.load(g / "checkpoints" / "pool.pt")["counts"].sum() > 0
+    assert (json.loads((g / "success_matrix.json").read_text())["perf"]
+            == json.loads((e / "success_matrix.json").read_text())["perf"])
