@@ -206,6 +206,7 @@ class DrQPolicy(BasePolicy):
         self.actor.optimizer = optimizer_class(self.actor.parameters(), lr=lr_schedule(1), **self.optimizer_kwargs)
         critic_params = list(self.encoder.parameters()) + list(self.critic.parameters())
         self.critic.optimizer = optimizer_class(critic_params, lr=lr_schedule(1), **self.optimizer_kwargs)
+        self.act_graphs: dict[tuple[Any, ...], GraphedUpdate] | None = None  # {} turns acting graphs on (CUDA)
 
     def _get_constructor_parameters(self) -> dict[str, Any]:
         data = super()._get_constructor_parameters()
@@ -218,6 +219,16 @@ class DrQPolicy(BasePolicy):
         return self._predict(obs, deterministic)
 
     def _predict(self, observation: torch.Tensor, deterministic: bool = False) -> torch.Tensor:
+        """Actions (B, A) for observations (B, k*3, H, W); with ``act_graphs`` on (DrQ on CUDA with graphs) a replay
+        of one CUDA graph per (batch shape, deterministic): acting costs one launch instead of ~25."""
+        if self.act_graphs is None or not observation.is_cuda:
+            return self._act(observation, deterministic)
+        key = (tuple(observation.shape), deterministic)
+        if key not in self.act_graphs:
+            self.act_graphs[key] = GraphedUpdate(lambda batch: self._act(batch[0], deterministic))
+        return self.act_graphs[key]((observation,))
+
+    def _act(self, observation: torch.Tensor, deterministic: bool) -> torch.Tensor:
         h = self.encoder(observation)
         return self.actor.mode(h) if deterministic else self.actor.action_log_prob(h)[0]
 
@@ -319,6 +330,7 @@ class DrQ(SAC):
             if not constant_lr:
                 raise ValueError("cuda_graph=True needs a constant learning rate (a graph bakes the lr in)")
             self._update_fn = GraphedUpdate(self._update_vector)
+            self.policy.act_graphs = {}
 
     def _create_aliases(self) -> None:
         super()._create_aliases()

@@ -157,22 +157,23 @@ class FrameReplayBuffer(BaseBuffer):
             frames.append(next_obs[e, -1])
             next_slot[e] = count % self.frame_capacity
             self._stacks[e] = self._stacks[e][1:] + [count]
-        put = self._to_storage
-        slots = put((self.frames_written + np.arange(len(frames))) % self.frame_capacity)
-        self.frames[slots] = put(np.stack(frames))
-        self.prev[slots] = put(np.asarray(prev, dtype=np.int64))
-        self.frames_written += len(frames)
-
         done = np.asarray(done, dtype=bool).reshape(n)
         truncated = np.array([bool(info.get("TimeLimit.truncated", False)) for info in infos], dtype=bool)
         t = (self.transitions_written + np.arange(n)) % self.buffer_size
-        ti = put(t)
-        self.obs_slot[ti] = put(obs_slot)
-        self.next_slot[ti] = put(next_slot)
-        self.actions[ti] = put(np.asarray(action, dtype=np.float32).reshape(n, -1))
-        self.rewards[ti] = put(np.asarray(reward, dtype=np.float32).reshape(n))
-        self.terminated[ti] = put(done & ~truncated)
-        self.episode_end[ti] = put(done)
+        slots = (self.frames_written + np.arange(len(frames))) % self.frame_capacity
+        self.frames_written += len(frames)
+        (slots, frames, prev, ti, obs_slot, next_slot, action, reward, terminated, ended) = self._to_storage(
+            slots, np.stack(frames), np.asarray(prev, dtype=np.int64), t, obs_slot, next_slot,
+            np.asarray(action, dtype=np.float32).reshape(n, -1), np.asarray(reward, dtype=np.float32).reshape(n),
+            done & ~truncated, done)
+        self.frames[slots] = frames
+        self.prev[slots] = prev
+        self.obs_slot[ti] = obs_slot
+        self.next_slot[ti] = next_slot
+        self.actions[ti] = action
+        self.rewards[ti] = reward
+        self.terminated[ti] = terminated
+        self.episode_end[ti] = ended
         self._oldest_frame_of[t] = obs_oldest
         self.transitions_written += n
         for e in np.flatnonzero(done):
@@ -185,16 +186,28 @@ class FrameReplayBuffer(BaseBuffer):
             self.oldest_valid += 1
         self.pos = self.transitions_written % self.buffer_size
         self.full = self.transitions_written >= self.buffer_size
-        self.bounds.copy_(put(self._host_bounds().numpy()))
+        self.bounds.copy_(self._to_storage(self._host_bounds().numpy())[0])
 
-    def _to_storage(self, array: np.ndarray) -> torch.Tensor:
-        """``array`` as a tensor on the storage device. To the GPU through pinned memory with a non-blocking copy:
-        the copy is queued behind the updates already launched and the host does not wait for them (a pageable
-        copy would). PyTorch's pinned-memory cache keeps each staging block until its copy has run."""
-        host = torch.from_numpy(np.ascontiguousarray(array))
+    def _to_storage(self, *arrays: np.ndarray) -> list[torch.Tensor]:
+        """``arrays`` as tensors on the storage device. For the GPU they are packed into one pinned staging block
+        (each at an 8-byte-aligned offset) and sent with one non-blocking copy, then viewed back per array: the
+        copy is queued behind the updates already launched, and the host does not wait for them (a pageable copy
+        would). PyTorch's pinned-memory cache keeps the staging block until its copy has run."""
+        arrays = tuple(np.ascontiguousarray(a) for a in arrays)
         if self.storage.type != "cuda":
-            return host
-        return host.pin_memory().to(self.storage, non_blocking=True)
+            return [torch.from_numpy(a) for a in arrays]
+        offsets, total = [], 0
+        for a in arrays:
+            offsets.append(total)
+            total += -(-a.nbytes // 8) * 8
+        staging = torch.empty(total, dtype=torch.uint8, pin_memory=True)
+        flat = staging.numpy()
+        for a, off in zip(arrays, offsets):
+            flat[off: off + a.nbytes] = a.reshape(-1).view(np.uint8)
+        block = staging.to(self.storage, non_blocking=True)
+        dtypes = [torch.from_numpy(np.empty(0, a.dtype)).dtype for a in arrays]
+        return [block[off: off + a.nbytes].view(dtype).reshape(a.shape)
+                for a, off, dtype in zip(arrays, offsets, dtypes)]
 
     def _next_count(self, offset: int) -> int:
         return self.frames_written + offset
