@@ -16,6 +16,7 @@ from __future__ import annotations
 import copy
 import math
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -414,12 +415,45 @@ class DrQ(SAC):
             return actions
         return super()._sample_action(learning_starts, action_noise, n_envs)
 
+    def _queue_action(self) -> Callable[[], tuple[np.ndarray, np.ndarray]]:
+        """Queues the policy on ``self._last_obs`` on the device without waiting for it. Returns a function that
+        waits for these actions only (not for work queued after them) and returns (action, buffer action) as SB3's
+        ``_sample_action`` does after ``learning_starts``."""
+        self.policy.set_training_mode(False)
+        cuda = self.device.type == "cuda"
+        obs = torch.from_numpy(np.asarray(self._last_obs).reshape((-1, *self.observation_space.shape)))
+        obs = (obs.pin_memory() if cuda else obs).to(self.device, non_blocking=cuda)
+        with torch.no_grad():
+            raw = self.policy._predict(obs, deterministic=False)
+        host = torch.empty(raw.shape, dtype=raw.dtype, pin_memory=cuda)
+        host.copy_(raw, non_blocking=cuda)
+        ready = torch.cuda.Event() if cuda else None
+        if ready is not None:
+            ready.record()
+
+        def finish() -> tuple[np.ndarray, np.ndarray]:
+            if ready is not None:
+                ready.synchronize()
+            unscaled = self.policy.unscale_action(host.numpy().reshape((-1, *self.action_space.shape)))
+            scaled = self.policy.scale_action(unscaled)
+            if self.action_noise is not None:
+                scaled = np.clip(scaled + self.action_noise(), -1, 1)
+            return self.policy.unscale_action(scaled), scaled
+
+        return finish
+
     def train(self, gradient_steps: int, batch_size: int = 256) -> None:
+        finish = None
         if isinstance(self.env, PrefetchVecEnv) and gradient_steps > 0:
-            # Start the next env step before the updates, so that the envs run while the GPU trains.
-            self.policy.set_training_mode(False)
-            self._prefetched = super()._sample_action(self.learning_starts, self.action_noise, self.n_envs)
-            self.env.prefetch(self._prefetched[0])
+            # The next env step starts before this round of updates has run, so that the envs step while the GPU
+            # trains: its actions are queued on the device ahead of the updates and read back as soon as they are
+            # ready (the updates stay queued behind them); with random warm-up actions it starts right away.
+            if self.num_timesteps < self.learning_starts:
+                self.policy.set_training_mode(False)
+                self._prefetched = super()._sample_action(self.learning_starts, self.action_noise, self.n_envs)
+                self.env.prefetch(self._prefetched[0])
+            else:
+                finish = self._queue_action()
         self.policy.set_training_mode(True)
         optimizers = [self.actor.optimizer, self.critic.optimizer]
         if self.ent_coef_optimizer is not None:
@@ -432,6 +466,9 @@ class DrQ(SAC):
             self._stats_sum = stats if self._stats_sum is None else self._stats_sum + stats
             self._train_count += 1
         self._n_updates += gradient_steps
+        if finish is not None:
+            self._prefetched = finish()
+            self.env.prefetch(self._prefetched[0])
 
     def _sample_and_update(self, batch_size: int) -> torch.Tensor:
         """One update on a fresh replay batch; returns the stats vector (device). With CUDA graphs on, the graph is

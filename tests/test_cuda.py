@@ -254,3 +254,23 @@ def test_acting_graph_equals_eager_policy():
     a2, _ = agent.predict(obs, deterministic=False)
     assert not np.allclose(a1, a2) and np.all(np.abs(a1) <= 1.0)
     assert len(policy.act_graphs) == 2
+
+
+def test_queued_action_on_cuda_is_read_before_the_updates_run():
+    """On CUDA, DrQ._queue_action puts the acting graph ahead of the updates in the stream and its read-back waits
+    for the actions only: equal to SB3's _sample_action for the same noise draws, although the updates queued
+    after it change the weights before it is read."""
+    import numpy as np
+    from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
+
+    agent = make_agent("auto", learning_starts=10, async_env_step=True)
+    agent.learn(30)
+    torch.manual_seed(3)
+    expected = OffPolicyAlgorithm._sample_action(agent, agent.learning_starts, None, agent.n_envs)
+    torch.manual_seed(3)
+    finish = agent._queue_action()
+    agent.train(gradient_steps=5, batch_size=16)  # updates queued behind the action (and then a new prefetch)
+    agent._prefetched = None
+    action, buffer_action = finish()
+    np.testing.assert_allclose(action, expected[0], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(buffer_action, expected[1], rtol=1e-5, atol=1e-6)

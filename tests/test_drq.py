@@ -214,6 +214,29 @@ def test_async_env_step_stores_the_actions_the_env_executed():
     env.close()
 
 
+def test_queued_action_is_sb3_sample_action_from_the_weights_at_queue_time():
+    """DrQ._queue_action (async env stepping) gives SB3's _sample_action (same noise draws) for the weights at the
+    time it was queued, even when the updates change the weights before its result is read."""
+    from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
+
+    env = make_vec_env(lambda: envs.make("dmc:cartpole-swingup", size=32, frame_stack=2, action_repeat=8),
+                       n_envs=2, seed=0)
+    model = small_agent(env, learning_starts=10, async_env_step=True)
+    model.learn(30)
+    torch.manual_seed(3)
+    expected = OffPolicyAlgorithm._sample_action(model, model.learning_starts, None, model.n_envs)
+    torch.manual_seed(3)
+    finish = model._queue_action()
+    with torch.no_grad():
+        for p in model.actor.parameters():
+            p.add_(1.0)
+    action, buffer_action = finish()
+    np.testing.assert_allclose(action, expected[0], rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(buffer_action, expected[1], rtol=1e-6, atol=1e-6)
+    assert action.shape == (2, 1) and np.all(np.abs(action) <= 1)
+    env.close()
+
+
 def test_channel_padding_leaves_features_and_gradients_unchanged():
     """Encoder.in_channel_multiple pads input channels and the first conv's weight with zeros on the fly: the
     features and the gradient of the (unpadded) first-conv weight equal the plain encoder's."""
