@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from gymnasium import spaces
 from stable_baselines3 import SAC
 from stable_baselines3.common.policies import BasePolicy
-from stable_baselines3.common.save_util import load_from_pkl
+from stable_baselines3.common.save_util import load_from_pkl, load_from_zip_file, recursive_getattr
 from stable_baselines3.common.type_aliases import Schedule
 from torch import nn
 
@@ -340,6 +340,25 @@ class DrQ(SAC):
     def _excluded_save_params(self) -> list[str]:
         return [*super()._excluded_save_params(), "encoder", "_stats_sum", "_update_fn", "_compiled_update", "_step_graph",
                 "_step_graph_key", "critic_fau_log", "_prefetched"]
+
+    def set_parameters(self, load_path_or_dict: Any, exact_match: bool = True, device: torch.device | str = "auto"
+                       ) -> None:
+        """SB3's, but optimizers keep this agent's ``fused``/``capturable`` flags (an optimizer state carries the
+        saver's: a CPU-saved agent must still train in CUDA graphs after ``load`` on a GPU, and vice versa)."""
+        params = load_path_or_dict
+        if not isinstance(params, dict):
+            _, params, _ = load_from_zip_file(load_path_or_dict, device=device, load_data=False)
+        for name, state in params.items():
+            try:
+                own = recursive_getattr(self, name)
+            except AttributeError:
+                continue  # SB3 reports unknown names
+            if isinstance(own, torch.optim.Optimizer) and isinstance(state, dict) and "param_groups" in state:
+                for group, own_group in zip(state["param_groups"], own.param_groups):
+                    for flag in ("fused", "capturable"):
+                        if flag in own_group:
+                            group[flag] = own_group[flag]
+        super().set_parameters(params, exact_match=exact_match, device=device)
 
     def load_replay_buffer(self, path: Any, truncate_last_traj: bool = True) -> None:
         """Loads a buffer written by ``save_replay_buffer`` (a pickled ``FrameReplayBuffer``); batches then go to

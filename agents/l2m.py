@@ -577,7 +577,10 @@ class L2MAgent:
         data = torch.load(path, map_location="cpu", weights_only=False)
         agent = cls(DTConfig(**data["config"]), device=device, **data["hparams"])
         agent.model.load_state_dict(data["model"])
-        agent.optimizer.load_state_dict(data["optimizer"])
+        state = data["optimizer"]
+        for group, own in zip(state["param_groups"], agent.optimizer.param_groups):
+            group["fused"], group["capturable"] = own["fused"], own["capturable"]  # this device's, not the saver's
+        agent.optimizer.load_state_dict(state)
         agent.num_steps = data["num_steps"]
         agent.model.eval()
         return agent

@@ -87,6 +87,28 @@ def test_save_load_round_trip_gives_identical_actions(trained, tmp_path):
     assert a1.shape == (1, 1) and np.all(np.abs(a1) <= 1)
 
 
+def test_set_parameters_keeps_this_agents_optimizer_flags(trained, tmp_path):
+    """Optimizer states carry the saver's fused/capturable flags (True when saved on CUDA); DrQ.set_parameters
+    (used by DrQ.load) keeps this agent's, so an agent saved on one device trains in (or without) CUDA graphs on
+    another. Here CUDA-style states are loaded into a CPU agent: its flags stay False, its moments are restored."""
+    from stable_baselines3.common.save_util import load_from_zip_file
+
+    model, _ = trained
+    model.save(tmp_path / "drq.zip")
+    _, params, _ = load_from_zip_file(tmp_path / "drq.zip", device="cpu", load_data=False)
+    for name in ("actor.optimizer", "critic.optimizer"):
+        for group in params[name]["param_groups"]:
+            group["fused"] = group["capturable"] = True
+    loaded = DrQ.load(tmp_path / "drq.zip", device="cpu")
+    loaded.set_parameters(params)
+    for opt, ref in ((loaded.actor.optimizer, model.actor.optimizer), (loaded.critic.optimizer, model.critic.optimizer)):
+        assert all(not g.get("fused") and not g.get("capturable") for g in opt.param_groups)
+        for p, q in zip(opt.param_groups[0]["params"], ref.param_groups[0]["params"]):
+            assert torch.equal(opt.state[p]["exp_avg"], ref.state[q]["exp_avg"])
+    stats = loaded.update(model.replay_buffer.sample(8))  # an update steps the restored optimizers
+    assert all(torch.isfinite(v) for v in stats.values())
+
+
 def test_stochastic_actions_differ_and_stay_in_bounds(trained):
     model, env = trained
     obs = env.reset()

@@ -169,6 +169,27 @@ def test_agent_end_to_end_on_push(push_dataset, tmp_path):
     assert np.array_equal(rollout(agent), actions)
 
 
+def test_load_takes_this_devices_optimizer_flags(tmp_path):
+    """A checkpoint keeps the saver's AdamW flags (fused/capturable: True when saved on CUDA); ``load`` replaces
+    them with the loading device's, so that a CPU-saved agent can train in CUDA graphs and vice versa. Here a
+    CUDA-style file is loaded on the CPU: the optimizer ends with the CPU's flags and its moments are restored."""
+    rng = np.random.default_rng(0)
+    episodes = [{"observations": rng.normal(size=(11, 5)), "actions": rng.uniform(-1, 1, (10, 2)),
+                 "rewards": np.ones(10)} for _ in range(2)]
+    agent = L2MAgent(SMALL, device="cpu", batch_size=4)
+    agent.learn(episodes, steps=3)
+    agent.save(tmp_path / "a.pt")
+    saved = torch.load(tmp_path / "a.pt", weights_only=False)
+    for group in saved["optimizer"]["param_groups"]:
+        group["fused"] = group["capturable"] = True
+    torch.save(saved, tmp_path / "cuda_style.pt")
+    loaded = L2MAgent.load(tmp_path / "cuda_style.pt", device="cpu")
+    assert [(g["fused"], g["capturable"]) for g in loaded.optimizer.param_groups] == [(False, False)]
+    moments = [loaded.optimizer.state[p]["exp_avg"] for p in loaded.model.parameters()]
+    assert all(torch.equal(m, agent.optimizer.state[p]["exp_avg"]) for m, p in zip(moments, agent.model.parameters()))
+    loaded.learn(episodes, steps=1)
+
+
 def test_agent_learns_from_episode_dicts_and_validates():
     rng = np.random.default_rng(0)
     episode = {"observations": rng.normal(size=(11, 5)), "actions": rng.uniform(-1, 1, (10, 2)),
