@@ -414,8 +414,9 @@ def run_sequence(cfg: Any, out_dir: str | Path | None = None) -> Path:
       evaluating only it at the same points; writes ``reference_curves.json`` (for ``sequence.reference_curves``)
       and summary.json, no success matrix.
 
-    Every ``eval_every`` steps and at the end of each task, every task of the sequence is evaluated in lockstep
-    (``Evaluator``; task-agnostic selection, ``pool.eval()``). ``out_dir`` overrides ``run.out_dir``. Writes
+    Every ``eval_every`` steps (every task of the sequence, or with ``eval_scope: current`` only the task in
+    training) and at the end of each task (every task), tasks are evaluated in lockstep (``Evaluator``;
+    task-agnostic selection, ``pool.eval()``). ``out_dir`` overrides ``run.out_dir``. Writes
     config.yaml, metrics.jsonl, success_matrix.json, plots/success_matrix.png, summary.json and
     checkpoints/{pretrained,final}.pt (+ pool.pt for the pool methods, ewc.pt for ewc)."""
     import json
@@ -521,7 +522,7 @@ def run_sequence(cfg: Any, out_dir: str | Path | None = None) -> Path:
             record.update({"eval/stage": stage, "eval/mean_success": float(scores.mean()),
                            "eval/wall_s": time.time() - began})
             logger.log(record, step)
-            if method != "reference" and logger.wandb is not None:
+            if method != "reference" and logger.wandb is not None and len(tasks) == n:
                 so_far = perf[: stage + 1].copy()
                 so_far[stage] = scores
                 logger.log_table("eval/success_matrix", columns,
@@ -578,8 +579,9 @@ def run_sequence(cfg: Any, out_dir: str | Path | None = None) -> Path:
                     logger.log({**dict(zip(names, values.tolist())), "train/task": i}, step)
                 last = k == seq_cfg.steps_per_task - 1
                 if last or (seq_cfg.eval_every and (k + 1) % seq_cfg.eval_every == 0):
-                    scores = evaluate(i, eval_tasks)
-                    curve.append(float(scores[eval_tasks.index(i)]))
+                    tasks = eval_tasks if last or seq_cfg.eval_scope == "all" else [i]
+                    scores = evaluate(i, tasks)
+                    curve.append(float(scores[tasks.index(i)]))
                     if last and method != "reference":
                         perf[i] = scores
             if pool is not None:

@@ -64,7 +64,11 @@ class SequenceConfig(Section):
     steps_per_task: int = Field(10_000, ge=1, description="gradient steps per task")
     batch_size: int = Field(64, ge=1)
     learning_rate: float = Field(1e-4, gt=0, lt=1)
-    eval_every: int = Field(0, ge=0, description="evaluate all tasks every N steps of a task (0: only at its end)")
+    eval_every: int = Field(0, ge=0, description="evaluate every N steps of a task (0: only at its end); which tasks: eval_scope")
+    eval_scope: Literal["all", "current"] = Field(
+        "all", description="tasks of the evaluations every eval_every steps: all tasks of the sequence (Continual "
+                           "World's per-task curves) or only the task in training (enough for forward transfer; "
+                           "cheaper); every task's end evaluates all tasks either way")
     eval_episodes: int = Field(10, ge=1, description="episodes per task and evaluation")
     max_episode_steps: int = Field(200, ge=1, description="env steps per evaluation episode")
     reference_curves: list[list[float]] | str | None = Field(

@@ -85,6 +85,22 @@ def test_finetune_changes_backbone(data_dir, tmp_path):
     assert np.array(json.loads((run / "success_matrix.json").read_text())["perf"]).shape == (2, 2)
 
 
+def test_eval_scope_current_evaluates_only_the_task_in_training_between_task_ends(data_dir, l2m_run, tmp_path):
+    """sequence.eval_scope=current: the evaluations every eval_every steps cover the task in training only, the
+    task ends still cover every task; the curves and the success matrix equal those of eval_scope=all (same seed,
+    deterministic decoding)."""
+    run = continual.run_sequence(smoke(data_dir, "sequence.eval_scope=current"), tmp_path)
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    evals = [sorted(k for k in r if k.endswith("/success")) for r in records if "eval/stage" in r]
+    tasks = json.loads((run / "success_matrix.json").read_text())["tasks"]
+    all_keys = sorted(f"eval/{j}-{t}/success" for j, t in enumerate(tasks))
+    assert evals == [[f"eval/0-{tasks[0]}/success"], all_keys, [f"eval/1-{tasks[1]}/success"], all_keys]
+    ours, full = (json.loads((r / "success_matrix.json").read_text()) for r in (run, l2m_run))
+    assert ours["curves"] == full["curves"] and ours["perf"] == full["perf"]
+    with pytest.raises(ConfigError, match="sequence.eval_scope"):
+        cc.load(SMOKE, ["sequence.eval_scope=some"])
+
+
 def test_bad_method_names_allowed_values():
     with pytest.raises(ConfigError) as err:
         cc.load(SMOKE, ["sequence.method=si"])
