@@ -359,6 +359,10 @@ class DrQ(SAC):
                         if flag in own_group:
                             group[flag] = own_group[flag]
         super().set_parameters(params, exact_match=exact_match, device=device)
+        # loaded optimizer states are new tensors: graphs captured before would keep stepping the old ones
+        self._step_graph = self._step_graph_key = None
+        if isinstance(self._update_fn, GraphedUpdate):
+            self._update_fn = GraphedUpdate(self._update_vector)
 
     def load_replay_buffer(self, path: Any, truncate_last_traj: bool = True) -> None:
         """Loads a buffer written by ``save_replay_buffer`` (a pickled ``FrameReplayBuffer``); batches then go to
@@ -459,20 +463,30 @@ class DrQ(SAC):
                 scaled = np.clip(scaled + self.action_noise(), -1, 1)
             return self.policy.unscale_action(scaled), scaled
 
+        finish.ready = lambda: ready is None or ready.query()  # type: ignore[attr-defined]
         return finish
 
     def train(self, gradient_steps: int, batch_size: int = 256) -> None:
-        finish = None
+        pending = None
         if isinstance(self.env, PrefetchVecEnv) and gradient_steps > 0:
-            # The next env step starts before this round of updates has run, so that the envs step while the GPU
-            # trains: its actions are queued on the device ahead of the updates and read back as soon as they are
-            # ready (the updates stay queued behind them); with random warm-up actions it starts right away.
+            # The next env step starts while this round of updates runs, so that the envs step while the GPU
+            # trains: its actions are queued on the device ahead of the updates and the step starts as soon as
+            # they are ready (checked after each queued update; on the CPU they are ready at once).
             if self.num_timesteps < self.learning_starts:
                 self.policy.set_training_mode(False)
                 self._prefetched = super()._sample_action(self.learning_starts, self.action_noise, self.n_envs)
                 self.env.prefetch(self._prefetched[0])
             else:
-                finish = self._queue_action()
+                pending = self._queue_action()
+
+        def start_env_step(force: bool) -> None:
+            nonlocal pending
+            if pending is not None and (force or pending.ready()):
+                self._prefetched = pending()
+                self.env.prefetch(self._prefetched[0])
+                pending = None
+
+        start_env_step(force=self.device.type != "cuda")
         self.policy.set_training_mode(True)
         optimizers = [self.actor.optimizer, self.critic.optimizer]
         if self.ent_coef_optimizer is not None:
@@ -484,10 +498,9 @@ class DrQ(SAC):
             self.critic_fau_log.append(stats[fau_index])
             self._stats_sum = stats if self._stats_sum is None else self._stats_sum + stats
             self._train_count += 1
+            start_env_step(force=False)
         self._n_updates += gradient_steps
-        if finish is not None:
-            self._prefetched = finish()
-            self.env.prefetch(self._prefetched[0])
+        start_env_step(force=True)
 
     def _sample_and_update(self, batch_size: int) -> torch.Tensor:
         """One update on a fresh replay batch; returns the stats vector (device). With CUDA graphs on, the graph is

@@ -479,6 +479,12 @@ class L2MAgent:
         self.num_steps += 1
         return loss
 
+    def release_graphs(self) -> None:
+        """Drops ``train_step``'s captured graphs and the gradients they hold (their GPU memory), e.g. after
+        pre-training; a later ``train_step`` captures anew."""
+        self._graphs.clear()
+        self.model.zero_grad(set_to_none=True)
+
     @property
     def uses_graphs(self) -> bool:
         """True when training steps replay CUDA graphs (``cuda_graph`` on a CUDA device)."""

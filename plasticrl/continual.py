@@ -476,6 +476,7 @@ def run_sequence(cfg: Any, out_dir: str | Path | None = None) -> Path:
                               f"{now - started:.0f} s", flush=True)
             step = total
             del data
+            agent.release_graphs()
             print(f"pre-trained {total} steps on {len(pre_tasks)} tasks", flush=True)
         pretrain_wall = time.time() - started
         model.eval()
@@ -519,7 +520,7 @@ def run_sequence(cfg: Any, out_dir: str | Path | None = None) -> Path:
             for j, success, ret in zip(tasks, scores, returns):
                 record[f"eval/{j}-{seq_tasks[j]}/success"] = float(success)
                 record[f"eval/{j}-{seq_tasks[j]}/return"] = float(ret)
-            record.update({"eval/stage": stage, "eval/mean_success": float(scores.mean()),
+            record.update({"eval/stage": stage, "eval/mean_success": float(scores.mean()), "eval/n_tasks": len(tasks),
                            "eval/wall_s": time.time() - began})
             logger.log(record, step)
             if method != "reference" and logger.wandb is not None and len(tasks) == n:

@@ -258,7 +258,10 @@ class ModulationPool(nn.Module):
         if oracle:
             if task_id is None:
                 raise ValueError("oracle selection needs a task_id")
-            tasks = torch.as_tensor(task_id, dtype=torch.long, device=self.keys.device).reshape(-1, 1)
+            if isinstance(task_id, int):  # a fill, not a host-to-device copy: capturable in a CUDA graph
+                tasks = torch.full((1, 1), task_id, dtype=torch.long, device=self.keys.device)
+            else:
+                tasks = torch.as_tensor(task_id, dtype=torch.long, device=self.keys.device).reshape(-1, 1)
             block = (tasks * self.top_k + torch.arange(self.top_k, device=self.keys.device)) % self.pool_size
             idx = block.expand(query.shape[0], self.top_k).clone()
         else:
@@ -292,7 +295,8 @@ class ModulationPool(nn.Module):
         """Make every wrapped layer apply ``indices`` (B, top_k) or (B,); ``None`` turns modulation off.
 
         Index values are range-checked when they are on the CPU; device tensors (``select``'s output) are not read
-        back, so that a training step stays free of host syncs and can be captured in a CUDA graph."""
+        back, so that a training step stays free of host syncs and can be captured in a CUDA graph (an out-of-range
+        device index fails later, as a device-side assert in the modulators' gather)."""
         if indices is not None:
             if indices.dim() == 1:
                 indices = indices.unsqueeze(1)

@@ -95,6 +95,7 @@ def test_eval_scope_current_evaluates_only_the_task_in_training_between_task_end
     tasks = json.loads((run / "success_matrix.json").read_text())["tasks"]
     all_keys = sorted(f"eval/{j}-{t}/success" for j, t in enumerate(tasks))
     assert evals == [[f"eval/0-{tasks[0]}/success"], all_keys, [f"eval/1-{tasks[1]}/success"], all_keys]
+    assert [r["eval/n_tasks"] for r in records if "eval/stage" in r] == [1, 2, 1, 2]
     ours, full = (json.loads((r / "success_matrix.json").read_text()) for r in (run, l2m_run))
     assert ours["curves"] == full["curves"] and ours["perf"] == full["perf"]
     with pytest.raises(ConfigError, match="sequence.eval_scope"):

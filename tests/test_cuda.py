@@ -174,7 +174,7 @@ def test_decision_transformer_graphed_train_step_equals_eager():
         torch.testing.assert_close(pa, pb, rtol=1e-4, atol=1e-6, msg=name)
 
 
-@pytest.mark.parametrize("method", ["l2m", "ewc"])
+@pytest.mark.parametrize("method", ["l2m", "l2m_oracle", "ewc"])
 def test_continual_run_with_graphs_equals_eager_run(method, tmp_path):
     """The smoke sequence on CUDA with model.cuda_graph on and off: batches come from the same generator and the
     smoke DT has no dropout, so the graphed steps (pool selection and usage counts, EWC penalty inside the graph)
@@ -191,7 +191,7 @@ def test_continual_run_with_graphs_equals_eager_run(method, tmp_path):
                                                   "sequence.ewc_lambda=10.0", f"model.cuda_graph={graph}"])
         finals.append(continual.run_sequence(cfg, tmp_path / f"runs{graph}"))
     g, e = finals
-    for name in ["final.pt"] + (["pool.pt"] if method == "l2m" else []):
+    for name in ["final.pt"] + (["pool.pt"] if method.startswith("l2m") else []):
         sg, se = (torch.load(run / "checkpoints" / name) for run in (g, e))
         for key in se:
             torch.testing.assert_close(sg[key], se[key], rtol=1e-4, atol=1e-5, msg=f"{name} {key}")

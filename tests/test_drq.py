@@ -100,7 +100,9 @@ def test_set_parameters_keeps_this_agents_optimizer_flags(trained, tmp_path):
         for group in params[name]["param_groups"]:
             group["fused"] = group["capturable"] = True
     loaded = DrQ.load(tmp_path / "drq.zip", device="cpu")
+    loaded._step_graph, loaded._step_graph_key = "captured before", (8, 0)
     loaded.set_parameters(params)
+    assert loaded._step_graph is None and loaded._step_graph_key is None  # a graph would step the old states
     for opt, ref in ((loaded.actor.optimizer, model.actor.optimizer), (loaded.critic.optimizer, model.critic.optimizer)):
         assert all(not g.get("fused") and not g.get("capturable") for g in opt.param_groups)
         for p, q in zip(opt.param_groups[0]["params"], ref.param_groups[0]["params"]):
@@ -256,6 +258,29 @@ def test_queued_action_is_sb3_sample_action_from_the_weights_at_queue_time():
     np.testing.assert_allclose(action, expected[0], rtol=1e-6, atol=1e-6)
     np.testing.assert_allclose(buffer_action, expected[1], rtol=1e-6, atol=1e-6)
     assert action.shape == (2, 1) and np.all(np.abs(action) <= 1)
+    env.close()
+
+
+def test_async_env_step_on_cpu_starts_the_env_before_the_updates():
+    """On the CPU the queued actions are ready at once: the next env step starts before the round of updates, so
+    that subprocess envs step while the main process trains."""
+    from plasticrl.replay_ratio import StaticReplayRatio
+    from plasticrl.sb3 import ReplayRatioCallback
+
+    env = make_vec_env(lambda: envs.make("dmc:cartpole-swingup", size=32, frame_stack=2, action_repeat=8),
+                       n_envs=1, seed=0)
+    model = small_agent(env, learning_starts=10, train_freq=1, gradient_steps=0, async_env_step=True)
+    started_at = []
+    prefetch = model.env.prefetch
+
+    def record(actions):
+        started_at.append(model._train_count)
+        prefetch(actions)
+
+    model.env.prefetch = record
+    model.learn(20, callback=ReplayRatioCallback(StaticReplayRatio(2.0)))
+    assert model._n_updates == 20 and len(started_at) == 10
+    assert started_at == [2 * k for k in range(10)]  # before each round of 2 updates, none after
     env.close()
 
 
