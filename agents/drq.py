@@ -438,10 +438,10 @@ class DrQ(SAC):
             return actions
         return super()._sample_action(learning_starts, action_noise, n_envs)
 
-    def _queue_action(self) -> Callable[[], tuple[np.ndarray, np.ndarray]]:
-        """Queues the policy on ``self._last_obs`` on the device without waiting for it. Returns a function that
-        waits for these actions only (not for work queued after them) and returns (action, buffer action) as SB3's
-        ``_sample_action`` does after ``learning_starts``."""
+    def _queue_action(self) -> tuple[Callable[[], bool], Callable[[], tuple[np.ndarray, np.ndarray]]]:
+        """Queues the policy on ``self._last_obs`` on the device without waiting for it. Returns ``ready()`` (are
+        the actions computed?) and ``finish()``, which waits for these actions only (not for work queued after
+        them) and returns (action, buffer action) as SB3's ``_sample_action`` does after ``learning_starts``."""
         self.policy.set_training_mode(False)
         cuda = self.device.type == "cuda"
         obs = torch.from_numpy(np.asarray(self._last_obs).reshape((-1, *self.observation_space.shape)))
@@ -463,26 +463,21 @@ class DrQ(SAC):
                 scaled = np.clip(scaled + self.action_noise(), -1, 1)
             return self.policy.unscale_action(scaled), scaled
 
-        finish.ready = lambda: ready is None or ready.query()  # type: ignore[attr-defined]
-        return finish
+        return (lambda: ready is None or ready.query()), finish
 
     def train(self, gradient_steps: int, batch_size: int = 256) -> None:
+        # Async env stepping: the next env step starts while this round of updates runs, so that the envs step
+        # while the GPU trains. Its actions are queued on the device ahead of the updates (SB3 calls train() only
+        # after learning_starts: policy actions) and the step starts as soon as they are ready, checked after each
+        # queued update (on the CPU they are ready at once).
         pending = None
         if isinstance(self.env, PrefetchVecEnv) and gradient_steps > 0:
-            # The next env step starts while this round of updates runs, so that the envs step while the GPU
-            # trains: its actions are queued on the device ahead of the updates and the step starts as soon as
-            # they are ready (checked after each queued update; on the CPU they are ready at once).
-            if self.num_timesteps < self.learning_starts:
-                self.policy.set_training_mode(False)
-                self._prefetched = super()._sample_action(self.learning_starts, self.action_noise, self.n_envs)
-                self.env.prefetch(self._prefetched[0])
-            else:
-                pending = self._queue_action()
+            pending = self._queue_action()
 
         def start_env_step(force: bool) -> None:
             nonlocal pending
-            if pending is not None and (force or pending.ready()):
-                self._prefetched = pending()
+            if pending is not None and (force or pending[0]()):
+                self._prefetched = pending[1]()
                 self.env.prefetch(self._prefetched[0])
                 pending = None
 

@@ -549,9 +549,9 @@ def run_sequence(cfg: Any, out_dir: str | Path | None = None) -> Path:
             def gradient_step(batch: tuple[Any, ...]) -> Any:
                 """One optimizer step on ``batch``; returns the ``names`` values as one device vector."""
                 states, actions, rtg, timesteps, mask = batch
+                extra = []
                 if pool is None:
                     loss = key_loss = model.loss(states, actions, rtg, timesteps, mask)
-                    extra = []
                     if ewc_on:
                         penalty = ewc_penalty(model, ewc_fisher_sum, ewc_anchor, seq_cfg.ewc_lambda)
                         extra = [loss, penalty]
@@ -563,7 +563,6 @@ def run_sequence(cfg: Any, out_dir: str | Path | None = None) -> Path:
                         dt_loss = model.loss(states, actions, rtg, timesteps, mask)
                     key_loss = pool.key_loss(query, idx)
                     loss = dt_loss + key_loss
-                    extra = []
                 agent.optimizer_step(loss, optimizer, params)
                 return torch.stack([v.detach().float() for v in (loss, key_loss, *extra)])
 

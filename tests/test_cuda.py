@@ -268,7 +268,7 @@ def test_queued_action_on_cuda_is_read_before_the_updates_run():
     torch.manual_seed(3)
     expected = OffPolicyAlgorithm._sample_action(agent, agent.learning_starts, None, agent.n_envs)
     torch.manual_seed(3)
-    finish = agent._queue_action()
+    _, finish = agent._queue_action()
     agent.train(gradient_steps=5, batch_size=16)  # updates queued behind the action (and then a new prefetch)
     agent._prefetched = None
     action, buffer_action = finish()

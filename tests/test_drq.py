@@ -250,7 +250,7 @@ def test_queued_action_is_sb3_sample_action_from_the_weights_at_queue_time():
     torch.manual_seed(3)
     expected = OffPolicyAlgorithm._sample_action(model, model.learning_starts, None, model.n_envs)
     torch.manual_seed(3)
-    finish = model._queue_action()
+    _, finish = model._queue_action()
     with torch.no_grad():
         for p in model.actor.parameters():
             p.add_(1.0)
