@@ -85,6 +85,19 @@ def forward_transfer(curves: Sequence[np.ndarray], ref_curves: Sequence[np.ndarr
     return float(forward_transfer_per_task(curves, ref_curves).mean())
 
 
+def forward_transfer_summary(curves: Sequence[np.ndarray], ref_curves: Sequence[np.ndarray]) -> dict[str, Any]:
+    """summary.json's forward-transfer entries: ``forward_transfer``, ``forward_transfer_per_task`` and, where a
+    reference curve's AUC is 1 (FT 0 by definition), a ``forward_transfer_note`` naming those tasks."""
+    out: dict[str, Any] = {"forward_transfer": forward_transfer(curves, ref_curves),
+                           "forward_transfer_per_task": forward_transfer_per_task(curves, ref_curves).tolist()}
+    saturated = [j for j, ref in enumerate(ref_curves) if float(np.mean(ref)) >= 1.0]
+    if saturated:
+        out["forward_transfer_note"] = (
+            f"tasks {saturated}: the reference's AUC is 1, so their forward transfer is 0 by definition (no room "
+            "to improve on the reference); more evaluation points per task would resolve it")
+    return out
+
+
 # ---- continual-learning runner (L2M) --------------------------------------------------
 # Everything below imports torch, minari, envs and agents.l2m lazily, inside the functions, so the metric
 # functions above stay numpy-only. No stable_baselines3 anywhere.
@@ -642,8 +655,7 @@ def run_sequence(cfg: Any, out_dir: str | Path | None = None) -> Path:
             "forgetting_per_task": forgetting_per_task(perf).tolist(), **walls,
         }
         if ref_curves is not None:
-            summary["forward_transfer"] = forward_transfer(curves, ref_curves)
-            summary["forward_transfer_per_task"] = forward_transfer_per_task(curves, ref_curves).tolist()
+            summary.update(forward_transfer_summary(curves, ref_curves))
         else:
             summary["forward_transfer"] = None
             summary["forward_transfer_note"] = "skipped: no sequence.reference_curves given"

@@ -30,7 +30,7 @@ tail -n 3 "$runs"/cw10_*.log
 $py - "$runs" <<'PY'
 import json, os, sys
 from glob import glob
-from plasticrl.continual import forward_transfer, forward_transfer_per_task
+from plasticrl.continual import forward_transfer_summary
 runs = sys.argv[1]
 refs = sorted(glob(f"{runs}/reference_cw10/*/reference_curves.json"), key=os.path.getmtime)
 ref = json.load(open(refs[-1])) if refs else None
@@ -39,10 +39,9 @@ for name in ("l2m_cw10", "finetune_cw10"):
         summary = json.load(open(path))
         matrix = json.load(open(path.replace("summary.json", "success_matrix.json")))
         if ref is not None and ref["tasks"] == matrix["tasks"]:
-            summary["forward_transfer"] = forward_transfer(matrix["curves"], ref["curves"])
-            summary["forward_transfer_per_task"] = forward_transfer_per_task(matrix["curves"], ref["curves"]).tolist()
-            summary["forward_transfer_reference"] = refs[-1]
             summary.pop("forward_transfer_note", None)
+            summary.update(forward_transfer_summary(matrix["curves"], ref["curves"]))
+            summary["forward_transfer_reference"] = refs[-1]
             json.dump(summary, open(path, "w"), indent=2)
         keep = ("average_performance", "forgetting", "forward_transfer", "pretrain_wall_s", "sequence_wall_s")
         print(name, {k: summary.get(k) for k in keep})

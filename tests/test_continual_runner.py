@@ -298,6 +298,15 @@ def test_forward_transfer_from_listed_curves(data_dir, pretrained, tmp_path, mon
     summary = json.loads((run / "summary.json").read_text())
     # task 0: AUC 0.3, ref 0.1 -> 0.2/0.9; task 1: AUC 0.7, ref 0.75 -> -0.05/0.25 = -0.2
     assert summary["forward_transfer_per_task"] == pytest.approx([0.2 / 0.9, -0.2])
+    assert "forward_transfer_note" not in summary
+    # a reference at success 1 throughout leaves no room: FT 0 by definition, and the summary says so
+    scores = iter([0.2, 0.4, 0.6, 0.8])
+    run = continual.run_sequence(smoke(data_dir, f"pretrain.checkpoint={pretrained}", "sequence.steps_per_task=2",
+                                       "sequence.eval_every=1", "sequence.reference_curves=[[0.0,0.2],[1.0,1.0]]"),
+                                 tmp_path)
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["forward_transfer_per_task"] == pytest.approx([0.2 / 0.9, 0.0])
+    assert "tasks [1]" in summary["forward_transfer_note"]
     with pytest.raises(ConfigError, match="sequence.reference_curves: need 2"):
         continual.check_continual(smoke(data_dir, "sequence.reference_curves=[[0.5]]"))
 
