@@ -100,16 +100,19 @@ class CausalSelfAttention(nn.Module):
 
 
 class FeedForward(nn.Module):
-    """fc1 (d -> 4d), GELU, fc2 (4d -> d), dropout."""
+    """fc1 (d -> 4d), GELU, fc2 (4d -> d), dropout. The GELU is a module applied to (tokens, 4d), so that a
+    ``PlasticityMonitor`` sees one row per token and one column per unit."""
 
     def __init__(self, d_model: int, dropout: float) -> None:
         super().__init__()
         self.fc1 = nn.Linear(d_model, 4 * d_model)
+        self.act = nn.GELU()
         self.fc2 = nn.Linear(4 * d_model, d_model)
         self.drop = nn.Dropout(dropout)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.drop(self.fc2(F.gelu(self.fc1(x))))
+        h = self.fc1(x)
+        return self.drop(self.fc2(self.act(h.reshape(-1, h.shape[-1])).reshape(h.shape)))
 
 
 class Block(nn.Module):
@@ -217,8 +220,9 @@ class DecisionTransformer(nn.Module):
             for block in self.blocks:
                 x = block(x)
             b, t = action_tokens.shape[:2]
-            x = self.ln_f(x).reshape(b, t, self.tokens_per_step, -1)
-            return self.head(x[:, :, 1:-1]).float()  # outputs at s_t, a_t1, ..., a_t(A-1) predict a_t1 .. a_tA
+            x = self.ln_f(x).reshape(b, t, self.tokens_per_step, -1)[:, :, 1:-1]  # at s_t, a_t1, ..., a_t(A-1)
+            # the head sees (tokens, d): one row per predicting token (the features a monitor ranks)
+            return self.head(x.reshape(-1, x.shape[-1])).reshape(b, t, x.shape[2], -1).float()  # -> a_t1 .. a_tA
 
     def forward(self, states: Tensor, actions: Tensor, rtg: Tensor, timesteps: Tensor,
                 action_mask: Tensor | None = None) -> Tensor:
@@ -450,12 +454,14 @@ class L2MAgent:
             lengths[i] = len(a)
         return EpisodeData(*(torch.as_tensor(x, device=self.device) for x in (states, actions, mask, rtg, lengths)))
 
-    def sample_batch(self, data: EpisodeData, batch_size: int | None = None) -> tuple[Tensor, ...]:
+    def sample_batch(self, data: EpisodeData, batch_size: int | None = None,
+                     generator: torch.Generator | None = None) -> tuple[Tensor, ...]:
         """Random windows of ``context`` timesteps (episode uniform, then start uniform), gathered on the device
         without a Python loop: (states (B, T, state_dim), actions (B, T, A), rtg (B, T), timesteps (B, T) long,
-        action_mask (B, T, A) bool), B = ``batch_size`` (default ``self.batch_size``)."""
+        action_mask (B, T, A) bool), B = ``batch_size`` (default ``self.batch_size``). Drawn with ``generator``
+        (a generator on the agent's device; default the agent's own, seeded by ``seed``)."""
         b, t = batch_size or self.batch_size, self.config.context
-        g, device = self.generator, self.device
+        g, device = generator or self.generator, self.device
         episode = torch.randint(len(data), (b,), generator=g, device=device)
         starts = data.lengths[episode] - t + 1  # (B,) number of window starts per episode
         start = torch.minimum((torch.rand(b, generator=g, device=device) * starts).long(), starts - 1)

@@ -375,32 +375,6 @@ class Evaluator:
         self._envs = {}
 
 
-def _plot_matrix(perf: np.ndarray, tasks: list[str], path: Path) -> None:
-    """Heatmap of ``perf`` (rows may be NaN: not reached yet) with the scores written in."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    n = len(tasks)
-    labels = [t.partition(":")[2] or t for t in tasks]
-    fig, ax = plt.subplots(figsize=(3.5 + 0.6 * n, 2.5 + 0.5 * n))
-    im = ax.imshow(perf, vmin=0.0, vmax=1.0, cmap="viridis")
-    ax.set_xticks(range(n), labels, rotation=60, ha="right", fontsize=7)
-    ax.set_yticks(range(n), labels, fontsize=7)
-    ax.set_xlabel("evaluated task")
-    ax.set_ylabel("after training task")
-    for i in range(n):
-        for j in range(n):
-            if np.isfinite(perf[i, j]):
-                ax.text(j, i, f"{perf[i, j]:.2f}", ha="center", va="center", fontsize=6,
-                        color="white" if perf[i, j] < 0.5 else "black")
-    fig.colorbar(im, ax=ax, label="success rate")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-
-
 def _finite(x: float) -> float | None:
     return float(x) if np.isfinite(x) else None
 
@@ -443,6 +417,8 @@ def run_sequence(cfg: Any, out_dir: str | Path | None = None) -> Path:
     from plasticrl.config import dump, wandb_settings
     from plasticrl.logging import RunLogger, make_run_dir
     from plasticrl.modulation import ModulationPool
+    from plasticrl.monitor import PlasticityMonitor
+    from plasticrl.plots import plot_success_matrix
 
     pre_tasks, seq_tasks = check_continual(cfg)
     ref_curves = load_reference_curves(cfg, seq_tasks)
@@ -511,6 +487,31 @@ def run_sequence(cfg: Any, out_dir: str | Path | None = None) -> Path:
             pool.attach(model)
             pool.freeze_backbone(model)
         oracle = method == "l2m_oracle"
+        monitor = PlasticityMonitor({"dt": model, **({} if pool is None else {"pool": pool})})
+        probe_batches: dict[int, tuple[Any, ...]] = {}  # task index -> its fixed probe batch
+
+        def probe(i: int) -> dict[str, float]:
+            """Plasticity metrics of the DT (as it acts: with the pool's selection) and of the pool on task i's
+            fixed probe batch; the pool's usage (entries picked so far)."""
+            if not seq_cfg.probe_batch_size:
+                return {}
+            if i not in probe_batches:
+                g = torch.Generator(device=agent.device).manual_seed(cfg.run.seed * 1_000 + i)
+                data = agent.prepare_episodes(episodes[seq_tasks[i]])
+                probe_batches[i] = agent.sample_batch(data, seq_cfg.probe_batch_size, generator=g)
+            states, actions, rtg, timesteps, mask = probe_batches[i]
+
+            def forward() -> Any:
+                if pool is None:
+                    return model(states, actions, rtg, timesteps, mask)
+                idx = pool.select(model.query_embedding(states), i, oracle=oracle, evaluate=True)
+                with pool.selected(idx):
+                    return model(states, actions, rtg, timesteps, mask)
+
+            out = monitor.probe(forward)
+            if pool is not None:
+                out["pool/entries_used"] = int(((pool.counts + pool.task_counts) > 0).sum())
+            return out
 
         def select(states: Any, task_indices: np.ndarray) -> Any:
             query = model.query_embedding(states)
@@ -534,7 +535,7 @@ def run_sequence(cfg: Any, out_dir: str | Path | None = None) -> Path:
                 record[f"eval/{j}-{seq_tasks[j]}/success"] = float(success)
                 record[f"eval/{j}-{seq_tasks[j]}/return"] = float(ret)
             record.update({"eval/stage": stage, "eval/mean_success": float(scores.mean()), "eval/n_tasks": len(tasks),
-                           "eval/wall_s": time.time() - began})
+                           "eval/wall_s": time.time() - began, **probe(stage)})
             logger.log(record, step)
             if method != "reference" and logger.wandb is not None and len(tasks) == n:
                 so_far = perf[: stage + 1].copy()
@@ -543,7 +544,7 @@ def run_sequence(cfg: Any, out_dir: str | Path | None = None) -> Path:
                                  [[f"{i}-{seq_tasks[i]}", *map(float, row)] for i, row in enumerate(so_far)], step)
                 shown = np.full((n, n), np.nan)
                 shown[: stage + 1] = so_far
-                _plot_matrix(shown, seq_tasks, run_dir / "plots" / "success_matrix.png")
+                plot_success_matrix(shown, seq_tasks, run_dir / "plots" / "success_matrix.png")
                 logger.log_image("eval/success_matrix_plot", run_dir / "plots" / "success_matrix.png", step)
             eval_wall += time.time() - began
             return scores
@@ -661,7 +662,7 @@ def run_sequence(cfg: Any, out_dir: str | Path | None = None) -> Path:
             summary["forward_transfer_note"] = "skipped: no sequence.reference_curves given"
         (run_dir / "success_matrix.json").write_text(json.dumps(
             {"tasks": seq_tasks, "perf": perf.tolist(), "curves": curves}, indent=2))
-        _plot_matrix(perf, seq_tasks, run_dir / "plots" / "success_matrix.png")
+        plot_success_matrix(perf, seq_tasks, run_dir / "plots" / "success_matrix.png")
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
         logger.log({f"summary/{k}": v for k, v in summary.items() if isinstance(v, float)}, step)
     finally:

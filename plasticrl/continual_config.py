@@ -70,6 +70,9 @@ class SequenceConfig(Section):
                            "World's per-task curves) or only the task in training (enough for forward transfer; "
                            "cheaper); every task's end evaluates all tasks either way")
     eval_episodes: int = Field(10, ge=1, description="episodes per task and evaluation")
+    probe_batch_size: int = Field(
+        256, ge=0, description="context windows of the fixed batch per task (from its data) that the plasticity "
+                               "monitor probes at every evaluation (0: no probes)")
     max_episode_steps: int = Field(200, ge=1, description="env steps per evaluation episode")
     reference_curves: list[list[float]] | str | None = Field(
         None, description="single-task reference success curves, one per task, for forward transfer: a list of "

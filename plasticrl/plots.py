@@ -1,8 +1,10 @@
-"""PNG dashboards from run folders' ``metrics.jsonl`` (no W&B needed).
+"""PNG dashboards from run folders' ``metrics.jsonl`` (no W&B needed), and continual runs' success matrices.
 
-Panels: episode and evaluation return, replay ratio in force, and for each monitored group its dormant ratio, FAU
-and srank, all over env steps. Runs are grouped by config (the run folder's parent, ``runs/<name>/``); a group of
-several seeds is drawn as its mean with a shaded band of one standard deviation, groups side by side in colour.
+Panels: episode and evaluation return (continual runs: mean success), replay ratio in force, and for each monitored
+group its dormant ratio, FAU and srank, all over env steps (continual runs: gradient steps). Runs are grouped by
+config (the run folder's parent, ``runs/<name>/``); a group of several seeds is drawn as its mean with a shaded band
+of one standard deviation, groups side by side in colour. ``plot_success_matrix`` draws a continual run's task x task
+success matrix; ``plasticrl plot`` redraws it for continual run folders (``plot_success_matrix_of_run``).
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ def panel_keys(runs: list[list[dict]]) -> list[tuple[str, list[str]]]:
     keys = {k for records in runs for r in records for k in r}
     groups = sorted({k.split("/")[1] for k in keys if k.startswith("plasticity/") and k.count("/") == 2})
     panels = [("return", [k for k in ("train/episode_return", "eval/return_mean") if k in keys]),
+              ("success (continual runs)", [k for k in ("eval/mean_success",) if k in keys]),
               ("replay ratio", [k for k in ("replay_ratio/ratio",) if k in keys])]
     for group in groups:
         for metric in GROUP_METRICS:
@@ -99,3 +102,43 @@ def plot_runs(run_dirs: list[Path], out: Path | None = None) -> Path:
     fig.savefig(out, dpi=100)
     plt.close(fig)
     return out
+
+
+def plot_success_matrix(perf: np.ndarray, tasks: list[str], path: Path) -> Path:
+    """Heatmap PNG of a continual run's success matrix ``perf`` (n, n): row i = after training task i, column j =
+    task j evaluated; NaN rows (not reached yet) stay blank; scores written in. Returns ``path``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n = len(tasks)
+    labels = [t.partition(":")[2] or t for t in tasks]
+    fig, ax = plt.subplots(figsize=(3.5 + 0.6 * n, 2.5 + 0.5 * n))
+    im = ax.imshow(perf, vmin=0.0, vmax=1.0, cmap="viridis")
+    ax.set_xticks(range(n), labels, rotation=60, ha="right", fontsize=7)
+    ax.set_yticks(range(n), labels, fontsize=7)
+    ax.set_xlabel("evaluated task")
+    ax.set_ylabel("after training task")
+    for i in range(n):
+        for j in range(n):
+            if np.isfinite(perf[i, j]):
+                ax.text(j, i, f"{perf[i, j]:.2f}", ha="center", va="center", fontsize=6,
+                        color="white" if perf[i, j] < 0.5 else "black")
+    fig.colorbar(im, ax=ax, label="success rate")
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def plot_success_matrix_of_run(run_dir: Path) -> Path:
+    """``plot_success_matrix`` of a ``plasticrl continual`` run folder's success_matrix.json, into its
+    plots/success_matrix.png."""
+    import json
+
+    data = json.loads((Path(run_dir) / "success_matrix.json").read_text())
+    perf = np.array([[np.nan if v is None else v for v in row] for row in data["perf"]], dtype=float)
+    return plot_success_matrix(perf, data["tasks"], Path(run_dir) / "plots" / "success_matrix.png")

@@ -76,6 +76,71 @@ def test_l2m_keeps_backbone_frozen_and_trains_pool(l2m_run):
     assert pool["counts"].sum() > 0
 
 
+def test_plasticity_probes_match_a_hand_computation(l2m_run, data_dir):
+    """At every evaluation the monitor probes the DT (with the pool's selection) and the pool on the task's fixed
+    probe batch. The last probe saw the final weights: rebuilt here from final.pt + pool.pt and the same probe batch,
+    its GELU FAU / dormant ratio, weight norms and pool usage are recomputed by hand."""
+    from agents.l2m import L2MAgent
+    from plasticrl.modulation import ModulationPool
+
+    cfg = smoke(data_dir)
+    records = [json.loads(line) for line in (l2m_run / "metrics.jsonl").read_text().splitlines()]
+    probes = [r for r in records if "eval/stage" in r]
+    assert all("plasticity/dt/srank" in r and "plasticity/pool/weight_norm" in r for r in probes)
+    last = probes[-1]
+    final = torch.load(l2m_run / "checkpoints" / "final.pt")
+    pool_state = torch.load(l2m_run / "checkpoints" / "pool.pt")
+    agent = L2MAgent(continual.dt_config(cfg), device="cpu", seed=cfg.run.seed)
+    agent.model.load_state_dict(final)
+    p = cfg.pool
+    pool = ModulationPool(pool_size=p.pool_size, key_dim=cfg.model.d_model, rank=p.rank, kind=p.kind, top_k=p.top_k)
+    pool.attach(agent.model)
+    pool.load_state_dict(pool_state)
+    task = len(cfg.sequence.tasks) - 1
+    ids = continual.ensure_datasets(cfg, [cfg.sequence.tasks[task]])
+    data = agent.prepare_episodes(continual.load_episodes(data_dir, ids[cfg.sequence.tasks[task]]))
+    g = torch.Generator().manual_seed(cfg.run.seed * 1_000 + task)
+    states, actions, rtg, timesteps, mask = agent.sample_batch(data, cfg.sequence.probe_batch_size, generator=g)
+    seen = []
+    handle = agent.model.blocks[0].ff.act.register_forward_hook(lambda m, i, o: seen.append(o.detach()))
+    agent.model.eval()
+    with torch.no_grad(), pool.selected(pool.select(agent.model.query_embedding(states), evaluate=True)):
+        agent.model(states, actions, rtg, timesteps, mask)
+    handle.remove()
+    h = seen[0].numpy()  # (tokens, units)
+    score = np.abs(h).mean(axis=0) / np.abs(h).mean()
+    assert last["plasticity/dt/blocks.0.ff.act/fau"] == pytest.approx((h > 0).mean(), rel=1e-5)
+    assert last["plasticity/dt/blocks.0.ff.act/dormant_ratio"] == pytest.approx((score <= 0.025).mean(), abs=1e-6)
+    modulators = [v for k, v in pool_state.items() if k.startswith("modulators.")]
+    squares = sum(float((v.double() ** 2).sum()) for v in [*final.values(), *modulators])
+    assert last["plasticity/dt/weight_norm"] == pytest.approx(squares ** 0.5, rel=1e-5)
+    pool_squares = sum(float((v.double() ** 2).sum()) for v in [pool_state["keys"], *modulators])
+    assert last["plasticity/pool/weight_norm"] == pytest.approx(pool_squares ** 0.5, rel=1e-5)
+    assert last["pool/entries_used"] == int((pool_state["counts"] > 0).sum()) >= 1
+
+
+def test_plasticrl_plot_draws_a_continual_runs_dashboard_and_success_matrix(l2m_run, tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from plasticrl.logging import read_jsonl
+    from plasticrl.plots import panel_keys
+
+    titles = [title for title, _ in panel_keys([read_jsonl(l2m_run)])]
+    assert titles[0] == "success (continual runs)"
+    assert {"dt dormant_ratio", "dt fau", "dt srank"} <= set(titles)
+    matrix = l2m_run / "plots" / "success_matrix.png"
+    matrix.unlink()
+    out = tmp_path / "dash.png"
+    proc = subprocess.run([sys.executable, "-m", "plasticrl", "plot", str(l2m_run), "--out", str(out)],
+                          capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1], timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.split() == [str(out), str(matrix)]
+    for png in (out, matrix):
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
 def test_finetune_changes_backbone(data_dir, tmp_path):
     run = continual.run_sequence(smoke(data_dir, "sequence.method=finetune", "sequence.eval_every=0"), tmp_path)
     pre = torch.load(run / "checkpoints" / "pretrained.pt", weights_only=False)["model"]
