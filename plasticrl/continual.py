@@ -493,12 +493,8 @@ def run_sequence(cfg: Any, out_dir: str | Path | None = None) -> Path:
         def probe(i: int) -> dict[str, float]:
             """Plasticity metrics of the DT (as it acts: with the pool's selection) and of the pool on task i's
             fixed probe batch; the pool's usage (entries picked so far)."""
-            if not seq_cfg.probe_batch_size:
-                return {}
             if i not in probe_batches:
-                g = torch.Generator(device=agent.device).manual_seed(cfg.run.seed * 1_000 + i)
-                data = agent.prepare_episodes(episodes[seq_tasks[i]])
-                probe_batches[i] = agent.sample_batch(data, seq_cfg.probe_batch_size, generator=g)
+                return {}
             states, actions, rtg, timesteps, mask = probe_batches[i]
 
             def forward() -> Any:
@@ -554,6 +550,9 @@ def run_sequence(cfg: Any, out_dir: str | Path | None = None) -> Path:
             and fills ``perf[i]`` with the last evaluation (sequence methods)."""
             nonlocal step, ewc_anchor, ewc_tasks
             data = agent.prepare_episodes(episodes[seq_tasks[i]])
+            if seq_cfg.probe_batch_size:  # fixed for the task, drawn apart from the training batches
+                g = torch.Generator(device=agent.device).manual_seed(cfg.run.seed * 1_000 + i)
+                probe_batches[i] = agent.sample_batch(data, seq_cfg.probe_batch_size, generator=g)
             params = [q for q in (model.parameters() if pool is None else pool.parameters()) if q.requires_grad]
             optimizer = agent.make_optimizer(params, seq_cfg.learning_rate,
                                              agent.weight_decay if pool is None else 0.0)

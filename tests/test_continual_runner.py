@@ -142,7 +142,9 @@ def test_plasticrl_plot_draws_a_continual_runs_dashboard_and_success_matrix(l2m_
 
 
 def test_finetune_changes_backbone(data_dir, tmp_path):
-    run = continual.run_sequence(smoke(data_dir, "sequence.method=finetune", "sequence.eval_every=0"), tmp_path)
+    run = continual.run_sequence(smoke(data_dir, "sequence.method=finetune", "sequence.eval_every=0",
+                                       "sequence.probe_batch_size=0"), tmp_path)
+    assert "plasticity/" not in (run / "metrics.jsonl").read_text()  # probes off
     pre = torch.load(run / "checkpoints" / "pretrained.pt", weights_only=False)["model"]
     final = torch.load(run / "checkpoints" / "final.pt")
     assert not (run / "checkpoints" / "pool.pt").exists()
