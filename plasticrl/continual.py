@@ -3,7 +3,8 @@
 The metrics come first; below them, ``run_sequence`` trains an L2M Decision Transformer on a task sequence
 (``plasticrl continual CONFIG``, config schema in ``plasticrl.continual_config``).
 
-Conventions (scores are success rates in [0, 1]):
+Conventions (scores are success rates in [0, 1] for Meta-World tasks and data-normalised returns for DMC tasks,
+``data_normalized_score``):
 
 * ``perf`` (n_tasks, n_tasks): ``perf[i, j]`` = score of task ``j`` evaluated at
   the end of training task ``i`` (row = training stage, column = evaluated task).
@@ -38,6 +39,14 @@ def _check_perf(perf: np.ndarray) -> np.ndarray:
     if perf.ndim != 2 or perf.shape[0] != perf.shape[1] or perf.shape[0] == 0:
         raise ValueError(f"perf must be a square (n_tasks, n_tasks) matrix, got shape {perf.shape}")
     return perf
+
+
+def data_normalized_score(returns: np.ndarray | float, random_return: float, data_return: float) -> np.ndarray:
+    """DMC task score (L2M's "data-normalised" score): ``(R - R_random) / (R_data - R_random)``, 0 = a uniform
+    random policy, 1 = the mean episode return of the task's dataset; can leave [0, 1]. Returns in reward units."""
+    if not data_return > random_return:
+        raise ValueError(f"the dataset's mean return {data_return} must exceed the random policy's {random_return}")
+    return (np.asarray(returns, dtype=np.float64) - random_return) / (data_return - random_return)
 
 
 def average_performance_per_task(perf: np.ndarray) -> np.ndarray:
@@ -314,8 +323,9 @@ def _env_options(env_id: str, seed: int, max_episode_steps: int) -> dict[str, An
 class Evaluator:
     """Lockstep evaluation of an ``L2MAgent`` on tasks x episodes: one env per (task, episode e), built on first use
     with ``seed`` and reset with ``seed + e``, kept for later evaluations; all running envs are stepped together,
-    one batched ``predict_batch`` per env step, for ``max_episode_steps`` steps (an env that terminates or truncates
-    is no longer stepped). Success: ``info["success"] >= 1`` at any step (dmc has none: 0)."""
+    one batched ``predict_batch`` per env step, each until its episode ends (Meta-World: truncated after
+    ``max_episode_steps``; DMC: the suite's 1,000 frames). Success: ``info["success"] >= 1`` at any step (dmc has
+    none: 0)."""
 
     def __init__(self, tasks: list[str], episodes: int, seed: int, max_episode_steps: int) -> None:
         self.tasks, self.episodes, self.seed, self.max_episode_steps = tasks, episodes, seed, max_episode_steps
@@ -348,9 +358,7 @@ class Evaluator:
         rewards, returns, success = np.zeros(n), np.zeros(n), np.zeros(n, bool)
         active = np.arange(n)
         wrapped = None if select is None else (lambda states, r: select(states, task_of_row[r]))
-        for _ in range(self.max_episode_steps):
-            if active.size == 0:
-                break
+        while active.size:
             actions = agent.predict_batch(batch, obs[active], rewards[active], rows=active, select=wrapped)
             still = []
             for a, r in zip(actions, active):
@@ -377,6 +385,43 @@ class Evaluator:
 
 def _finite(x: float) -> float | None:
     return float(x) if np.isfinite(x) else None
+
+
+def random_return(env: Any, episodes: int, seed: int) -> float:
+    """Mean return (reward units) of uniform random actions on ``env`` over ``episodes`` episodes, episode ``e``
+    reset with ``seed + e`` and its actions drawn from ``action_space`` seeded with ``seed + e``: the 0 of
+    ``data_normalized_score``."""
+    total = 0.0
+    for e in range(episodes):
+        env.reset(seed=seed + e)
+        env.action_space.seed(seed + e)
+        done = False
+        while not done:
+            _, reward, terminated, truncated, _ = env.step(env.action_space.sample())
+            total += float(reward)
+            done = terminated or truncated
+    return total / episodes
+
+
+def check_dmc_episodes(env_id: str, episodes: list[dict[str, np.ndarray]], env: Any) -> None:
+    """ConfigError unless the dataset's episodes of DMC task ``env_id`` are as long as an episode of ``env`` (the
+    evaluation env, action repeat 2): data recorded at another action repeat would be scored against other
+    dynamics."""
+    from plasticrl.config import ConfigError
+
+    env.reset(seed=0)
+    steps = 0
+    done = False
+    while not done:
+        _, _, terminated, truncated, _ = env.step(np.zeros(env.action_space.shape, np.float32))
+        steps += 1
+        done = terminated or truncated
+    lengths = sorted({len(ep["actions"]) for ep in episodes})
+    if lengths != [steps]:
+        raise ConfigError(
+            f"{env_id}: dataset episodes have {lengths} steps, but the continual runner evaluates DMC at action "
+            f"repeat 2 ({steps} steps per episode); collect from agents trained with env.action_repeat=2 (as "
+            "configs/sac_state.yaml does)")
 
 
 def run_sequence(cfg: Any, out_dir: str | Path | None = None) -> Path:
@@ -414,7 +459,7 @@ def run_sequence(cfg: Any, out_dir: str | Path | None = None) -> Path:
     from agents.cuda_graph import GraphedUpdate
     from agents.l2m import L2MAgent
     from plasticrl.cli import resolve_device
-    from plasticrl.config import dump, wandb_settings
+    from plasticrl.config import ConfigError, dump, wandb_settings
     from plasticrl.logging import RunLogger, make_run_dir
     from plasticrl.modulation import ModulationPool
     from plasticrl.monitor import PlasticityMonitor
@@ -435,6 +480,18 @@ def run_sequence(cfg: Any, out_dir: str | Path | None = None) -> Path:
     try:
         episodes = {t: load_episodes(cfg.data.out_dir, dataset_ids[t]) for t in dict.fromkeys(pre_tasks + seq_tasks)}
         target = [max(float(np.sum(ep["rewards"])) for ep in episodes[t]) for t in seq_tasks]
+        # DMC tasks have no success signal: scored by data-normalised return against these references
+        dmc_refs: dict[int, dict[str, float]] = {}
+        for j, env_id in enumerate(seq_tasks):
+            if env_id.startswith("dmc:"):
+                env = evaluator.envs_of(j)[0]
+                check_dmc_episodes(env_id, episodes[env_id], env)
+                dmc_refs[j] = {"random": random_return(env, seq_cfg.eval_episodes, cfg.run.seed + 50_000),
+                               "data": float(np.mean([np.sum(ep["rewards"]) for ep in episodes[env_id]]))}
+                if not dmc_refs[j]["data"] > dmc_refs[j]["random"]:
+                    raise ConfigError(f"{env_id}: the dataset's mean return {dmc_refs[j]['data']:.1f} does not exceed "
+                                      f"a random policy's {dmc_refs[j]['random']:.1f}, so its data-normalised score is "
+                                      "undefined: collect from a trained agent")
         agent = L2MAgent(dt_config(cfg), device=device, precision=cfg.model.precision,
                          cuda_graph=cfg.model.cuda_graph,
                          learning_rate=cfg.pretrain.learning_rate,
@@ -525,12 +582,17 @@ def run_sequence(cfg: Any, out_dir: str | Path | None = None) -> Path:
             if pool is not None:
                 pool.eval()
             model.eval()
-            scores, returns = evaluator.run(agent, tasks, [target[j] for j in tasks], None if pool is None else select)
+            successes, returns = evaluator.run(agent, tasks, [target[j] for j in tasks],
+                                               None if pool is None else select)
+            scores = np.array([float(data_normalized_score(ret, dmc_refs[j]["random"], dmc_refs[j]["data"]))
+                               if j in dmc_refs else float(success) for j, success, ret in zip(tasks, successes, returns)])
             record: dict[str, float] = {}
-            for j, success, ret in zip(tasks, scores, returns):
+            for j, success, ret, score in zip(tasks, successes, returns, scores):
                 record[f"eval/{j}-{seq_tasks[j]}/success"] = float(success)
                 record[f"eval/{j}-{seq_tasks[j]}/return"] = float(ret)
-            record.update({"eval/stage": stage, "eval/mean_success": float(scores.mean()), "eval/n_tasks": len(tasks),
+                record[f"eval/{j}-{seq_tasks[j]}/score"] = float(score)
+            record.update({"eval/stage": stage, "eval/mean_score": float(scores.mean()),
+                           "eval/mean_success": float(np.mean(successes)), "eval/n_tasks": len(tasks),
                            "eval/wall_s": time.time() - began, **probe(stage)})
             logger.log(record, step)
             if method != "reference" and logger.wandb is not None and len(tasks) == n:
@@ -653,6 +715,8 @@ def run_sequence(cfg: Any, out_dir: str | Path | None = None) -> Path:
             "forgetting": _finite(forgetting(perf)),
             "average_performance_per_task": average_performance_per_task(perf).tolist(),
             "forgetting_per_task": forgetting_per_task(perf).tolist(), **walls,
+            "score_per_task": ["data-normalised return" if j in dmc_refs else "success rate" for j in range(n)],
+            "dmc_reference_returns": {seq_tasks[j]: refs for j, refs in dmc_refs.items()},
         }
         if ref_curves is not None:
             summary.update(forward_transfer_summary(curves, ref_curves))

@@ -73,7 +73,8 @@ class SequenceConfig(Section):
     probe_batch_size: int = Field(
         256, ge=0, description="context windows of the fixed batch per task (from its data) that the plasticity "
                                "monitor probes at every evaluation (0: no probes)")
-    max_episode_steps: int = Field(200, ge=1, description="env steps per evaluation episode")
+    max_episode_steps: int = Field(
+        200, ge=1, description="env steps per Meta-World evaluation episode (Continual World's horizon; DMC episodes run their 1,000 frames)")
     reference_curves: list[list[float]] | str | None = Field(
         None, description="single-task reference success curves, one per task, for forward transfer: a list of "
                           "curves or the path of a reference run's reference_curves.json")

@@ -1,6 +1,6 @@
 """PNG dashboards from run folders' ``metrics.jsonl`` (no W&B needed), and continual runs' success matrices.
 
-Panels: episode and evaluation return (continual runs: mean success), replay ratio in force, and for each monitored
+Panels: episode and evaluation return (continual runs: mean score), replay ratio in force, and for each monitored
 group its dormant ratio, FAU and srank, all over env steps (continual runs: gradient steps). Runs are grouped by
 config (the run folder's parent, ``runs/<name>/``); a group of several seeds is drawn as its mean with a shaded band
 of one standard deviation, groups side by side in colour. ``plot_success_matrix`` draws a continual run's task x task
@@ -33,7 +33,7 @@ def panel_keys(runs: list[list[dict]]) -> list[tuple[str, list[str]]]:
     keys = {k for records in runs for r in records for k in r}
     groups = sorted({k.split("/")[1] for k in keys if k.startswith("plasticity/") and k.count("/") == 2})
     panels = [("return", [k for k in ("train/episode_return", "eval/return_mean") if k in keys]),
-              ("success (continual runs)", [k for k in ("eval/mean_success",) if k in keys]),
+              ("score (continual runs)", [k for k in ("eval/mean_score",) if k in keys]),
               ("replay ratio", [k for k in ("replay_ratio/ratio",) if k in keys])]
     for group in groups:
         for metric in GROUP_METRICS:

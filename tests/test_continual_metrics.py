@@ -62,3 +62,12 @@ def test_edge_cases_and_validation() -> None:
         forward_transfer([np.ones(2)], [])
     with pytest.raises(ValueError):
         forward_transfer([np.array([])], [np.ones(2)])
+
+
+def test_data_normalized_score_hand_worked() -> None:
+    """(R - R_random) / (R_data - R_random): random 20, data 820 -> 420 is 0.5, 20 is 0, 1220 is 1.5."""
+    from plasticrl.continual import data_normalized_score
+
+    np.testing.assert_allclose(data_normalized_score([420.0, 20.0, 1220.0], 20.0, 820.0), [0.5, 0.0, 1.5])
+    with pytest.raises(ValueError, match="must exceed"):
+        data_normalized_score(1.0, 5.0, 5.0)

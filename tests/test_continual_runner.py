@@ -128,7 +128,7 @@ def test_plasticrl_plot_draws_a_continual_runs_dashboard_and_success_matrix(l2m_
     from plasticrl.plots import panel_keys
 
     titles = [title for title, _ in panel_keys([read_jsonl(l2m_run)])]
-    assert titles[0] == "success (continual runs)"
+    assert titles[0] == "score (continual runs)"
     assert {"dt dormant_ratio", "dt fau", "dt srank"} <= set(titles)
     matrix = l2m_run / "plots" / "success_matrix.png"
     matrix.unlink()

@@ -146,3 +146,78 @@ def test_collect_runs_errors_before_writing(sac_run, tmp_path, capsys, args, mes
 def test_collect_runs_needs_a_run(tmp_path, capsys):
     assert main(["collect", "--runs", str(tmp_path), "--episodes", "1"]) == 2
     assert "no run folder" in capsys.readouterr().err
+
+
+def test_dmc_data_at_another_action_repeat_is_refused(sac_run, tmp_path):
+    """The smoke SAC run trains at action repeat 8 (125-step episodes); the continual runner evaluates DMC at
+    action repeat 2 (500 steps): its data is refused before any training, naming the fix."""
+    from plasticrl import continual, continual_config
+
+    runs, _ = sac_run
+    out = tmp_path / "data"
+    assert main(["collect", "--runs", str(runs), "--agent", "sac", "--episodes", "1", "--out", str(out),
+                 "--device", "cpu"]) == 0
+    cfg = continual_config.load(ROOT / "configs" / "l2m_smoke.yaml", [
+        f"data.out_dir={out}", f"data.dataset_ids={{{TASK}: plasticrl/cartpole-swingup/sac-final-deterministic-v0}}",
+        f"sequence.tasks=[{TASK}]", "pretrain.steps=0", "logging.wandb.mode=disabled"])
+    with pytest.raises(cfgmod.ConfigError, match=r"\[125\] steps.*action repeat 2 \(500 steps.*action_repeat=2"):
+        continual.run_sequence(cfg, tmp_path / "runs")
+
+
+def test_dmc_tasks_are_scored_by_data_normalised_return(tmp_path, monkeypatch):
+    """A DMC task in a sequence: its score is (R - R_random) / (R_data - R_random), with R_random the mean return of
+    seeded uniform random actions (recomputed here by hand) and R_data the dataset's mean return; full 500-step
+    evaluation episodes (not Meta-World's max_episode_steps)."""
+    from plasticrl import continual, continual_config
+
+    out = tmp_path / "data"
+    rng = np.random.default_rng(0)
+    env = envs.make(TASK, pixels=False, seed=0)
+    dataset_id = "plasticrl/cartpole-swingup/halfway-v0"  # real rollouts: a bang-bang policy, better than random
+    collect._collect(TASK, env, lambda obs: np.sign(rng.normal(size=1)).astype(np.float32) * 0.5, 2, 0, out,
+                     dataset_id, algorithm="test", description="test data")
+    cfg = continual_config.load(ROOT / "configs" / "l2m_smoke.yaml", [
+        f"data.out_dir={out}", f"data.dataset_ids={{{TASK}: {dataset_id}}}", f"sequence.tasks=[{TASK}]",
+        "pretrain.steps=0", "sequence.steps_per_task=1", "sequence.eval_every=0", "logging.wandb.mode=disabled",
+        "sequence.method=finetune", "sequence.probe_batch_size=0"])
+    import gymnasium as gym
+
+    lengths = []  # episode lengths of the runner's envs: the zero-action check, random episodes, evaluation
+
+    class CountSteps(gym.Wrapper):
+        def reset(self, **kw):
+            self.steps = 0
+            return self.env.reset(**kw)
+
+        def step(self, action):
+            out = self.env.step(action)
+            self.steps += 1
+            if out[2] or out[3]:
+                lengths.append(self.steps)
+            return out
+
+    make = envs.make
+    monkeypatch.setattr(envs, "make", lambda *a, **kw: CountSteps(make(*a, **kw)))
+    run = continual.run_sequence(cfg, tmp_path / "runs")
+    assert lengths == [500] * (2 + cfg.sequence.eval_episodes)  # max_episode_steps (20) is Meta-World's horizon
+    summary = json.loads((run / "summary.json").read_text())
+    refs = summary["dmc_reference_returns"][TASK]
+    episodes = continual.load_episodes(out, dataset_id)
+    assert refs["data"] == pytest.approx(np.mean([ep["rewards"].sum() for ep in episodes]))
+    probe = envs.make(TASK, pixels=False, seed=0)
+    by_hand = []
+    for e in range(cfg.sequence.eval_episodes):
+        probe.reset(seed=cfg.run.seed + 50_000 + e)
+        probe.action_space.seed(cfg.run.seed + 50_000 + e)
+        total, done = 0.0, False
+        while not done:
+            _, reward, terminated, truncated, _ = probe.step(probe.action_space.sample())
+            total, done = total + reward, terminated or truncated
+        by_hand.append(total)
+    assert refs["random"] == pytest.approx(np.mean(by_hand))
+    record = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if '"eval/stage"' in line][-1]
+    ret = record[f"eval/0-{TASK}/return"]
+    expected = (ret - refs["random"]) / (refs["data"] - refs["random"])
+    assert record[f"eval/0-{TASK}/score"] == pytest.approx(expected)
+    assert summary["average_performance"] == pytest.approx(expected)
+    assert summary["score_per_task"] == ["data-normalised return"]
