@@ -165,11 +165,11 @@ def _cmd_train(args: argparse.Namespace) -> int:
 def _cmd_plot(args: argparse.Namespace) -> int:
     from plasticrl.plots import plot_runs, plot_success_matrix_of_run
 
-    out = plot_runs([Path(p) for p in args.run_dirs], Path(args.out) if args.out else None)
-    print(out)
-    for run_dir in map(Path, args.run_dirs):
-        if (run_dir / "success_matrix.json").is_file():  # a `plasticrl continual` run
-            print(plot_success_matrix_of_run(run_dir))
+    matrices = [plot_success_matrix_of_run(Path(d)) for d in args.run_dirs  # `plasticrl continual` runs
+                if (Path(d) / "success_matrix.json").is_file()]
+    print(plot_runs([Path(p) for p in args.run_dirs], Path(args.out) if args.out else None))
+    for path in matrices:
+        print(path)
     return 0
 
 

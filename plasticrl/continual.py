@@ -94,12 +94,24 @@ def forward_transfer(curves: Sequence[np.ndarray], ref_curves: Sequence[np.ndarr
     return float(forward_transfer_per_task(curves, ref_curves).mean())
 
 
-def forward_transfer_summary(curves: Sequence[np.ndarray], ref_curves: Sequence[np.ndarray]) -> dict[str, Any]:
-    """summary.json's forward-transfer entries: ``forward_transfer``, ``forward_transfer_per_task`` and, where a
-    reference curve's AUC is 1 (FT 0 by definition), a ``forward_transfer_note`` naming those tasks."""
-    out: dict[str, Any] = {"forward_transfer": forward_transfer(curves, ref_curves),
-                           "forward_transfer_per_task": forward_transfer_per_task(curves, ref_curves).tolist()}
-    saturated = [j for j, ref in enumerate(ref_curves) if float(np.mean(ref)) >= 1.0]
+def forward_transfer_summary(curves: Sequence[np.ndarray], ref_curves: Sequence[np.ndarray],
+                             score_kinds: Sequence[str] | None = None) -> dict[str, Any]:
+    """summary.json's forward-transfer entries. Success-rate tasks (default: all) use Continual World's
+    ``forward_transfer_per_task``, averaged in ``forward_transfer`` (None if there are none), with a
+    ``forward_transfer_note`` naming tasks whose reference AUC is 1 (FT 0 by definition). Tasks scored by
+    data-normalised return (DMC; ``score_kinds[j] != "success rate"``), which is not bounded by 1, get
+    ``AUC - AUC_ref`` instead, averaged in ``forward_transfer_dmc``."""
+    kinds = list(score_kinds) if score_kinds is not None else ["success rate"] * len(curves)
+    per_task = forward_transfer_per_task(curves, ref_curves)
+    rate = [j for j, kind in enumerate(kinds) if kind == "success rate"]
+    other = [j for j in range(len(kinds)) if j not in rate]
+    for j in other:
+        per_task[j] = float(np.mean(curves[j])) - float(np.mean(ref_curves[j]))
+    out: dict[str, Any] = {"forward_transfer": float(per_task[rate].mean()) if rate else None,
+                           "forward_transfer_per_task": per_task.tolist()}
+    if other:
+        out["forward_transfer_dmc"] = float(per_task[other].mean())
+    saturated = [j for j in rate if float(np.mean(ref_curves[j])) >= 1.0]
     if saturated:
         out["forward_transfer_note"] = (
             f"tasks {saturated}: the reference's AUC is 1, so their forward transfer is 0 by definition (no room "
@@ -232,6 +244,9 @@ def load_reference_curves(cfg: Any, seq_tasks: list[str]) -> list[list[float]] |
                               f"not of sequence.tasks {seq_tasks}")
         differ = [f"sequence.{k}: {data[k]} there, {getattr(cfg.sequence, k)} here"
                   for k in ("steps_per_task", "eval_every") if k in data and data[k] != getattr(cfg.sequence, k)]
+        kinds = ["data-normalised return" if t.startswith("dmc:") else "success rate" for t in seq_tasks]
+        if data.get("score_per_task", ["success rate"] * len(seq_tasks)) != kinds:  # older files: success only
+            differ.append(f"scores {data.get('score_per_task', 'success rate only')} there, {kinds} here")
         if differ:  # curves of another length or grid would make the AUCs incomparable
             raise ConfigError(f"sequence.reference_curves: {refs!r} was made with other settings ({'; '.join(differ)}); "
                               "make the reference run with this config's sequence settings")
@@ -324,7 +339,7 @@ class Evaluator:
     """Lockstep evaluation of an ``L2MAgent`` on tasks x episodes: one env per (task, episode e), built on first use
     with ``seed`` and reset with ``seed + e``, kept for later evaluations; all running envs are stepped together,
     one batched ``predict_batch`` per env step, each until its episode ends (Meta-World: truncated after
-    ``max_episode_steps``; DMC: the suite's 1,000 frames). Success: ``info["success"] >= 1`` at any step (dmc has
+    ``max_episode_steps``; DMC: the suite's 1,000 frames; at most ``MAX_EPISODE_STEPS``). Success: ``info["success"] >= 1`` at any step (dmc has
     none: 0)."""
 
     def __init__(self, tasks: list[str], episodes: int, seed: int, max_episode_steps: int) -> None:
@@ -358,7 +373,9 @@ class Evaluator:
         rewards, returns, success = np.zeros(n), np.zeros(n), np.zeros(n, bool)
         active = np.arange(n)
         wrapped = None if select is None else (lambda states, r: select(states, task_of_row[r]))
-        while active.size:
+        for _ in range(MAX_EPISODE_STEPS):
+            if active.size == 0:
+                break
             actions = agent.predict_batch(batch, obs[active], rewards[active], rows=active, select=wrapped)
             still = []
             for a, r in zip(actions, active):
@@ -387,6 +404,9 @@ def _finite(x: float) -> float | None:
     return float(x) if np.isfinite(x) else None
 
 
+MAX_EPISODE_STEPS = 10_000  # a hard cap on any episode the runner plays (an env without a time limit ends here)
+
+
 def random_return(env: Any, episodes: int, seed: int) -> float:
     """Mean return (reward units) of uniform random actions on ``env`` over ``episodes`` episodes, episode ``e``
     reset with ``seed + e`` and its actions drawn from ``action_space`` seeded with ``seed + e``: the 0 of
@@ -395,11 +415,11 @@ def random_return(env: Any, episodes: int, seed: int) -> float:
     for e in range(episodes):
         env.reset(seed=seed + e)
         env.action_space.seed(seed + e)
-        done = False
-        while not done:
+        for _ in range(MAX_EPISODE_STEPS):
             _, reward, terminated, truncated, _ = env.step(env.action_space.sample())
             total += float(reward)
-            done = terminated or truncated
+            if terminated or truncated:
+                break
     return total / episodes
 
 
@@ -411,17 +431,43 @@ def check_dmc_episodes(env_id: str, episodes: list[dict[str, np.ndarray]], env: 
 
     env.reset(seed=0)
     steps = 0
-    done = False
-    while not done:
+    for steps in range(1, MAX_EPISODE_STEPS + 1):
         _, _, terminated, truncated, _ = env.step(np.zeros(env.action_space.shape, np.float32))
-        steps += 1
-        done = terminated or truncated
+        if terminated or truncated:
+            break
     lengths = sorted({len(ep["actions"]) for ep in episodes})
     if lengths != [steps]:
         raise ConfigError(
             f"{env_id}: dataset episodes have {lengths} steps, but the continual runner evaluates DMC at action "
             f"repeat 2 ({steps} steps per episode); collect from agents trained with env.action_repeat=2 (as "
             "configs/sac_state.yaml does)")
+
+
+def dmc_references(cfg: Any, seq_tasks: list[str], dataset_ids: dict[str, str]) -> dict[int, dict[str, float]]:
+    """For every DMC task of the sequence (index j): {"random": mean return of seeded uniform random actions over
+    ``eval_episodes`` episodes, "data": its dataset's mean episode return}, the references of
+    ``data_normalized_score``. ConfigError if the data was recorded at another action repeat or does not beat the
+    random policy. Run before anything is written."""
+    import envs
+    from plasticrl.config import ConfigError
+
+    refs = {}
+    for j, env_id in enumerate(seq_tasks):
+        if not env_id.startswith("dmc:"):
+            continue
+        env = envs.make(env_id, **_env_options(env_id, cfg.run.seed, cfg.sequence.max_episode_steps))
+        try:
+            episodes = load_episodes(cfg.data.out_dir, dataset_ids[env_id])
+            check_dmc_episodes(env_id, episodes, env)
+            refs[j] = {"random": random_return(env, cfg.sequence.eval_episodes, cfg.run.seed + 50_000),
+                       "data": float(np.mean([np.sum(ep["rewards"]) for ep in episodes]))}
+        finally:
+            env.close()
+        if not refs[j]["data"] > refs[j]["random"]:
+            raise ConfigError(f"{env_id}: the dataset's mean return {refs[j]['data']:.1f} does not exceed a random "
+                              f"policy's {refs[j]['random']:.1f}, so its data-normalised score is undefined: collect "
+                              "from a trained agent")
+    return refs
 
 
 def run_sequence(cfg: Any, out_dir: str | Path | None = None) -> Path:
@@ -459,7 +505,7 @@ def run_sequence(cfg: Any, out_dir: str | Path | None = None) -> Path:
     from agents.cuda_graph import GraphedUpdate
     from agents.l2m import L2MAgent
     from plasticrl.cli import resolve_device
-    from plasticrl.config import ConfigError, dump, wandb_settings
+    from plasticrl.config import dump, wandb_settings
     from plasticrl.logging import RunLogger, make_run_dir
     from plasticrl.modulation import ModulationPool
     from plasticrl.monitor import PlasticityMonitor
@@ -470,6 +516,8 @@ def run_sequence(cfg: Any, out_dir: str | Path | None = None) -> Path:
     device = resolve_device(cfg.run.device)
     seq_cfg, method, n = cfg.sequence, cfg.sequence.method, len(seq_tasks)
     dataset_ids = ensure_datasets(cfg, pre_tasks + seq_tasks)
+    dmc_refs = dmc_references(cfg, seq_tasks, dataset_ids)  # DMC tasks: scored by data-normalised return
+    score_kinds = ["data-normalised return" if j in dmc_refs else "success rate" for j in range(len(seq_tasks))]
 
     run_dir = make_run_dir(out_dir or cfg.run.out_dir, cfg.run.name, cfg.run.seed)
     (run_dir / "config.yaml").write_text(dump(cfg))
@@ -480,18 +528,6 @@ def run_sequence(cfg: Any, out_dir: str | Path | None = None) -> Path:
     try:
         episodes = {t: load_episodes(cfg.data.out_dir, dataset_ids[t]) for t in dict.fromkeys(pre_tasks + seq_tasks)}
         target = [max(float(np.sum(ep["rewards"])) for ep in episodes[t]) for t in seq_tasks]
-        # DMC tasks have no success signal: scored by data-normalised return against these references
-        dmc_refs: dict[int, dict[str, float]] = {}
-        for j, env_id in enumerate(seq_tasks):
-            if env_id.startswith("dmc:"):
-                env = evaluator.envs_of(j)[0]
-                check_dmc_episodes(env_id, episodes[env_id], env)
-                dmc_refs[j] = {"random": random_return(env, seq_cfg.eval_episodes, cfg.run.seed + 50_000),
-                               "data": float(np.mean([np.sum(ep["rewards"]) for ep in episodes[env_id]]))}
-                if not dmc_refs[j]["data"] > dmc_refs[j]["random"]:
-                    raise ConfigError(f"{env_id}: the dataset's mean return {dmc_refs[j]['data']:.1f} does not exceed "
-                                      f"a random policy's {dmc_refs[j]['random']:.1f}, so its data-normalised score is "
-                                      "undefined: collect from a trained agent")
         agent = L2MAgent(dt_config(cfg), device=device, precision=cfg.model.precision,
                          cuda_graph=cfg.model.cuda_graph,
                          learning_rate=cfg.pretrain.learning_rate,
@@ -591,9 +627,13 @@ def run_sequence(cfg: Any, out_dir: str | Path | None = None) -> Path:
                 record[f"eval/{j}-{seq_tasks[j]}/success"] = float(success)
                 record[f"eval/{j}-{seq_tasks[j]}/return"] = float(ret)
                 record[f"eval/{j}-{seq_tasks[j]}/score"] = float(score)
-            record.update({"eval/stage": stage, "eval/mean_score": float(scores.mean()),
-                           "eval/mean_success": float(np.mean(successes)), "eval/n_tasks": len(tasks),
-                           "eval/wall_s": time.time() - began, **probe(stage)})
+            record.update({"eval/stage": stage, "eval/n_tasks": len(tasks), **probe(stage)})
+            if len(tasks) == n:  # means over the whole sequence only (eval_scope=current evaluates one task)
+                record["eval/mean_score"] = float(scores.mean())
+                with_success = [k for k, j in enumerate(tasks) if j not in dmc_refs]
+                if with_success:
+                    record["eval/mean_success"] = float(np.mean(successes[with_success]))
+            record["eval/wall_s"] = time.time() - began
             logger.log(record, step)
             if method != "reference" and logger.wandb is not None and len(tasks) == n:
                 so_far = perf[: stage + 1].copy()
@@ -683,8 +723,8 @@ def run_sequence(cfg: Any, out_dir: str | Path | None = None) -> Path:
             wall, evals = time.time() - began, eval_wall - eval_before
             logger.log({"task/wall_s": wall, "task/train_wall_s": wall - evals, "task/eval_wall_s": evals,
                         "task/index": i}, step)
-            done = f"final success {curves[-1][-1]:.2f}" if method == "reference" else \
-                f"success {perf[i, i]:.2f}  mean over tasks {perf[i].mean():.2f}"
+            done = f"final score {curves[-1][-1]:.2f}" if method == "reference" else \
+                f"score {perf[i, i]:.2f}  mean over tasks {perf[i].mean():.2f}"
             print(f"task {i} {env_id}: {done}  ({wall:.0f} s: train {wall - evals:.0f} s, eval {evals:.0f} s)",
                   flush=True)
         sequence_wall = time.time() - seq_started
@@ -694,10 +734,12 @@ def run_sequence(cfg: Any, out_dir: str | Path | None = None) -> Path:
         if method == "reference":
             (run_dir / "reference_curves.json").write_text(json.dumps(
                 {"tasks": seq_tasks, "curves": curves, "steps_per_task": seq_cfg.steps_per_task,
-                 "eval_every": seq_cfg.eval_every, "eval_episodes": seq_cfg.eval_episodes}, indent=2))
+                 "eval_every": seq_cfg.eval_every, "eval_episodes": seq_cfg.eval_episodes,
+                 "score_per_task": score_kinds}, indent=2))
             summary: dict[str, Any] = {"method": method, "tasks": seq_tasks,
                                        "reference_auc_per_task": [float(np.mean(c)) for c in curves],
-                                       "final_success_per_task": [c[-1] for c in curves], **walls}
+                                       "final_score_per_task": [c[-1] for c in curves],
+                                       "score_per_task": score_kinds, **walls}
             (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
             torch.save(model.state_dict(), run_dir / "checkpoints" / "final.pt")
             logger.log({f"summary/{k}": v for k, v in walls.items()}, step)
@@ -715,11 +757,11 @@ def run_sequence(cfg: Any, out_dir: str | Path | None = None) -> Path:
             "forgetting": _finite(forgetting(perf)),
             "average_performance_per_task": average_performance_per_task(perf).tolist(),
             "forgetting_per_task": forgetting_per_task(perf).tolist(), **walls,
-            "score_per_task": ["data-normalised return" if j in dmc_refs else "success rate" for j in range(n)],
+            "score_per_task": score_kinds,
             "dmc_reference_returns": {seq_tasks[j]: refs for j, refs in dmc_refs.items()},
         }
         if ref_curves is not None:
-            summary.update(forward_transfer_summary(curves, ref_curves))
+            summary.update(forward_transfer_summary(curves, ref_curves, score_kinds))
         else:
             summary["forward_transfer"] = None
             summary["forward_transfer_note"] = "skipped: no sequence.reference_curves given"

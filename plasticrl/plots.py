@@ -33,7 +33,7 @@ def panel_keys(runs: list[list[dict]]) -> list[tuple[str, list[str]]]:
     keys = {k for records in runs for r in records for k in r}
     groups = sorted({k.split("/")[1] for k in keys if k.startswith("plasticity/") and k.count("/") == 2})
     panels = [("return", [k for k in ("train/episode_return", "eval/return_mean") if k in keys]),
-              ("score (continual runs)", [k for k in ("eval/mean_score",) if k in keys]),
+              ("score (continual runs)", [k for k in ("eval/mean_score", "eval/mean_success") if k in keys][:1]),
               ("replay ratio", [k for k in ("replay_ratio/ratio",) if k in keys])]
     for group in groups:
         for metric in GROUP_METRICS:
@@ -91,7 +91,7 @@ def plot_runs(run_dirs: list[Path], out: Path | None = None) -> Path:
                 if len(curves) > 1:
                     ax.fill_between(steps, mean - std, mean + std, color=colors[ci % len(colors)], alpha=0.2)
         ax.set_title(title)
-        ax.set_xlabel("env steps")
+        ax.set_xlabel("steps (env; continual runs: gradient)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     for ax in list(axes.flat)[len(panels):]:
@@ -105,8 +105,9 @@ def plot_runs(run_dirs: list[Path], out: Path | None = None) -> Path:
 
 
 def plot_success_matrix(perf: np.ndarray, tasks: list[str], path: Path) -> Path:
-    """Heatmap PNG of a continual run's success matrix ``perf`` (n, n): row i = after training task i, column j =
-    task j evaluated; NaN rows (not reached yet) stay blank; scores written in. Returns ``path``."""
+    """Heatmap PNG of a continual run's success matrix ``perf`` (n, n) of scores: row i = after training task i,
+    column j = task j evaluated; NaN rows (not reached yet) stay blank; scores written in; the colour range is [0, 1]
+    widened to any score outside it. Returns ``path``."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -115,7 +116,9 @@ def plot_success_matrix(perf: np.ndarray, tasks: list[str], path: Path) -> Path:
     n = len(tasks)
     labels = [t.partition(":")[2] or t for t in tasks]
     fig, ax = plt.subplots(figsize=(3.5 + 0.6 * n, 2.5 + 0.5 * n))
-    im = ax.imshow(perf, vmin=0.0, vmax=1.0, cmap="viridis")
+    finite = perf[np.isfinite(perf)]  # success rates lie in [0, 1]; DMC's data-normalised returns may not
+    low, high = min(0.0, float(finite.min(initial=0.0))), max(1.0, float(finite.max(initial=1.0)))
+    im = ax.imshow(perf, vmin=low, vmax=high, cmap="viridis")
     ax.set_xticks(range(n), labels, rotation=60, ha="right", fontsize=7)
     ax.set_yticks(range(n), labels, fontsize=7)
     ax.set_xlabel("evaluated task")
@@ -124,8 +127,8 @@ def plot_success_matrix(perf: np.ndarray, tasks: list[str], path: Path) -> Path:
         for j in range(n):
             if np.isfinite(perf[i, j]):
                 ax.text(j, i, f"{perf[i, j]:.2f}", ha="center", va="center", fontsize=6,
-                        color="white" if perf[i, j] < 0.5 else "black")
-    fig.colorbar(im, ax=ax, label="success rate")
+                        color="white" if perf[i, j] < (low + high) / 2 else "black")
+    fig.colorbar(im, ax=ax, label="score (success rate; DMC: data-normalised return)")
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

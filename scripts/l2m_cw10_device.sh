@@ -40,7 +40,7 @@ for name in ("l2m_cw10", "finetune_cw10"):
         matrix = json.load(open(path.replace("summary.json", "success_matrix.json")))
         if ref is not None and ref["tasks"] == matrix["tasks"]:
             summary.pop("forward_transfer_note", None)
-            summary.update(forward_transfer_summary(matrix["curves"], ref["curves"]))
+            summary.update(forward_transfer_summary(matrix["curves"], ref["curves"], summary.get("score_per_task")))
             summary["forward_transfer_reference"] = refs[-1]
             json.dump(summary, open(path, "w"), indent=2)
         keep = ("average_performance", "forgetting", "forward_transfer", "pretrain_wall_s", "sequence_wall_s")

@@ -71,3 +71,20 @@ def test_data_normalized_score_hand_worked() -> None:
     np.testing.assert_allclose(data_normalized_score([420.0, 20.0, 1220.0], 20.0, 820.0), [0.5, 0.0, 1.5])
     with pytest.raises(ValueError, match="must exceed"):
         data_normalized_score(1.0, 5.0, 5.0)
+
+
+def test_forward_transfer_summary_keeps_dmc_scores_apart() -> None:
+    """Success-rate tasks: Continual World's (AUC - AUC_ref) / (1 - AUC_ref); DMC tasks (data-normalised returns,
+    unbounded): AUC - AUC_ref, averaged apart; a saturated reference is named."""
+    from plasticrl.continual import forward_transfer_summary
+
+    curves = [[0.2, 0.4], [1.0, 1.0], [1.2, 1.6]]
+    refs = [[0.0, 0.2], [1.0, 1.0], [0.9, 1.1]]
+    out = forward_transfer_summary(curves, refs, ["success rate", "success rate", "data-normalised return"])
+    # task 0: (0.3 - 0.1) / 0.9; task 1: reference AUC 1 -> 0; task 2: 1.4 - 1.0
+    assert out["forward_transfer_per_task"] == pytest.approx([0.2 / 0.9, 0.0, 0.4])
+    assert out["forward_transfer"] == pytest.approx(0.1 / 0.9)
+    assert out["forward_transfer_dmc"] == pytest.approx(0.4)
+    assert "tasks [1]" in out["forward_transfer_note"]
+    only_dmc = forward_transfer_summary(curves[2:], refs[2:], ["data-normalised return"])
+    assert only_dmc["forward_transfer"] is None and only_dmc["forward_transfer_dmc"] == pytest.approx(0.4)

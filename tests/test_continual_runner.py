@@ -163,10 +163,29 @@ def test_eval_scope_current_evaluates_only_the_task_in_training_between_task_end
     all_keys = sorted(f"eval/{j}-{t}/success" for j, t in enumerate(tasks))
     assert evals == [[f"eval/0-{tasks[0]}/success"], all_keys, [f"eval/1-{tasks[1]}/success"], all_keys]
     assert [r["eval/n_tasks"] for r in records if "eval/stage" in r] == [1, 2, 1, 2]
+    # sequence means only where the whole sequence was evaluated
+    assert [("eval/mean_score" in r) for r in records if "eval/stage" in r] == [False, True, False, True]
     ours, full = (json.loads((r / "success_matrix.json").read_text()) for r in (run, l2m_run))
     assert ours["curves"] == full["curves"] and ours["perf"] == full["perf"]
     with pytest.raises(ConfigError, match="sequence.eval_scope"):
         cc.load(SMOKE, ["sequence.eval_scope=some"])
+
+
+def test_reference_curves_made_with_other_scores_are_refused(data_dir, tmp_path):
+    """A reference file records how each task was scored; one made for success rates only (older files) does not
+    serve a sequence with a DMC task, scored by data-normalised return."""
+    cfg = smoke(data_dir)
+    tasks = ["metaworld:push-v3", "dmc:cartpole-swingup"]
+    path = tmp_path / "reference_curves.json"
+    path.write_text(json.dumps({"tasks": tasks, "curves": [[1.0, 1.0], [0.0, 0.0]], "steps_per_task": 10,
+                                "eval_every": 5}))
+    cfg.sequence.reference_curves = str(path)
+    with pytest.raises(ConfigError, match="success rate only there"):
+        continual.load_reference_curves(cfg, tasks)
+    data = json.loads(path.read_text())
+    data["score_per_task"] = ["success rate", "data-normalised return"]
+    path.write_text(json.dumps(data))
+    assert continual.load_reference_curves(cfg, tasks) == [[1.0, 1.0], [0.0, 0.0]]
 
 
 def test_bad_method_names_allowed_values():

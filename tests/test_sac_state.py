@@ -162,6 +162,7 @@ def test_dmc_data_at_another_action_repeat_is_refused(sac_run, tmp_path):
         f"sequence.tasks=[{TASK}]", "pretrain.steps=0", "logging.wandb.mode=disabled"])
     with pytest.raises(cfgmod.ConfigError, match=r"\[125\] steps.*action repeat 2 \(500 steps.*action_repeat=2"):
         continual.run_sequence(cfg, tmp_path / "runs")
+    assert not (tmp_path / "runs").exists()  # refused before a run folder was written
 
 
 def test_dmc_tasks_are_scored_by_data_normalised_return(tmp_path, monkeypatch):
@@ -199,7 +200,8 @@ def test_dmc_tasks_are_scored_by_data_normalised_return(tmp_path, monkeypatch):
     make = envs.make
     monkeypatch.setattr(envs, "make", lambda *a, **kw: CountSteps(make(*a, **kw)))
     run = continual.run_sequence(cfg, tmp_path / "runs")
-    assert lengths == [500] * (2 + cfg.sequence.eval_episodes)  # max_episode_steps (20) is Meta-World's horizon
+    # a zero-action check, eval_episodes random episodes, eval_episodes evaluation episodes: all 500 steps long
+    assert lengths == [500] * (1 + 2 * cfg.sequence.eval_episodes)  # max_episode_steps (20) is Meta-World's
     summary = json.loads((run / "summary.json").read_text())
     refs = summary["dmc_reference_returns"][TASK]
     episodes = continual.load_episodes(out, dataset_id)
