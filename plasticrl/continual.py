@@ -95,13 +95,13 @@ def forward_transfer(curves: Sequence[np.ndarray], ref_curves: Sequence[np.ndarr
 
 
 def forward_transfer_summary(curves: Sequence[np.ndarray], ref_curves: Sequence[np.ndarray],
-                             score_kinds: Sequence[str] | None = None) -> dict[str, Any]:
+                             kinds: Sequence[str] | None = None) -> dict[str, Any]:
     """summary.json's forward-transfer entries. Success-rate tasks (default: all) use Continual World's
     ``forward_transfer_per_task``, averaged in ``forward_transfer`` (None if there are none), with a
     ``forward_transfer_note`` naming tasks whose reference AUC is 1 (FT 0 by definition). Tasks scored by
-    data-normalised return (DMC; ``score_kinds[j] != "success rate"``), which is not bounded by 1, get
+    data-normalised return (DMC; ``kinds[j] != "success rate"``, see ``score_kinds``), which is not bounded by 1, get
     ``AUC - AUC_ref`` instead, averaged in ``forward_transfer_dmc``."""
-    kinds = list(score_kinds) if score_kinds is not None else ["success rate"] * len(curves)
+    kinds = list(kinds) if kinds is not None else ["success rate"] * len(curves)
     per_task = forward_transfer_per_task(curves, ref_curves)
     rate = [j for j, kind in enumerate(kinds) if kind == "success rate"]
     other = [j for j in range(len(kinds)) if j not in rate]
@@ -244,7 +244,7 @@ def load_reference_curves(cfg: Any, seq_tasks: list[str]) -> list[list[float]] |
                               f"not of sequence.tasks {seq_tasks}")
         differ = [f"sequence.{k}: {data[k]} there, {getattr(cfg.sequence, k)} here"
                   for k in ("steps_per_task", "eval_every") if k in data and data[k] != getattr(cfg.sequence, k)]
-        kinds = ["data-normalised return" if t.startswith("dmc:") else "success rate" for t in seq_tasks]
+        kinds = score_kinds(seq_tasks)
         if data.get("score_per_task", ["success rate"] * len(seq_tasks)) != kinds:  # older files: success only
             differ.append(f"scores {data.get('score_per_task', 'success rate only')} there, {kinds} here")
         if differ:  # curves of another length or grid would make the AUCs incomparable
@@ -407,6 +407,23 @@ def _finite(x: float) -> float | None:
 MAX_EPISODE_STEPS = 10_000  # a hard cap on any episode the runner plays (an env without a time limit ends here)
 
 
+def score_kinds(seq_tasks: list[str]) -> list[str]:
+    """How each task is scored: "data-normalised return" for DMC tasks (no success signal), else "success rate"."""
+    return ["data-normalised return" if t.startswith("dmc:") else "success rate" for t in seq_tasks]
+
+
+def _play_episode(env: Any, act: Any) -> tuple[float, int]:
+    """Steps ``env`` (already reset) with ``act()`` until its episode ends (or ``MAX_EPISODE_STEPS``): (return in
+    reward units, steps)."""
+    total, steps = 0.0, 0
+    for steps in range(1, MAX_EPISODE_STEPS + 1):
+        _, reward, terminated, truncated, _ = env.step(act())
+        total += float(reward)
+        if terminated or truncated:
+            break
+    return total, steps
+
+
 def random_return(env: Any, episodes: int, seed: int) -> float:
     """Mean return (reward units) of uniform random actions on ``env`` over ``episodes`` episodes, episode ``e``
     reset with ``seed + e`` and its actions drawn from ``action_space`` seeded with ``seed + e``: the 0 of
@@ -415,11 +432,7 @@ def random_return(env: Any, episodes: int, seed: int) -> float:
     for e in range(episodes):
         env.reset(seed=seed + e)
         env.action_space.seed(seed + e)
-        for _ in range(MAX_EPISODE_STEPS):
-            _, reward, terminated, truncated, _ = env.step(env.action_space.sample())
-            total += float(reward)
-            if terminated or truncated:
-                break
+        total += _play_episode(env, env.action_space.sample)[0]
     return total / episodes
 
 
@@ -430,11 +443,7 @@ def check_dmc_episodes(env_id: str, episodes: list[dict[str, np.ndarray]], env: 
     from plasticrl.config import ConfigError
 
     env.reset(seed=0)
-    steps = 0
-    for steps in range(1, MAX_EPISODE_STEPS + 1):
-        _, _, terminated, truncated, _ = env.step(np.zeros(env.action_space.shape, np.float32))
-        if terminated or truncated:
-            break
+    _, steps = _play_episode(env, lambda: np.zeros(env.action_space.shape, np.float32))
     lengths = sorted({len(ep["actions"]) for ep in episodes})
     if lengths != [steps]:
         raise ConfigError(
@@ -452,8 +461,8 @@ def dmc_references(cfg: Any, seq_tasks: list[str], dataset_ids: dict[str, str]) 
     from plasticrl.config import ConfigError
 
     refs = {}
-    for j, env_id in enumerate(seq_tasks):
-        if not env_id.startswith("dmc:"):
+    for j, (env_id, kind) in enumerate(zip(seq_tasks, score_kinds(seq_tasks))):
+        if kind == "success rate":
             continue
         env = envs.make(env_id, **_env_options(env_id, cfg.run.seed, cfg.sequence.max_episode_steps))
         try:
@@ -517,7 +526,7 @@ def run_sequence(cfg: Any, out_dir: str | Path | None = None) -> Path:
     seq_cfg, method, n = cfg.sequence, cfg.sequence.method, len(seq_tasks)
     dataset_ids = ensure_datasets(cfg, pre_tasks + seq_tasks)
     dmc_refs = dmc_references(cfg, seq_tasks, dataset_ids)  # DMC tasks: scored by data-normalised return
-    score_kinds = ["data-normalised return" if j in dmc_refs else "success rate" for j in range(len(seq_tasks))]
+    kinds = score_kinds(seq_tasks)
 
     run_dir = make_run_dir(out_dir or cfg.run.out_dir, cfg.run.name, cfg.run.seed)
     (run_dir / "config.yaml").write_text(dump(cfg))
@@ -735,11 +744,11 @@ def run_sequence(cfg: Any, out_dir: str | Path | None = None) -> Path:
             (run_dir / "reference_curves.json").write_text(json.dumps(
                 {"tasks": seq_tasks, "curves": curves, "steps_per_task": seq_cfg.steps_per_task,
                  "eval_every": seq_cfg.eval_every, "eval_episodes": seq_cfg.eval_episodes,
-                 "score_per_task": score_kinds}, indent=2))
+                 "score_per_task": kinds}, indent=2))
             summary: dict[str, Any] = {"method": method, "tasks": seq_tasks,
                                        "reference_auc_per_task": [float(np.mean(c)) for c in curves],
                                        "final_score_per_task": [c[-1] for c in curves],
-                                       "score_per_task": score_kinds, **walls}
+                                       "score_per_task": kinds, **walls}
             (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
             torch.save(model.state_dict(), run_dir / "checkpoints" / "final.pt")
             logger.log({f"summary/{k}": v for k, v in walls.items()}, step)
@@ -757,11 +766,11 @@ def run_sequence(cfg: Any, out_dir: str | Path | None = None) -> Path:
             "forgetting": _finite(forgetting(perf)),
             "average_performance_per_task": average_performance_per_task(perf).tolist(),
             "forgetting_per_task": forgetting_per_task(perf).tolist(), **walls,
-            "score_per_task": score_kinds,
+            "score_per_task": kinds,
             "dmc_reference_returns": {seq_tasks[j]: refs for j, refs in dmc_refs.items()},
         }
         if ref_curves is not None:
-            summary.update(forward_transfer_summary(curves, ref_curves, score_kinds))
+            summary.update(forward_transfer_summary(curves, ref_curves, kinds))
         else:
             summary["forward_transfer"] = None
             summary["forward_transfer_note"] = "skipped: no sequence.reference_curves given"
