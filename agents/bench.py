@@ -76,7 +76,7 @@ def _fill(buffer: Any, venv: Any, n: int, rng: np.random.Generator) -> None:
 
 
 def bench_drq(device: torch.device, batch_size: int, updates: int, hidden_dim: int = 1024,
-              precision: str = "fp32", compile_update: bool = False) -> dict[str, float]:
+              precision: str = "fp32", compile_update: bool = False, fused_q_heads: bool = False) -> dict[str, float]:
     """ms per DrQ update: graphed (on CUDA) and eager on pre-made device batches; and sample + update from replay."""
     from agents import DrQ
 
@@ -84,7 +84,7 @@ def bench_drq(device: torch.device, batch_size: int, updates: int, hidden_dim: i
     out: dict[str, float] = {}
     for mode in ([True, False] if device.type == "cuda" else [False]):
         model = DrQ("CnnPolicy", venv, buffer_size=5000, batch_size=batch_size, device=device, cuda_graph=mode,
-                    precision=precision, compile_update=compile_update and mode,
+                    precision=precision, compile_update=compile_update and mode, fused_q_heads=fused_q_heads,
                     policy_kwargs={"hidden_dim": hidden_dim})
         shape, a_dim = venv.observation_space.shape, venv.action_space.shape[0]
         batches = [synthetic_batch(batch_size, shape, a_dim, device, s) for s in range(4)]
@@ -112,7 +112,7 @@ def bench_sb3_sac(device: torch.device, batch_size: int, updates: int) -> dict[s
 
 def bench_training(device: torch.device, steps: int, n_envs: int, ratio: float = 0.5, batch_size: int = 256,
                    hidden_dim: int = 1024, precision: str = "fp32", async_env_step: bool = False,
-                   compile_update: bool = False) -> dict[str, float]:
+                   compile_update: bool = False, fused_q_heads: bool = False) -> dict[str, float]:
     """Frames/s of real DrQ training on walker-walk pixels at replay ratio ``ratio`` once updates run."""
     from stable_baselines3.common.callbacks import BaseCallback
 
@@ -141,7 +141,8 @@ def bench_training(device: torch.device, steps: int, n_envs: int, ratio: float =
     starts = min(2000, steps // 2)
     model = DrQ("CnnPolicy", venv, learning_starts=starts, buffer_size=max(steps, 10_000), batch_size=batch_size,
                 train_freq=1, gradient_steps=0, device=device, precision=precision,
-                async_env_step=async_env_step, compile_update=compile_update, policy_kwargs={"hidden_dim": hidden_dim})
+                async_env_step=async_env_step, compile_update=compile_update, fused_q_heads=fused_q_heads,
+                policy_kwargs={"hidden_dim": hidden_dim})
     clock = Clock(starts + 100 * n_envs)
     t_all = time.perf_counter()
     model.learn(steps, callback=[ReplayRatioCallback(StaticReplayRatio(ratio)), clock])
@@ -163,17 +164,16 @@ def main(args: Any) -> int:
         f"{torch.get_num_threads()} threads)"
     comp = args.compile and device.type == "cuda"
     results: dict[str, Any] = {"device": hw, "torch": torch.__version__, "batch_size": batch, "updates": updates,
-                               "precision": args.precision, "compile": comp}
-    results.update(bench_drq(device, batch, updates, precision=args.precision, compile_update=comp))
+                               "precision": args.precision, "compile": comp, "fused_q_heads": args.fused_q_heads}
+    drq = {"precision": args.precision, "compile_update": comp, "fused_q_heads": args.fused_q_heads}
+    results.update(bench_drq(device, batch, updates, **drq))
     results.update(bench_sb3_sac(device, batch, updates))
     ours = results.get("drq_sample_update_ms_graph", results["drq_sample_update_ms_eager"])
     results["speedup_vs_sb3_sac"] = results["sb3_sac_update_ms"] / ours
     if steps:
-        results.update(bench_training(device, steps, args.n_envs, batch_size=batch, precision=args.precision,
-                                      compile_update=comp))
+        results.update(bench_training(device, steps, args.n_envs, batch_size=batch, **drq))
         if args.async_env_step:
-            overlapped = bench_training(device, steps, args.n_envs, batch_size=batch, precision=args.precision,
-                                        async_env_step=True, compile_update=comp)
+            overlapped = bench_training(device, steps, args.n_envs, batch_size=batch, async_env_step=True, **drq)
             results["train_frames_per_s_async_env_step"] = overlapped["train_frames_per_s"]
     width = max(len(k) for k in results)
     for k, v in results.items():

@@ -139,27 +139,69 @@ class Actor(nn.Module):
 
 
 class Critic(nn.Module):
-    """Twin Q: encoder features (B, repr_dim) and actions (B, A) -> (q1, q2), each (B, 1)."""
+    """Twin Q: encoder features (B, repr_dim) and actions (B, A) -> (q1, q2), each (B, 1).
+
+    ``fused_heads`` (set by ``DrQ(fused_q_heads=True)``): both heads run as batched matmuls (``twin_heads``) instead
+    of two MLPs, on the same ``q1``/``q2`` parameters: the same values up to float rounding. Falls back to the two
+    MLPs while a forward hook sits on a head or one of its layers (the plasticity monitor probes by hooks).
+    """
 
     def __init__(self, repr_dim: int, action_dim: int, feature_dim: int, hidden_dim: int):
         super().__init__()
         self.trunk = trunk(repr_dim, feature_dim)
         self.q1 = mlp(feature_dim + action_dim, hidden_dim, 1)
         self.q2 = mlp(feature_dim + action_dim, hidden_dim, 1)
+        self.fused_heads = False
+
+    def _features(self, h: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+        with low_precision(h):
+            return torch.cat([self.trunk(h).float(), action], dim=-1)
+
+    def _fused(self) -> bool:
+        return self.fused_heads and not any(m._forward_hooks or m._forward_pre_hooks
+                                            for m in (self.q1, self.q2, *self.q1, *self.q2))
+
+    def twin_heads(self, x: torch.Tensor, h: torch.Tensor, fau: bool = False
+                   ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Both heads on ``x`` (B, in) at once: each Linear's weights of q1 and q2 stacked, (2, out, in), and one
+        ``baddbmm`` on (2, B, in). Returns q (2, B, 1) and, with ``fau``, the fraction of active (> 0) hidden ReLU
+        outputs of both heads (0-dim, as ``forward_with_fau``), else None. Hidden layers in bf16 when the features
+        ``h`` are bf16, the output layer in fp32, as ``run_mlp``."""
+
+        def linear(i: int, y: torch.Tensor) -> torch.Tensor:
+            w = torch.stack([self.q1[i].weight, self.q2[i].weight])  # (2, out, in)
+            b = torch.stack([self.q1[i].bias, self.q2[i].bias])  # (2, out)
+            return torch.baddbmm(b.unsqueeze(1), y, w.transpose(1, 2))  # (2, B, out)
+
+        active: list[torch.Tensor] = []  # per ReLU: active entries over both heads, with fau
+        total = 0
+        y = x.expand(2, *x.shape)
+        with low_precision(h):
+            for i, layer in enumerate(self.q1[:-1]):
+                y = linear(i, y) if isinstance(layer, nn.Linear) else layer(y)
+                if fau and isinstance(layer, nn.ReLU):
+                    active.append((y > 0).sum())
+                    total += y.numel()
+        q = linear(len(self.q1) - 1, y.float())
+        return q, (torch.stack(active).sum() / total if fau else None)
 
     def forward(self, h: torch.Tensor, action: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        with low_precision(h):
-            x = torch.cat([self.trunk(h).float(), action], dim=-1)
+        x = self._features(h, action)
+        if self._fused():
+            q, _ = self.twin_heads(x, h)
+            return q[0], q[1]
         return run_mlp(self.q1, x, h), run_mlp(self.q2, x, h)
 
     def forward_with_fau(self, h: torch.Tensor, action: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Like ``forward``, plus the fraction of active units (> 0) over both heads' hidden ReLU outputs (0-dim),
         the signal of Adaptive RR (Ma et al. 2024). Computed on the device, no host sync."""
+        x = self._features(h, action)
+        if self._fused():
+            q, fau = self.twin_heads(x, h, fau=True)
+            return q[0], q[1], fau
         active = torch.zeros((), device=h.device)
         total = 0
         outs = []
-        with low_precision(h):
-            x = torch.cat([self.trunk(h).float(), action], dim=-1)
         for head in (self.q1, self.q2):
             y = x
             with low_precision(h):
@@ -269,6 +311,7 @@ class DrQ(SAC):
         compile_update: bool = False,
         precision: str = "fp32",
         async_env_step: bool = False,
+        fused_q_heads: bool = False,
         policy_kwargs: dict[str, Any] | None = None,
         verbose: int = 0,
         seed: int | None = None,
@@ -285,6 +328,7 @@ class DrQ(SAC):
             raise ValueError(f"precision={precision!r}: allowed are 'fp32' and 'bf16'")
         self.precision = precision
         self.async_env_step = async_env_step
+        self.fused_q_heads = fused_q_heads  # the critics' two Q heads as batched matmuls (Critic.fused_heads)
         super().__init__(
             policy, env, learning_rate=learning_rate, buffer_size=buffer_size, learning_starts=learning_starts,
             batch_size=batch_size, tau=tau, gamma=gamma, train_freq=train_freq, gradient_steps=gradient_steps,
@@ -308,6 +352,7 @@ class DrQ(SAC):
     def _setup_model(self) -> None:
         super()._setup_model()
         self._update_fn = self._update_vector
+        self.policy.critic.fused_heads = self.policy.critic_target.fused_heads = self.fused_q_heads
         if self.async_env_step and self.env is not None and not isinstance(self.env, PrefetchVecEnv):
             self.env = PrefetchVecEnv(self.env)
         if self.device.type != "cuda":

@@ -1,8 +1,9 @@
 """Which changes make one DrQ update fast on a GPU. ms per update (CUDA graph, synthetic 9x84x84 uint8 batches,
 batch 256) and ms per sample + update from a GPU replay buffer (one graph), for precision x first-conv channel
-padding, optionally with ``torch.compile`` on actor and critic; then the top CUDA kernels of one eager variant.
+padding, optionally with ``torch.compile`` on actor and critic, and with the critic's Q heads fused
+(``fused_q_heads``, ``--fused-heads``); then the top CUDA kernels of one eager variant.
 
-    python benchmarks/update_variants.py --updates 300 [--compile] [--json out.json]
+    python benchmarks/update_variants.py --updates 300 [--compile] [--fused-heads] [--json out.json]
 """
 
 import argparse
@@ -15,10 +16,11 @@ from agents import DrQ
 from agents.bench import _fill, _pixel_venv, _quiet_logger, _time, synthetic_batch
 
 
-def make(venv, precision: str, pad: int, graph: bool = True, compiled: str = "") -> DrQ:
+def make(venv, precision: str, pad: int, graph: bool = True, compiled: str = "", fused: bool = False) -> DrQ:
     """compiled: "" (eager kernels), "modules" (torch.compile on actor and critics' forward), "update" (on the
-    whole update function; graph breaks at backward)."""
-    model = DrQ("CnnPolicy", venv, buffer_size=5000, device="cuda", cuda_graph=graph, precision=precision, seed=0)
+    whole update function; graph breaks at backward). fused: the critics' two Q heads as batched matmuls."""
+    model = DrQ("CnnPolicy", venv, buffer_size=5000, device="cuda", cuda_graph=graph, precision=precision,
+                fused_q_heads=fused, seed=0)
     model.encoder.in_channel_multiple = pad
     if compiled == "modules":
         for module in (model.actor, model.critic, model.critic_target):
@@ -33,21 +35,25 @@ def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--updates", type=int, default=300)
     p.add_argument("--compile", action="store_true")
-    p.add_argument("--profile", default="bf16:1", help="precision:pad of the eager variant to profile ('' for none)")
+    p.add_argument("--fused-heads", action="store_true", help="also the variants with fused_q_heads=True")
+    p.add_argument("--profile", default="bf16:1",
+                   help="precision:pad[:fused] of the eager variant to profile ('' for none)")
     p.add_argument("--json")
     args = p.parse_args()
     dev = torch.device("cuda")
     venv = _pixel_venv()
     shape, adim = venv.observation_space.shape, venv.action_space.shape[0]
     batches = [synthetic_batch(256, shape, adim, dev, s) for s in range(4)]
-    variants = [("fp32", 1, ""), ("bf16", 1, ""), ("bf16", 8, ""), ("bf16", 16, "")]
+    variants = [("fp32", 1, "", False), ("bf16", 1, "", False), ("bf16", 8, "", False), ("bf16", 16, "", False)]
     if args.compile:
-        variants = [("bf16", 1, ""), ("bf16", 1, "modules"), ("bf16", 1, "update")]
+        variants = [("bf16", 1, "", False), ("bf16", 1, "modules", False), ("bf16", 1, "update", False)]
+    if args.fused_heads:  # the same with the Q heads fused: eager kernels, and (--compile) the compiled update
+        variants += [("bf16", 1, "", True)] + ([("bf16", 1, "update", True)] if args.compile else [])
     results = {"device": torch.cuda.get_device_name(), "torch": torch.__version__}
-    for precision, pad, compiled in variants:
-        name = f"{precision}_pad{pad}{'_compiled_' + compiled if compiled else ''}"
+    for precision, pad, compiled, fused in variants:
+        name = f"{precision}_pad{pad}{'_compiled_' + compiled if compiled else ''}{'_fused' if fused else ''}"
         try:
-            m = make(venv, precision, pad, compiled=compiled)
+            m = make(venv, precision, pad, compiled=compiled, fused=fused)
             update = _time(lambda i, m=m: m._update_fn(batches[i % 4]), args.updates, 5, dev)
             _fill(m.replay_buffer, venv, 2000, np.random.default_rng(0))
             step = _time(lambda i, m=m: m.train(1, 256), args.updates, 3, dev)
@@ -55,13 +61,13 @@ def main() -> None:
             print(f"{name}: failed: {type(e).__name__}: {e}", flush=True)
             continue
         results[name] = {"update_ms": update, "sample_update_ms": step}
-        print(f"{name:<24} update {update:6.3f} ms   sample+update {step:6.3f} ms", flush=True)
+        print(f"{name:<30} update {update:6.3f} ms   sample+update {step:6.3f} ms", flush=True)
         del m
         torch.cuda.empty_cache()
     if not args.profile:
         return _dump(results, args.json)
-    precision, pad = args.profile.split(":")
-    m = make(venv, precision, int(pad), graph=False)
+    precision, pad, *fused = args.profile.split(":")
+    m = make(venv, precision, int(pad), graph=False, fused=fused == ["fused"])
     for i in range(5):
         m._update_fn(batches[i % 4])
     torch.cuda.synchronize()

@@ -61,6 +61,8 @@ class AgentConfig(Section):
         "fp32", description="CUDA: bf16 autocast of encoder, trunks, hidden MLP layers (fp32 outputs, weights, losses)")
     compile: bool = Field(False, description="torch.compile the update (CUDA only; about a minute of compiling "
                                             "at the first update)")
+    fused_q_heads: bool = Field(False, description="critic: both Q heads as batched matmuls instead of two MLPs "
+                                                   "(same parameters; equal up to float rounding)")
     cuda_graph: Literal["auto"] | bool = Field(
         "auto", description="replay each update as one CUDA graph (auto: on CUDA with a constant learning rate)")
 
@@ -121,7 +123,8 @@ SAC_DEFAULTS: dict[str, dict[str, Any]] = {
     "monitor": {"groups": ["actor", "critic"]},
 }
 # DrQ's keys that stock SB3 SAC has no use for: with agent.kind=sac they must keep these defaults.
-DRQ_ONLY = ("feature_dim", "augment_pad", "buffer_device", "async_env_step", "precision", "cuda_graph", "compile")
+DRQ_ONLY = ("feature_dim", "augment_pad", "buffer_device", "async_env_step", "precision", "cuda_graph", "compile",
+            "fused_q_heads")
 
 
 class Config(Section):
