@@ -3,7 +3,7 @@ batch 256) and ms per sample + update from a GPU replay buffer (one graph), for 
 padding, optionally with ``torch.compile`` on actor and critic, and with the critic's Q heads fused
 (``fused_q_heads``, ``--fused-heads``); then the top CUDA kernels of one eager variant.
 
-    python benchmarks/update_variants.py --updates 300 [--compile] [--fused-heads] [--json out.json]
+    python benchmarks/update_variants.py --updates 300 [--compile] [--fused-heads] [--autotune] [--json out.json]
 """
 
 import argparse
@@ -18,7 +18,9 @@ from agents.bench import _fill, _pixel_venv, _quiet_logger, _time, synthetic_bat
 
 def make(venv, precision: str, pad: int, graph: bool = True, compiled: str = "", fused: bool = False) -> DrQ:
     """compiled: "" (eager kernels), "modules" (torch.compile on actor and critics' forward), "update" (on the
-    whole update function; graph breaks at backward). fused: the critics' two Q heads as batched matmuls."""
+    whole update function; graph breaks at backward), "autotune" (the same with mode="max-autotune-no-cudagraphs":
+    Inductor benchmarks Triton GEMM/conv templates against cuBLAS/cuDNN per shape; minutes of compiling). fused:
+    the critics' two Q heads as batched matmuls."""
     model = DrQ("CnnPolicy", venv, buffer_size=5000, device="cuda", cuda_graph=graph, precision=precision,
                 fused_q_heads=fused, seed=0)
     model.encoder.in_channel_multiple = pad
@@ -27,6 +29,8 @@ def make(venv, precision: str, pad: int, graph: bool = True, compiled: str = "",
             module.compile()
     elif compiled == "update":
         model.update = torch.compile(model.update)
+    elif compiled == "autotune":
+        model.update = torch.compile(model.update, mode="max-autotune-no-cudagraphs")
     _quiet_logger(model)
     return model
 
@@ -36,6 +40,8 @@ def main() -> None:
     p.add_argument("--updates", type=int, default=300)
     p.add_argument("--compile", action="store_true")
     p.add_argument("--fused-heads", action="store_true", help="also the variants with fused_q_heads=True")
+    p.add_argument("--autotune", action="store_true",
+                   help="only the compiled update, fused heads, default vs max-autotune-no-cudagraphs compilation")
     p.add_argument("--profile", default="bf16:1",
                    help="precision:pad[:fused] of the eager variant to profile ('' for none)")
     p.add_argument("--json")
@@ -49,6 +55,8 @@ def main() -> None:
         variants = [("bf16", 1, "", False), ("bf16", 1, "modules", False), ("bf16", 1, "update", False)]
     if args.fused_heads:  # the same with the Q heads fused: eager kernels, and (--compile) the compiled update
         variants += [("bf16", 1, "", True)] + ([("bf16", 1, "update", True)] if args.compile else [])
+    if args.autotune:
+        variants = [("bf16", 1, "update", True), ("bf16", 1, "autotune", True)]
     results = {"device": torch.cuda.get_device_name(), "torch": torch.__version__}
     for precision, pad, compiled, fused in variants:
         name = f"{precision}_pad{pad}{'_compiled_' + compiled if compiled else ''}{'_fused' if fused else ''}"
