@@ -14,7 +14,7 @@ import gymnasium as gym
 
 from .sequences import SEQUENCES, sequence
 
-__all__ = ["SEQUENCES", "check_id", "list_ids", "make", "sequence"]
+__all__ = ["SEQUENCES", "check_id", "list_ids", "make", "sequence", "task_ids"]
 
 PREFIXES = ("dmc", "metaworld")
 
@@ -83,3 +83,23 @@ def check_id(env_id: str) -> None:
     """Raises ValueError (with close matches) unless ``env_id`` is a valid id; builds nothing."""
     if env_id not in list_ids():
         raise _unknown_id(env_id)
+
+
+def task_ids(spec: str | list[str]) -> list[str]:
+    """Env ids of ``spec``: comma-separated parts (or list items), each a sequence name, expanded in place, or an env
+    id, e.g. ``"mt40,dmc10"`` (50 ids) or ``"cw10,dmc:walker-walk"``. Order and duplicates kept (cw20 repeats tasks).
+
+    Raises ValueError (the registry's message, with close matches) for an unknown part, or for no parts at all."""
+    parts = [p.strip() for p in spec.split(",")] if isinstance(spec, str) else [str(p).strip() for p in spec]
+    parts = [p for p in parts if p]
+    if not parts:
+        raise ValueError(f"no tasks in {spec!r}: give sequence names ({', '.join(SEQUENCES)}) or env ids, "
+                         "comma-separated")
+    ids: list[str] = []
+    for part in parts:
+        if part in SEQUENCES:
+            ids += sequence(part)
+        else:
+            check_id(part)
+            ids.append(part)
+    return ids

@@ -282,8 +282,8 @@ def parser() -> argparse.ArgumentParser:
     pl.set_defaults(func=_cmd_plot)
     c = sub.add_parser("collect", help="write Minari datasets from Meta-World's scripted policies, a checkpoint or runs")
     c.add_argument("--tasks", default=None,
-                   help="a sequence name (cw10, cw20, mt40, dmc10, dmc6) or comma-separated env ids, "
-                        "e.g. metaworld:push-v3,metaworld:reach-v3 (with --runs: only these of the runs' tasks)")
+                   help="sequence names (cw10, cw20, mt40, dmc10, dmc6) and env ids, comma-separated, e.g. "
+                        "mt40 or cw10,metaworld:reach-v3 (with --runs: only these of the runs' tasks)")
     c.add_argument("--episodes", type=int, default=10, help="episodes per task")
     c.add_argument("--noise-std", type=float, default=0.0,
                    help="scripted policies: std of Gaussian action noise (actions in [-1, 1], clipped)")

@@ -44,19 +44,12 @@ def datasets_path(out_dir: str | Path) -> Iterator[Path]:
 
 
 def resolve_tasks(spec: str) -> list[str]:
-    """Env ids of ``spec``: a sequence name (``cw10``) or comma-separated ids; duplicates dropped, order kept.
+    """Env ids of ``spec`` (``envs.task_ids``: sequence names and env ids, comma-separated, e.g. ``mt40,dmc10``);
+    duplicates dropped, order kept.
 
-    Raises ValueError (the registry's message, with close matches) for an unknown id.
+    Raises ValueError (the registry's message, with close matches) for an unknown part.
     """
-    if spec in envs.SEQUENCES:
-        ids = envs.sequence(spec)
-    else:
-        ids = [part.strip() for part in spec.split(",") if part.strip()]
-        if not ids:
-            raise ValueError(f"no task ids in {spec!r}; give a sequence ({', '.join(envs.SEQUENCES)}) or env ids")
-        for env_id in ids:
-            envs.check_id(env_id)
-    return list(dict.fromkeys(ids))
+    return list(dict.fromkeys(envs.task_ids(spec)))
 
 
 def _number(x: float) -> str:

@@ -168,22 +168,17 @@ def ewc_penalty(model: Any, fisher: dict[str, Any], anchor: dict[str, Any], lam:
 
 
 def resolve_task_list(spec: str | list[str], key: str) -> list[str]:
-    """Env ids of ``spec`` (a sequence name, comma-separated ids or a list); duplicates kept (cw20 repeats tasks).
+    """Env ids of ``spec`` (``envs.task_ids``: sequence names and env ids, comma-separated or a list, e.g.
+    ``"mt40,dmc10"``); duplicates kept (cw20 repeats tasks).
 
     Raises ``plasticrl.config.ConfigError`` naming ``key`` for an unknown sequence or id."""
     import envs
     from plasticrl.config import ConfigError
 
-    if isinstance(spec, str):
-        ids = envs.sequence(spec) if spec in envs.SEQUENCES else [p.strip() for p in spec.split(",") if p.strip()]
-    else:
-        ids = list(spec)
-    for env_id in ids:
-        try:
-            envs.check_id(env_id)
-        except ValueError as exc:
-            raise ConfigError(f"{key}: {exc} (sequences: {', '.join(envs.SEQUENCES)})") from None
-    return ids
+    try:
+        return envs.task_ids(spec)
+    except ValueError as exc:
+        raise ConfigError(f"{key}: {exc} (sequences: {', '.join(envs.SEQUENCES)})") from None
 
 
 def dt_config(cfg: Any) -> Any:

@@ -47,7 +47,7 @@ class ModelConfig(Section):
 
 
 class PretrainConfig(Section):
-    tasks: str | list[str] = Field("mt40", description="sequence name, comma-separated env ids, or a list of ids")
+    tasks: str | list[str] = Field("mt40", description="sequence names and env ids, comma-separated (e.g. mt40,dmc10), or a list")
     steps: int = Field(100_000, ge=0, description="gradient steps of pre-training (0: skip)")
     batch_size: int = Field(64, ge=1)
     learning_rate: float = Field(1e-4, gt=0, lt=1)
@@ -57,7 +57,7 @@ class PretrainConfig(Section):
 
 
 class SequenceConfig(Section):
-    tasks: str | list[str] = Field("cw10", description="sequence name, comma-separated env ids, or a list of ids")
+    tasks: str | list[str] = Field("cw10", description="sequence names and env ids, comma-separated (e.g. mt40,dmc10), or a list")
     method: Literal["l2m", "l2m_oracle", "lora", "finetune", "ewc", "reference"] = Field(
         "l2m", description="reference: per task, fine-tune the pre-trained DT on that task alone and write "
                            "reference_curves.json (single-task curves for forward transfer)")

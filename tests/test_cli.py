@@ -72,11 +72,13 @@ def test_missing_config_and_bad_yaml(tmp_path):
 
 
 def test_every_shipped_config_validates():
-    from plasticrl import continual_config
+    from plasticrl import continual, continual_config
 
     for path in sorted((ROOT / "configs").glob("*.yaml")):
         if "sequence" in (yaml.safe_load(path.read_text()) or {}):  # `plasticrl continual` configs
-            continual_config.load(path)
+            cfg = continual_config.load(path)
+            continual.resolve_task_list(cfg.pretrain.tasks, "pretrain.tasks")  # every sequence name and id exists
+            continual.resolve_task_list(cfg.sequence.tasks, "sequence.tasks")
         else:
             cfgmod.load(path)
 

@@ -176,6 +176,19 @@ def test_sequences():
         envs.sequence("cw11")
 
 
+def test_task_ids_mix_sequence_names_and_ids():
+    """'mt40,dmc10' is the issue's pre-training set: MT40's 40 ids, then DMC10's 10, in that order."""
+    assert envs.task_ids("mt40,dmc10") == envs.sequence("mt40") + envs.sequence("dmc10")
+    assert len(envs.task_ids("mt40, dmc10")) == 50
+    assert envs.task_ids(["cw10", "dmc:walker-walk"]) == envs.sequence("cw10") + ["dmc:walker-walk"]
+    assert envs.task_ids("metaworld:push-v3,metaworld:push-v3") == ["metaworld:push-v3"] * 2  # duplicates kept
+    assert envs.task_ids("cw20") == envs.sequence("cw10") * 2
+    with pytest.raises(ValueError, match="metaworld:push-v3"):  # the close match is named
+        envs.task_ids("mt40,metaworld:psh-v3")
+    with pytest.raises(ValueError, match="no tasks"):
+        envs.task_ids(" , ")
+
+
 @pytest.mark.parametrize("name", ["dmc10", "dmc6"])
 def test_dmc_sequence_ids_make(name):
     for env_id in envs.sequence(name):

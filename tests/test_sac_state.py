@@ -223,3 +223,30 @@ def test_dmc_tasks_are_scored_by_data_normalised_return(tmp_path, monkeypatch):
     assert record[f"eval/0-{TASK}/score"] == pytest.approx(expected)
     assert summary["average_performance"] == pytest.approx(expected)
     assert summary["score_per_task"] == ["data-normalised return"]
+
+
+def test_pretraining_on_meta_world_and_dmc_together(tmp_path, capsys):
+    """pretrain.tasks mixes sequence names and ids across domains (the issue's 'mt40,dmc10', here one task of each):
+    the DT pre-trains on both datasets (39-dim Meta-World states, 5-dim cartpole states padded to one width)."""
+    from plasticrl import continual, continual_config
+
+    out = tmp_path / "data"
+    rng = np.random.default_rng(0)
+    dataset_id = "plasticrl/cartpole-swingup/halfway-v0"
+    collect._collect(TASK, envs.make(TASK, pixels=False, seed=0),
+                     lambda obs: np.sign(rng.normal(size=1)).astype(np.float32) * 0.5, 2, 0, out, dataset_id,
+                     algorithm="test", description="test data")
+    cfg = continual_config.load(ROOT / "configs" / "l2m_smoke.yaml", [
+        f"data.out_dir={out}", f"data.dataset_ids={{{TASK}: {dataset_id}}}", f"pretrain.tasks=metaworld:push-v3,{TASK}",
+        "pretrain.steps=2", f"sequence.tasks=[{TASK}]", "sequence.steps_per_task=1", "sequence.eval_every=0",
+        "sequence.method=finetune", "sequence.probe_batch_size=0", "logging.wandb.mode=disabled",
+        "data.episodes_per_task=1"])
+    assert continual.resolve_task_list(cfg.pretrain.tasks, "pretrain.tasks") == ["metaworld:push-v3", TASK]
+    mt40_dmc10 = continual.resolve_task_list("mt40,dmc10", "pretrain.tasks")  # l2m_cw10_dmc6.yaml's set
+    assert mt40_dmc10 == envs.sequence("mt40") + envs.sequence("dmc10")
+    run_dir = continual.run_sequence(cfg, tmp_path / "runs")
+    log = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    pretrain_rows = [r for r in log if any(k.startswith("pretrain/") for k in r)]
+    assert pretrain_rows, "no pre-training logged"
+    assert "pre-trained 2 steps on 2 tasks" in capsys.readouterr().out
+    assert (run_dir / "checkpoints" / "pretrained.pt").exists()
