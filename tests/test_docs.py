@@ -1,0 +1,37 @@
+"""The README documents every config key (train and continual configs) and every CLI command."""
+
+import re
+from pathlib import Path
+
+from pydantic import BaseModel
+
+from plasticrl.cli import parser as cli_parser
+from plasticrl.config import Config
+from plasticrl.continual_config import ContinualConfig
+
+README = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+
+
+def key_paths(model: type[BaseModel], prefix: str = "") -> list[str]:
+    """Dotted paths of every leaf field of a config model, e.g. ``agent.fused_q_heads``."""
+    paths = []
+    for name, field in model.model_fields.items():
+        sub = field.annotation
+        if isinstance(sub, type) and issubclass(sub, BaseModel):
+            paths += key_paths(sub, f"{prefix}{name}.")
+        else:
+            paths.append(f"{prefix}{name}")
+    return paths
+
+
+def test_every_config_key_has_a_readme_row():
+    rows = set(re.findall(r"^\| `([a-z_.0-9]+)` \|", README, flags=re.MULTILINE))
+    missing = [k for k in key_paths(Config) + key_paths(ContinualConfig) if k not in rows]
+    assert not missing, f"config keys without a README table row: {missing}"
+
+
+def test_every_cli_command_is_in_the_readme():
+    parser = cli_parser()
+    (sub,) = [a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction"]
+    missing = [c for c in sub.choices if f"`plasticrl {c}" not in README]
+    assert not missing, f"commands without README docs: {missing}"
