@@ -68,6 +68,26 @@ def read_wandb_records(path: Path) -> list:
     return records
 
 
+def read_finished_run(path: Path, timeout_s: float = 60.0) -> list:
+    """``read_wandb_records`` once the file ends with the run's ``exit`` record. ``run.finish()`` can return before
+    W&B's core process has flushed the file: on a loaded 2-core machine a read right after it saw 2 of 7 history
+    records (2026-11-25); the rest arrived later, in order, ending with ``exit``."""
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            records = read_wandb_records(path)
+            if records and records[-1].WhichOneof("record_type") == "exit":
+                return records
+        except AssertionError:  # a chunk still being written
+            if time.monotonic() > deadline:
+                raise
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{path} has no exit record {timeout_s:.0f} s after run.finish()")
+        time.sleep(0.2)
+
+
 def _key(item) -> str:
     return item.key or ".".join(item.nested_key)
 
@@ -90,7 +110,7 @@ def offline_run(tmp_path_factory):
         out = tmp_path_factory.mktemp("wandb_runs")
         run_dir = train(load(SMOKE, [f"run.out_dir={out}", "logging.wandb.mode=offline", *SMOKE_SET]))
     (wandb_file,) = sorted(run_dir.glob("wandb/offline-run-*/run-*.wandb"))
-    records = read_wandb_records(wandb_file)
+    records = read_finished_run(wandb_file)
     history = [{_key(i): json.loads(i.value_json) for i in r.history.item} for r in records
                if r.WhichOneof("record_type") == "history"]
     config = {}
