@@ -158,8 +158,15 @@ class Critic(nn.Module):
             return torch.cat([self.trunk(h).float(), action], dim=-1)
 
     def _fused(self) -> bool:
-        return self.fused_heads and not any(m._forward_hooks or m._forward_pre_hooks
-                                            for m in (self.q1, self.q2, *self.q1, *self.q2))
+        """Fused only for plain Linear/ReLU heads with no hooks on them (module or global): a hook, e.g. the
+        plasticity monitor's, or a wrapped layer gets the two MLPs it expects."""
+        if not self.fused_heads or nn.modules.module._global_forward_hooks or \
+                nn.modules.module._global_forward_pre_hooks:
+            return False
+        layers = (*self.q1, *self.q2)
+        return all(type(m) in (nn.Linear, nn.ReLU) for m in layers) and not any(
+            m._forward_hooks or m._forward_pre_hooks or m._backward_hooks or m._backward_pre_hooks
+            for m in (self.q1, self.q2, *layers))
 
     def twin_heads(self, x: torch.Tensor, h: torch.Tensor, fau: bool = False
                    ) -> tuple[torch.Tensor, torch.Tensor | None]:

@@ -93,13 +93,17 @@ def task_ids(spec: str | list[str]) -> list[str]:
     parts = [p.strip() for p in spec.split(",")] if isinstance(spec, str) else [str(p).strip() for p in spec]
     parts = [p for p in parts if p]
     if not parts:
-        raise ValueError(f"no tasks in {spec!r}: give sequence names ({', '.join(SEQUENCES)}) or env ids, "
-                         "comma-separated")
+        raise ValueError(f"no tasks in {spec!r}: give sequence names or env ids, comma-separated (sequences: "
+                         f"{', '.join(SEQUENCES)})")
     ids: list[str] = []
     for part in parts:
         if part in SEQUENCES:
             ids += sequence(part)
-        else:
-            check_id(part)
-            ids.append(part)
+            continue
+        close = difflib.get_close_matches(part, list(SEQUENCES), n=1)
+        if close and ":" not in part:
+            raise ValueError(f"unknown sequence {part!r}; did you mean {close[0]!r}? (sequences: "
+                             f"{', '.join(SEQUENCES)}; or env ids like metaworld:push-v3)")
+        check_id(part)
+        ids.append(part)
     return ids

@@ -178,7 +178,8 @@ def resolve_task_list(spec: str | list[str], key: str) -> list[str]:
     try:
         return envs.task_ids(spec)
     except ValueError as exc:
-        raise ConfigError(f"{key}: {exc} (sequences: {', '.join(envs.SEQUENCES)})") from None
+        sequences = "" if "sequences:" in str(exc) else f" (sequences: {', '.join(envs.SEQUENCES)})"
+        raise ConfigError(f"{key}: {exc}{sequences}") from None
 
 
 def dt_config(cfg: Any) -> Any:
@@ -261,15 +262,20 @@ def check_continual(cfg: Any) -> tuple[list[str], list[str]]:
     pretrain = cfg.pretrain.steps > 0 and cfg.pretrain.checkpoint is None
     pre = resolve_task_list(cfg.pretrain.tasks, "pretrain.tasks") if pretrain else []
     seq = resolve_task_list(cfg.sequence.tasks, "sequence.tasks")
-    if not seq:
-        raise ConfigError("sequence.tasks: no tasks; give a sequence name (cw10, ...) or env ids")
     if cfg.sequence.method not in METHODS:
         raise ConfigError(f"sequence.method: {cfg.sequence.method!r} is not allowed; allowed: {', '.join(METHODS)}")
-    for env_id in dict.fromkeys(pre + seq):
-        if env_id.startswith("dmc:") and env_id not in cfg.data.dataset_ids:
-            raise ConfigError(f"{env_id}: DMC tasks have no scripted policy; collect their data first with "
-                              f"`plasticrl collect --tasks {env_id} --checkpoint RUN/checkpoints/final.zip "
-                              f"--out {cfg.data.out_dir}` and give the dataset id in data.dataset_ids")
+    tasks, out = list(dict.fromkeys(pre + seq)), Path(cfg.data.out_dir)
+    how = (f"DMC data comes from trained agents: `scripts/train_sac_state.sh` (all 16 DMC tasks), or per task "
+           f"`plasticrl train configs/sac_state.yaml --set env.id=ID` then `plasticrl collect --runs RUNS --out {out}` "
+           f"(or `plasticrl collect --tasks ID --checkpoint RUN/checkpoints/final.zip --out {out}`)")
+    no_id = [t for t in tasks if t.startswith("dmc:") and t not in cfg.data.dataset_ids]
+    if no_id:
+        raise ConfigError(f"data.dataset_ids: no dataset id for {', '.join(no_id)}: DMC tasks have no scripted "
+                          f"policy. {how}; then give each printed id in data.dataset_ids")
+    absent = [f"{t}: {cfg.data.dataset_ids[t]}" for t in tasks
+              if t in cfg.data.dataset_ids and not (out / cfg.data.dataset_ids[t]).exists()]
+    if absent:
+        raise ConfigError(f"data.dataset_ids: not found under {out}: {'; '.join(absent)}. {how}")
     load_reference_curves(cfg, seq)
     if cfg.pretrain.checkpoint is not None:
         load_pretrained(cfg)

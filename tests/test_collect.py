@@ -50,7 +50,7 @@ def test_same_seed_same_actions(tmp_path):
 
 
 @pytest.mark.parametrize(("tasks", "message"), [("metaworld:psh-v3", "Did you mean: metaworld:push-v3"),
-                                                ("cw11", "Unknown env id 'cw11'"),
+                                                ("cw11", "unknown sequence 'cw11'; did you mean 'cw10'"),
                                                 ("dmc:walker-walk", "scripted policies exist only for metaworld")])
 def test_bad_task_errors_before_writing(tmp_path, capsys, tasks, message):
     out = tmp_path / "data"

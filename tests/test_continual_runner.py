@@ -274,6 +274,21 @@ def test_dmc_task_needs_collected_data(tmp_path):
     assert not any(tmp_path.iterdir())  # nothing written
 
 
+def test_dmc_dataset_ids_not_on_disk_are_all_named_with_the_fix(tmp_path):
+    """The shipped CW10 + DMC6 config before its DMC data exists: one error, before anything is written, naming
+    every missing dataset (pre-training's dmc10 ones too) and how to make them."""
+    import envs
+
+    cfg = cc.load("configs/l2m_cw10_dmc6.yaml", [f"data.out_dir={tmp_path / 'data'}"])
+    with pytest.raises(ConfigError) as err:
+        continual.run_sequence(cfg, tmp_path / "runs")
+    message = str(err.value)
+    assert "scripts/train_sac_state.sh" in message and "plasticrl collect --runs" in message
+    for task in envs.sequence("dmc10") + envs.sequence("dmc6"):
+        assert f"{task}: plasticrl/{task[4:]}/sac-final-deterministic-v0" in message
+    assert not any(tmp_path.iterdir())
+
+
 def test_unknown_key_and_task():
     with pytest.raises(ConfigError, match="Did you mean 'sequence.steps_per_task'"):
         cc.load(SMOKE, ["sequence.steps_per_tsk=3"])

@@ -24,10 +24,14 @@ def key_paths(model: type[BaseModel], prefix: str = "") -> list[str]:
     return paths
 
 
-def test_every_config_key_has_a_readme_row():
+def test_every_config_key_has_a_readme_row_and_every_row_a_key():
     rows = set(re.findall(r"^\| `([a-z_.0-9]+)` \|", README, flags=re.MULTILINE))
-    missing = [k for k in key_paths(Config) + key_paths(ContinualConfig) if k not in rows]
+    keys = key_paths(Config) + key_paths(ContinualConfig)
+    missing = [k for k in keys if k not in rows]
     assert not missing, f"config keys without a README table row: {missing}"
+    sections = {k.split(".")[0] for k in keys}
+    stale = [r for r in rows if r.split(".")[0] in sections and "." in r and r not in keys]
+    assert not stale, f"README rows for keys the configs no longer have: {stale}"
 
 
 def test_every_cli_command_is_in_the_readme():

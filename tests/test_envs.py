@@ -187,6 +187,8 @@ def test_task_ids_mix_sequence_names_and_ids():
         envs.task_ids("mt40,metaworld:psh-v3")
     with pytest.raises(ValueError, match="no tasks"):
         envs.task_ids(" , ")
+    with pytest.raises(ValueError, match="unknown sequence 'mt4O'; did you mean 'mt40'"):
+        envs.task_ids("mt4O,dmc10")
 
 
 @pytest.mark.parametrize("name", ["dmc10", "dmc6"])
