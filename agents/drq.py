@@ -143,7 +143,8 @@ class Critic(nn.Module):
 
     ``fused_heads`` (set by ``DrQ(fused_q_heads=True)``): both heads run as batched matmuls (``twin_heads``) instead
     of two MLPs, on the same ``q1``/``q2`` parameters: the same values up to float rounding. Falls back to the two
-    MLPs while a forward hook sits on a head or one of its layers (the plasticity monitor probes by hooks).
+    MLPs while any hook could see the heads (the plasticity monitor probes by hooks) or a layer is not a plain
+    Linear/ReLU (``_fused``).
     """
 
     def __init__(self, repr_dim: int, action_dim: int, feature_dim: int, hidden_dim: int):

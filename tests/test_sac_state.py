@@ -165,6 +165,17 @@ def test_dmc_data_at_another_action_repeat_is_refused(sac_run, tmp_path):
     assert not (tmp_path / "runs").exists()  # refused before a run folder was written
 
 
+def bang_bang_dataset(out: Path) -> str:
+    """Two real cartpole-swingup episodes of a seeded bang-bang policy (better than random) as a Minari dataset under
+    ``out``; returns its id."""
+    rng = np.random.default_rng(0)
+    dataset_id = "plasticrl/cartpole-swingup/halfway-v0"
+    collect._collect(TASK, envs.make(TASK, pixels=False, seed=0),
+                     lambda obs: np.sign(rng.normal(size=1)).astype(np.float32) * 0.5, 2, 0, out, dataset_id,
+                     algorithm="test", description="test data")
+    return dataset_id
+
+
 def test_dmc_tasks_are_scored_by_data_normalised_return(tmp_path, monkeypatch):
     """A DMC task in a sequence: its score is (R - R_random) / (R_data - R_random), with R_random the mean return of
     seeded uniform random actions (recomputed here by hand) and R_data the dataset's mean return; full 500-step
@@ -172,11 +183,7 @@ def test_dmc_tasks_are_scored_by_data_normalised_return(tmp_path, monkeypatch):
     from plasticrl import continual, continual_config
 
     out = tmp_path / "data"
-    rng = np.random.default_rng(0)
-    env = envs.make(TASK, pixels=False, seed=0)
-    dataset_id = "plasticrl/cartpole-swingup/halfway-v0"  # real rollouts: a bang-bang policy, better than random
-    collect._collect(TASK, env, lambda obs: np.sign(rng.normal(size=1)).astype(np.float32) * 0.5, 2, 0, out,
-                     dataset_id, algorithm="test", description="test data")
+    dataset_id = bang_bang_dataset(out)
     cfg = continual_config.load(ROOT / "configs" / "l2m_smoke.yaml", [
         f"data.out_dir={out}", f"data.dataset_ids={{{TASK}: {dataset_id}}}", f"sequence.tasks=[{TASK}]",
         "pretrain.steps=0", "sequence.steps_per_task=1", "sequence.eval_every=0", "logging.wandb.mode=disabled",
@@ -231,11 +238,7 @@ def test_pretraining_on_meta_world_and_dmc_together(tmp_path, capsys):
     from plasticrl import continual, continual_config
 
     out = tmp_path / "data"
-    rng = np.random.default_rng(0)
-    dataset_id = "plasticrl/cartpole-swingup/halfway-v0"
-    collect._collect(TASK, envs.make(TASK, pixels=False, seed=0),
-                     lambda obs: np.sign(rng.normal(size=1)).astype(np.float32) * 0.5, 2, 0, out, dataset_id,
-                     algorithm="test", description="test data")
+    dataset_id = bang_bang_dataset(out)
     cfg = continual_config.load(ROOT / "configs" / "l2m_smoke.yaml", [
         f"data.out_dir={out}", f"data.dataset_ids={{{TASK}: {dataset_id}}}", f"pretrain.tasks=metaworld:push-v3,{TASK}",
         "pretrain.steps=2", f"sequence.tasks=[{TASK}]", "sequence.steps_per_task=1", "sequence.eval_every=0",
