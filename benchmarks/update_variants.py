@@ -1,9 +1,10 @@
 """Which changes make one DrQ update fast on a GPU. ms per update (CUDA graph, synthetic 9x84x84 uint8 batches,
 batch 256) and ms per sample + update from a GPU replay buffer (one graph), for precision x first-conv channel
 padding, optionally with ``torch.compile`` on actor and critic, and with the critic's Q heads fused
-(``fused_q_heads``, ``--fused-heads``); then the top CUDA kernels of one eager variant.
+(``fused_q_heads``, ``--fused-heads``), and with the TD target's branch on a second CUDA stream (``overlap_target``,
+``--overlap``); then the top CUDA kernels of one eager variant.
 
-    python benchmarks/update_variants.py --updates 300 [--compile] [--fused-heads] [--autotune] [--json out.json]
+    python benchmarks/update_variants.py --updates 300 [--compile] [--fused-heads] [--autotune] [--overlap] [--json out.json]
 """
 
 import argparse
@@ -16,21 +17,19 @@ from agents import DrQ
 from agents.bench import _fill, _pixel_venv, _quiet_logger, _time, synthetic_batch
 
 
-def make(venv, precision: str, pad: int, graph: bool = True, compiled: str = "", fused: bool = False) -> DrQ:
+def make(venv, precision: str, pad: int, graph: bool = True, compiled: str = "", fused: bool = False,
+         overlap: bool = False) -> DrQ:
     """compiled: "" (eager kernels), "modules" (torch.compile on actor and critics' forward), "update" (on the
     whole update function; graph breaks at backward), "autotune" (the same with mode="max-autotune-no-cudagraphs":
     Inductor benchmarks Triton GEMM/conv templates against cuBLAS/cuDNN per shape; minutes of compiling). fused:
-    the critics' two Q heads as batched matmuls."""
+    the critics' two Q heads as batched matmuls. overlap: the TD target on a second CUDA stream."""
+    compile_update = {"update": True, "autotune": "max-autotune-no-cudagraphs"}.get(compiled, False)
     model = DrQ("CnnPolicy", venv, buffer_size=5000, device="cuda", cuda_graph=graph, precision=precision,
-                fused_q_heads=fused, seed=0)
+                fused_q_heads=fused, overlap_target=overlap, compile_update=compile_update, seed=0)
     model.encoder.in_channel_multiple = pad
     if compiled == "modules":
         for module in (model.actor, model.critic, model.critic_target):
             module.compile()
-    elif compiled == "update":
-        model.update = torch.compile(model.update)
-    elif compiled == "autotune":
-        model.update = torch.compile(model.update, mode="max-autotune-no-cudagraphs")
     _quiet_logger(model)
     return model
 
@@ -42,6 +41,10 @@ def main() -> None:
     p.add_argument("--fused-heads", action="store_true", help="also the variants with fused_q_heads=True")
     p.add_argument("--autotune", action="store_true",
                    help="only the compiled update, fused heads, default vs max-autotune-no-cudagraphs compilation")
+    p.add_argument("--overlap", action="store_true",
+                   help="each variant also with overlap_target=True (the TD target on a second CUDA stream)")
+    p.add_argument("--profile-graph", action="store_true",
+                   help="the top CUDA kernels inside the graph replays of the last variant")
     p.add_argument("--profile", default="bf16:1",
                    help="precision:pad[:fused] of the eager variant to profile ('' for none)")
     p.add_argument("--json")
@@ -57,11 +60,14 @@ def main() -> None:
         variants += [("bf16", 1, "", True)] + ([("bf16", 1, "update", True)] if args.compile else [])
     if args.autotune:
         variants = [("bf16", 1, "update", True), ("bf16", 1, "autotune", True)]
+    runs = [(*v, overlap) for v in variants for overlap in ((False, True) if args.overlap else (False,))]
     results = {"device": torch.cuda.get_device_name(), "torch": torch.__version__}
-    for precision, pad, compiled, fused in variants:
-        name = f"{precision}_pad{pad}{'_compiled_' + compiled if compiled else ''}{'_fused' if fused else ''}"
+    m = None
+    for precision, pad, compiled, fused, overlap in runs:
+        name = (f"{precision}_pad{pad}{'_compiled_' + compiled if compiled else ''}{'_fused' if fused else ''}"
+                f"{'_overlap' if overlap else ''}")
         try:
-            m = make(venv, precision, pad, compiled=compiled, fused=fused)
+            m = make(venv, precision, pad, compiled=compiled, fused=fused, overlap=overlap)
             update = _time(lambda i, m=m: m._update_fn(batches[i % 4]), args.updates, 5, dev)
             _fill(m.replay_buffer, venv, 2000, np.random.default_rng(0))
             step = _time(lambda i, m=m: m.train(1, 256), args.updates, 3, dev)
@@ -69,8 +75,11 @@ def main() -> None:
             print(f"{name}: failed: {type(e).__name__}: {e}", flush=True)
             continue
         results[name] = {"update_ms": update, "sample_update_ms": step}
-        print(f"{name:<30} update {update:6.3f} ms   sample+update {step:6.3f} ms", flush=True)
-        del m
+        print(f"{name:<40} update {update:6.3f} ms   sample+update {step:6.3f} ms", flush=True)
+        _dump(results, args.json)  # after every variant: a call cut short keeps what it measured
+        if args.profile_graph and (precision, pad, compiled, fused, overlap) == runs[-1]:
+            _profile(lambda i, m=m: m._update_fn(batches[i % 4]), f"graph replays of {name}")
+        m = None
         torch.cuda.empty_cache()
     if not args.profile:
         return _dump(results, args.json)
@@ -78,14 +87,19 @@ def main() -> None:
     m = make(venv, precision, int(pad), graph=False, fused=fused == ["fused"])
     for i in range(5):
         m._update_fn(batches[i % 4])
+    _profile(lambda i: m._update_fn(batches[i % 4]), f"eager {args.profile}")
+    _dump(results, args.json)
+
+
+def _profile(fn, title: str) -> None:
+    """The top 25 CUDA kernels of 10 calls of fn(i)."""
     torch.cuda.synchronize()
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
         for i in range(10):
-            m._update_fn(batches[i % 4])
+            fn(i)
         torch.cuda.synchronize()
-    print(f"eager {args.profile}, 10 updates:")
+    print(f"{title}, 10 updates:")
     print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=25, max_name_column_width=90))
-    _dump(results, args.json)
 
 
 def _dump(results: dict, path: str | None) -> None:

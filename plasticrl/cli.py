@@ -80,7 +80,7 @@ def build_agent(cfg: cfgmod.Config, env: Any, device: str) -> Any:
                train_freq=1, gradient_steps=0, n_step=a.n_step, ent_coef=f"auto_{a.init_temperature}",
                augment_pad=a.augment_pad, buffer_device=a.buffer_device,
                cuda_graph=a.cuda_graph, compile_update=a.compile, precision=a.precision,
-               async_env_step=a.async_env_step, fused_q_heads=a.fused_q_heads,
+               async_env_step=a.async_env_step, fused_q_heads=a.fused_q_heads, overlap_target=a.overlap_target,
                policy_kwargs={"feature_dim": a.feature_dim, "hidden_dim": a.hidden_dim},
                seed=cfg.run.seed, device=device, verbose=0)
 
@@ -311,8 +311,11 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--n-envs", type=int, default=1)
     b.add_argument("--async-env-step", action="store_true", help="also time training with agent.async_env_step")
     b.add_argument("--precision", default="fp32", choices=["fp32", "bf16"], help="bf16: encoder, trunks and hidden layers in bf16 autocast (CUDA)")
-    b.add_argument("--compile", action="store_true", help="torch.compile the DrQ update (CUDA)")
+    b.add_argument("--compile", nargs="?", const=True, default=False, metavar="MODE",
+                   help="torch.compile the DrQ update (CUDA); MODE: default | max-autotune-no-cudagraphs")
     b.add_argument("--fused-q-heads", action="store_true", help="the critic's two Q heads as batched matmuls")
+    b.add_argument("--overlap-target", action="store_true",
+                   help="the TD target on a second CUDA stream beside the online forward")
     b.add_argument("--json", default=None, help="also write results to this JSON file")
     b.set_defaults(func=_cmd_bench)
     return p

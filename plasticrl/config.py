@@ -59,10 +59,13 @@ class AgentConfig(Section):
     async_env_step: bool = Field(False, description="step the envs while the GPU updates (actions one update round stale)")
     precision: Literal["fp32", "bf16"] = Field(
         "fp32", description="CUDA: bf16 autocast of encoder, trunks, hidden MLP layers (fp32 outputs, weights, losses)")
-    compile: bool = Field(False, description="torch.compile the update (CUDA only; about a minute of compiling "
-                                            "at the first update)")
+    compile: bool | Literal["default", "max-autotune-no-cudagraphs"] = Field(
+        False, description="torch.compile the update (CUDA only; about a minute of compiling at the first update); "
+                           "max-autotune-no-cudagraphs: Inductor also benchmarks Triton GEMM/conv kernels (minutes)")
     fused_q_heads: bool = Field(False, description="critic: both Q heads as batched matmuls instead of two MLPs "
                                                    "(same parameters; equal up to float rounding)")
+    overlap_target: bool = Field(False, description="CUDA: the TD target (next-obs encoder, actor, target critic) "
+                                                    "on a second stream beside the online forward (same numbers)")
     cuda_graph: Literal["auto"] | bool = Field(
         "auto", description="replay each update as one CUDA graph (auto: on CUDA with a constant learning rate)")
 
@@ -124,7 +127,7 @@ SAC_DEFAULTS: dict[str, dict[str, Any]] = {
 }
 # DrQ's keys that stock SB3 SAC has no use for: with agent.kind=sac they must keep these defaults.
 DRQ_ONLY = ("feature_dim", "augment_pad", "buffer_device", "async_env_step", "precision", "cuda_graph", "compile",
-            "fused_q_heads")
+            "fused_q_heads", "overlap_target")
 
 
 class Config(Section):

@@ -176,6 +176,19 @@ def test_fused_heads_update_in_graph_equals_eager_update(precision, monkeypatch)
         assert_same_updates(a, b, per_tensor=1.0, total=0.25, rtol=3e-2, atol=3e-3)
 
 
+@pytest.mark.parametrize(("graph", "compile_update"), [(False, False), (True, False), (True, True)])
+def test_overlapped_target_update_equals_plain_update(graph, compile_update, monkeypatch):
+    """overlap_target=True (the TD target on a second CUDA stream beside the online forward) gives the plain
+    eager update's stats and parameter changes: eager, inside the CUDA graph (two parallel graph branches), and
+    compiled (td_target compiled on its own) in the graph; deterministic update, exact fp32. If the current
+    stream read the target before the side stream wrote it, the critic loss would differ."""
+    a = make_agent(graph, overlap_target=True, compile_update=compile_update, **DETERMINISTIC)
+    b = make_agent(False, **DETERMINISTIC)
+    assert a._side_stream is not None and b._side_stream is None
+    exact_fp32(monkeypatch)
+    assert_same_updates(a, b)
+
+
 def _dt_episodes(n=8, steps=30, state_dim=39, action_dim=4):
     import numpy as np
 
