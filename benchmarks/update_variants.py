@@ -5,6 +5,7 @@ padding, optionally with ``torch.compile`` on actor and critic, and with the cri
 ``--overlap``); then the top CUDA kernels of one eager variant.
 
     python benchmarks/update_variants.py --updates 300 [--compile] [--fused-heads] [--autotune] [--overlap] [--json out.json]
+    python benchmarks/update_variants.py --variants bf16:1:update:fused --overlap --profile "" --profile-graph
 """
 
 import argparse
@@ -43,6 +44,9 @@ def main() -> None:
                    help="only the compiled update, fused heads, default vs max-autotune-no-cudagraphs compilation")
     p.add_argument("--overlap", action="store_true",
                    help="each variant also with overlap_target=True (the TD target on a second CUDA stream)")
+    p.add_argument("--variants", nargs="+", metavar="P:PAD:COMPILED[:fused]",
+                   help="exactly these variants, e.g. bf16:1:none:fused bf16:1:update:fused (COMPILED: none, "
+                        "modules, update, autotune)")
     p.add_argument("--profile-graph", action="store_true",
                    help="the top CUDA kernels inside the graph replays of the last variant")
     p.add_argument("--profile", default="bf16:1",
@@ -60,6 +64,9 @@ def main() -> None:
         variants += [("bf16", 1, "", True)] + ([("bf16", 1, "update", True)] if args.compile else [])
     if args.autotune:
         variants = [("bf16", 1, "update", True), ("bf16", 1, "autotune", True)]
+    if args.variants:
+        variants = [(p, int(pad), "" if c == "none" else c, fused == ["fused"])
+                    for p, pad, c, *fused in (v.split(":") for v in args.variants)]
     runs = [(*v, overlap) for v in variants for overlap in ((False, True) if args.overlap else (False,))]
     results = {"device": torch.cuda.get_device_name(), "torch": torch.__version__}
     m = None
