@@ -76,8 +76,8 @@ def _fill(buffer: Any, venv: Any, n: int, rng: np.random.Generator) -> None:
 
 
 def bench_drq(device: torch.device, batch_size: int, updates: int, hidden_dim: int = 1024,
-              precision: str = "fp32", compile_update: bool | str = False, fused_q_heads: bool = False,
-              overlap_target: bool = False) -> dict[str, float]:
+              precision: str = "fp32", compile_update: bool | str = False, fused_q_heads: bool = False
+              ) -> dict[str, float]:
     """ms per DrQ update: graphed (on CUDA) and eager on pre-made device batches; and sample + update from replay."""
     from agents import DrQ
 
@@ -86,7 +86,6 @@ def bench_drq(device: torch.device, batch_size: int, updates: int, hidden_dim: i
     for mode in ([True, False] if device.type == "cuda" else [False]):
         model = DrQ("CnnPolicy", venv, buffer_size=5000, batch_size=batch_size, device=device, cuda_graph=mode,
                     precision=precision, compile_update=compile_update and mode, fused_q_heads=fused_q_heads,
-                    overlap_target=overlap_target,
                     policy_kwargs={"hidden_dim": hidden_dim})
         shape, a_dim = venv.observation_space.shape, venv.action_space.shape[0]
         batches = [synthetic_batch(batch_size, shape, a_dim, device, s) for s in range(4)]
@@ -114,8 +113,7 @@ def bench_sb3_sac(device: torch.device, batch_size: int, updates: int) -> dict[s
 
 def bench_training(device: torch.device, steps: int, n_envs: int, ratio: float = 0.5, batch_size: int = 256,
                    hidden_dim: int = 1024, precision: str = "fp32", async_env_step: bool = False,
-                   compile_update: bool | str = False, fused_q_heads: bool = False,
-                   overlap_target: bool = False) -> dict[str, float]:
+                   compile_update: bool | str = False, fused_q_heads: bool = False) -> dict[str, float]:
     """Frames/s of real DrQ training on walker-walk pixels at replay ratio ``ratio`` once updates run."""
     from stable_baselines3.common.callbacks import BaseCallback
 
@@ -145,7 +143,6 @@ def bench_training(device: torch.device, steps: int, n_envs: int, ratio: float =
     model = DrQ("CnnPolicy", venv, learning_starts=starts, buffer_size=max(steps, 10_000), batch_size=batch_size,
                 train_freq=1, gradient_steps=0, device=device, precision=precision,
                 async_env_step=async_env_step, compile_update=compile_update, fused_q_heads=fused_q_heads,
-                overlap_target=overlap_target,
                 policy_kwargs={"hidden_dim": hidden_dim})
     clock = Clock(starts + 100 * n_envs)
     t_all = time.perf_counter()
@@ -167,8 +164,7 @@ def main(args: Any) -> int:
     hw = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({platform.processor() or 'x86'}, " \
         f"{torch.get_num_threads()} threads)"
     comp = args.compile if device.type == "cuda" else False
-    drq = {"precision": args.precision, "compile_update": comp, "fused_q_heads": args.fused_q_heads,
-           "overlap_target": args.overlap_target}
+    drq = {"precision": args.precision, "compile_update": comp, "fused_q_heads": args.fused_q_heads}
     results: dict[str, Any] = {"device": hw, "torch": torch.__version__, "batch_size": batch, "updates": updates,
                                **drq}
     results.update(bench_drq(device, batch, updates, **drq))

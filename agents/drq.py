@@ -33,7 +33,6 @@ from agents.augment import random_shift
 from agents.cuda_graph import GraphedUpdate
 from agents.prefetch import PrefetchVecEnv
 from agents.replay import FrameReplayBuffer, PixelBatch
-from agents.side_stream import SideStream
 
 # compile_update values: off, on (Inductor's default), or with Inductor benchmarking Triton GEMM/conv templates
 # against cuBLAS/cuDNN per shape (minutes of compiling; no CUDA graphs of its own: DrQ captures its own)
@@ -324,7 +323,6 @@ class DrQ(SAC):
         precision: str = "fp32",
         async_env_step: bool = False,
         fused_q_heads: bool = False,
-        overlap_target: bool = False,
         policy_kwargs: dict[str, Any] | None = None,
         verbose: int = 0,
         seed: int | None = None,
@@ -344,7 +342,6 @@ class DrQ(SAC):
         self.precision = precision
         self.async_env_step = async_env_step
         self.fused_q_heads = fused_q_heads  # the critics' two Q heads as batched matmuls (Critic.fused_heads)
-        self.overlap_target = overlap_target  # CUDA: td_target on a second stream beside the online forward
         super().__init__(
             policy, env, learning_rate=learning_rate, buffer_size=buffer_size, learning_starts=learning_starts,
             batch_size=batch_size, tau=tau, gamma=gamma, train_freq=train_freq, gradient_steps=gradient_steps,
@@ -356,8 +353,6 @@ class DrQ(SAC):
         self._stats_sum: torch.Tensor | None = None  # sum over updates of the STAT_KEYS vector, on the device
         self._train_count = 0
         self._compiled_update: Any = None  # torch.compile(self.update) when compile_update on CUDA
-        self._side_stream: SideStream | None = None  # CUDA with overlap_target: the stream td_target runs on
-        self._compiled_target: Any = None  # torch.compile(self.td_target) with both (not traced inside update)
         self._update_fn: Any = None  # update on a given batch: eager, or a GraphedUpdate copying the batch in
         self._step_graph: GraphedUpdate | None = None  # the graph train() replays (see _sample_and_update)
         self._step_graph_key: tuple[int, int] | None = None  # (batch size, id of a GPU replay buffer or 0)
@@ -387,13 +382,12 @@ class DrQ(SAC):
         self.critic.optimizer = torch.optim.Adam(critic_params, lr=lr, **extra)
         if self.log_ent_coef is not None:
             self.ent_coef_optimizer = torch.optim.Adam([self.log_ent_coef], lr=lr, **extra)
-        if self.overlap_target:
-            self._side_stream = SideStream(self.device)
         if self.compile_update:  # Inductor fuses the elementwise work; compiled once, at the first update
             mode = self.compile_update if isinstance(self.compile_update, str) else "default"
+            # dynamo compiles the optimizer steps once per optimizer object (3 per agent); its default limit of 8
+            # per code object would silently leave a process's third compiled agent with eager optimizer steps
+            torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
             self._compiled_update = torch.compile(self.update, mode=mode)
-            if self.overlap_target:  # SideStream.run is not traced: td_target gets its own compilation
-                self._compiled_target = torch.compile(self.td_target, mode=mode)
         constant_lr = self.lr_schedule(0) == self.lr_schedule(1)
         if self.cuda_graph is True or (self.cuda_graph == "auto" and constant_lr):
             if not constant_lr:
@@ -406,8 +400,7 @@ class DrQ(SAC):
         self.encoder = self.policy.encoder
 
     def _excluded_save_params(self) -> list[str]:
-        return [*super()._excluded_save_params(), "encoder", "_stats_sum", "_update_fn", "_compiled_update", "_compiled_target",
-                "_side_stream", "_step_graph",
+        return [*super()._excluded_save_params(), "encoder", "_stats_sum", "_update_fn", "_compiled_update", "_step_graph",
                 "_step_graph_key", "critic_fau_log", "_prefetched"]
 
     def set_parameters(self, load_path_or_dict: Any, exact_match: bool = True, device: torch.device | str = "auto"
@@ -455,14 +448,9 @@ class DrQ(SAC):
         log_alpha = self.log_ent_coef  # None when ent_coef is fixed
         alpha = log_alpha.detach().exp() if log_alpha is not None else self.ent_coef_tensor
 
-        if self._side_stream is not None:  # the target branch on a second stream, beside the online forward
-            target_q = self._side_stream.run(self._compiled_target or self.td_target, batch, next_obs, alpha)
-        else:
-            target_q = self.td_target(batch, next_obs, alpha)
+        target_q = self.td_target(batch, next_obs, alpha)
         h = self.encoder(obs)
         q1, q2, critic_fau = self.critic.forward_with_fau(h, batch.actions)
-        if self._side_stream is not None:
-            self._side_stream.join()
         critic_loss = F.mse_loss(q1, target_q) + F.mse_loss(q2, target_q)
         self.critic.optimizer.zero_grad(set_to_none=True)
         critic_loss.backward()

@@ -1,11 +1,10 @@
 """Which changes make one DrQ update fast on a GPU. ms per update (CUDA graph, synthetic 9x84x84 uint8 batches,
 batch 256) and ms per sample + update from a GPU replay buffer (one graph), for precision x first-conv channel
 padding, optionally with ``torch.compile`` on actor and critic, and with the critic's Q heads fused
-(``fused_q_heads``, ``--fused-heads``), and with the TD target's branch on a second CUDA stream (``overlap_target``,
-``--overlap``); then the top CUDA kernels of one eager variant.
+(``fused_q_heads``, ``--fused-heads``); then the top CUDA kernels of one eager variant.
 
-    python benchmarks/update_variants.py --updates 300 [--compile] [--fused-heads] [--autotune] [--overlap] [--json out.json]
-    python benchmarks/update_variants.py --variants bf16:1:update:fused --overlap --profile "" --profile-graph
+    python benchmarks/update_variants.py --updates 300 [--compile] [--fused-heads] [--autotune] [--json out.json]
+    python benchmarks/update_variants.py --variants bf16:1:autotune:fused --profile "" --profile-graph
 """
 
 import argparse
@@ -18,15 +17,14 @@ from agents import DrQ
 from agents.bench import _fill, _pixel_venv, _quiet_logger, _time, synthetic_batch
 
 
-def make(venv, precision: str, pad: int, graph: bool = True, compiled: str = "", fused: bool = False,
-         overlap: bool = False) -> DrQ:
+def make(venv, precision: str, pad: int, graph: bool = True, compiled: str = "", fused: bool = False) -> DrQ:
     """compiled: "" (eager kernels), "modules" (torch.compile on actor and critics' forward), "update" (on the
     whole update function; graph breaks at backward), "autotune" (the same with mode="max-autotune-no-cudagraphs":
     Inductor benchmarks Triton GEMM/conv templates against cuBLAS/cuDNN per shape; minutes of compiling). fused:
-    the critics' two Q heads as batched matmuls. overlap: the TD target on a second CUDA stream."""
+    the critics' two Q heads as batched matmuls."""
     compile_update = {"update": True, "autotune": "max-autotune-no-cudagraphs"}.get(compiled, False)
     model = DrQ("CnnPolicy", venv, buffer_size=5000, device="cuda", cuda_graph=graph, precision=precision,
-                fused_q_heads=fused, overlap_target=overlap, compile_update=compile_update, seed=0)
+                fused_q_heads=fused, compile_update=compile_update, seed=0)
     model.encoder.in_channel_multiple = pad
     if compiled == "modules":
         for module in (model.actor, model.critic, model.critic_target):
@@ -42,8 +40,6 @@ def main() -> None:
     p.add_argument("--fused-heads", action="store_true", help="also the variants with fused_q_heads=True")
     p.add_argument("--autotune", action="store_true",
                    help="only the compiled update, fused heads, default vs max-autotune-no-cudagraphs compilation")
-    p.add_argument("--overlap", action="store_true",
-                   help="each variant also with overlap_target=True (the TD target on a second CUDA stream)")
     p.add_argument("--variants", nargs="+", metavar="P:PAD:COMPILED[:fused]",
                    help="exactly these variants, e.g. bf16:1:none:fused bf16:1:update:fused (COMPILED: none, "
                         "modules, update, autotune)")
@@ -67,14 +63,12 @@ def main() -> None:
     if args.variants:
         variants = [(p, int(pad), "" if c == "none" else c, fused == ["fused"])
                     for p, pad, c, *fused in (v.split(":") for v in args.variants)]
-    runs = [(*v, overlap) for v in variants for overlap in ((False, True) if args.overlap else (False,))]
     results = {"device": torch.cuda.get_device_name(), "torch": torch.__version__}
     m = None
-    for precision, pad, compiled, fused, overlap in runs:
-        name = (f"{precision}_pad{pad}{'_compiled_' + compiled if compiled else ''}{'_fused' if fused else ''}"
-                f"{'_overlap' if overlap else ''}")
+    for precision, pad, compiled, fused in variants:
+        name = f"{precision}_pad{pad}{'_compiled_' + compiled if compiled else ''}{'_fused' if fused else ''}"
         try:
-            m = make(venv, precision, pad, compiled=compiled, fused=fused, overlap=overlap)
+            m = make(venv, precision, pad, compiled=compiled, fused=fused)
             update = _time(lambda i, m=m: m._update_fn(batches[i % 4]), args.updates, 5, dev)
             _fill(m.replay_buffer, venv, 2000, np.random.default_rng(0))
             step = _time(lambda i, m=m: m.train(1, 256), args.updates, 3, dev)
@@ -84,7 +78,7 @@ def main() -> None:
         results[name] = {"update_ms": update, "sample_update_ms": step}
         print(f"{name:<40} update {update:6.3f} ms   sample+update {step:6.3f} ms", flush=True)
         _dump(results, args.json)  # after every variant: a call cut short keeps what it measured
-        if args.profile_graph and (precision, pad, compiled, fused, overlap) == runs[-1]:
+        if args.profile_graph and (precision, pad, compiled, fused) == variants[-1]:
             _profile(lambda i, m=m: m._update_fn(batches[i % 4]), f"graph replays of {name}")
         m = None
         torch.cuda.empty_cache()

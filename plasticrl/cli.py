@@ -80,7 +80,7 @@ def build_agent(cfg: cfgmod.Config, env: Any, device: str) -> Any:
                train_freq=1, gradient_steps=0, n_step=a.n_step, ent_coef=f"auto_{a.init_temperature}",
                augment_pad=a.augment_pad, buffer_device=a.buffer_device,
                cuda_graph=a.cuda_graph, compile_update=a.compile, precision=a.precision,
-               async_env_step=a.async_env_step, fused_q_heads=a.fused_q_heads, overlap_target=a.overlap_target,
+               async_env_step=a.async_env_step, fused_q_heads=a.fused_q_heads,
                policy_kwargs={"feature_dim": a.feature_dim, "hidden_dim": a.hidden_dim},
                seed=cfg.run.seed, device=device, verbose=0)
 
@@ -314,8 +314,6 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--compile", nargs="?", const=True, default=False, metavar="MODE",
                    help="torch.compile the DrQ update (CUDA); MODE: default | max-autotune-no-cudagraphs")
     b.add_argument("--fused-q-heads", action="store_true", help="the critic's two Q heads as batched matmuls")
-    b.add_argument("--overlap-target", action="store_true",
-                   help="the TD target on a second CUDA stream beside the online forward")
     b.add_argument("--json", default=None, help="also write results to this JSON file")
     b.set_defaults(func=_cmd_bench)
     return p

@@ -64,8 +64,6 @@ class AgentConfig(Section):
                            "max-autotune-no-cudagraphs: Inductor also benchmarks Triton GEMM/conv kernels (minutes)")
     fused_q_heads: bool = Field(False, description="critic: both Q heads as batched matmuls instead of two MLPs "
                                                    "(same parameters; equal up to float rounding)")
-    overlap_target: bool = Field(False, description="CUDA: the TD target (next-obs encoder, actor, target critic) "
-                                                    "on a second stream beside the online forward (same numbers)")
     cuda_graph: Literal["auto"] | bool = Field(
         "auto", description="replay each update as one CUDA graph (auto: on CUDA with a constant learning rate)")
 
@@ -127,7 +125,7 @@ SAC_DEFAULTS: dict[str, dict[str, Any]] = {
 }
 # DrQ's keys that stock SB3 SAC has no use for: with agent.kind=sac they must keep these defaults.
 DRQ_ONLY = ("feature_dim", "augment_pad", "buffer_device", "async_env_step", "precision", "cuda_graph", "compile",
-            "fused_q_heads", "overlap_target")
+            "fused_q_heads")
 
 
 class Config(Section):

@@ -329,47 +329,47 @@ def test_replay_buffer_save_load_round_trip(tmp_path):
 
 
 def test_gpu_speed_options_are_checked_and_left_off_on_cpu():
-    """compile_update takes only the listed modes (a typo names them); overlap_target and compilation are CUDA
-    options: on the CPU the agent has no side stream and no compiled update, and trains as usual."""
+    """compile_update takes only the listed modes (a typo names them); compilation is a CUDA option: on the CPU
+    the agent has no compiled update and trains as usual."""
     env = small_env()
     with pytest.raises(ValueError, match="compile_update='fast'.*'max-autotune-no-cudagraphs'"):
         small_agent(env, compile_update="fast")
-    model = small_agent(env, overlap_target=True, compile_update="max-autotune-no-cudagraphs", learning_starts=10)
-    assert model.overlap_target and model._side_stream is None and model._compiled_update is None
+    model = small_agent(env, compile_update="max-autotune-no-cudagraphs", learning_starts=10)
+    assert model.compile_update == "max-autotune-no-cudagraphs" and model._compiled_update is None
     model.learn(20)
     assert model._n_updates == 5  # 10 steps after learning_starts, one update every second step
     env.close()
 
 
-def test_config_keys_agent_compile_mode_and_overlap_target():
+def test_config_key_agent_compile_takes_a_mode():
     from plasticrl import config as cfgmod
     from plasticrl.cli import build_agent
 
     cfg = cfgmod.validate({"run": {"total_steps": 1000},
-                           "agent": {"compile": "max-autotune-no-cudagraphs", "overlap_target": True}})
+                           "agent": {"compile": "max-autotune-no-cudagraphs"}})
     env = small_env()
     model = build_agent(cfg, env, "cpu")
-    assert model.compile_update == "max-autotune-no-cudagraphs" and model.overlap_target
+    assert model.compile_update == "max-autotune-no-cudagraphs"
     plain = build_agent(cfgmod.validate({"run": {"total_steps": 1000}}), env, "cpu")
-    assert plain.compile_update is False and not plain.overlap_target
+    assert plain.compile_update is False
     with pytest.raises(cfgmod.ConfigError, match="agent.compile"):
         cfgmod.validate({"agent": {"compile": "max-autotune"}})
-    with pytest.raises(cfgmod.ConfigError, match="agent.overlap_target: True is a DrQ option"):
-        cfgmod.validate({"env": {"pixels": False}, "agent": {"kind": "sac", "overlap_target": True}})
+    with pytest.raises(cfgmod.ConfigError, match="agent.compile: 'max-autotune-no-cudagraphs' is a DrQ option"):
+        cfgmod.validate({"env": {"pixels": False}, "agent": {"kind": "sac", "compile": "max-autotune-no-cudagraphs"}})
     env.close()
 
 
 def test_bench_quick_on_cpu_writes_the_update_times_and_their_ratio(tmp_path):
     """`plasticrl bench --quick` on the CPU: DrQ and SB3 SAC ms per update, their ratio (recomputed here), the
-    options it ran with; --compile and --overlap-target are CUDA options and stay off."""
+    options it ran with; --compile is a CUDA option and stays off."""
     import json
 
     from plasticrl.cli import main
 
     out = tmp_path / "bench.json"
-    assert main(["bench", "--device", "cpu", "--quick", "--train-steps", "0", "--compile", "--overlap-target",
-                 "--json", str(out)]) == 0
+    assert main(["bench", "--device", "cpu", "--quick", "--train-steps", "0", "--compile",
+                 "max-autotune-no-cudagraphs", "--json", str(out)]) == 0
     r = json.loads(out.read_text())
     assert r["drq_update_ms_eager"] > 0 and r["sb3_sac_update_ms"] > 0 and r["batch_size"] == 32
     assert r["speedup_vs_sb3_sac"] == pytest.approx(r["sb3_sac_update_ms"] / r["drq_sample_update_ms_eager"])
-    assert r["compile_update"] is False and r["overlap_target"] is True
+    assert r["compile_update"] is False and r["fused_q_heads"] is False
