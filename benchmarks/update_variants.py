@@ -64,7 +64,6 @@ def main() -> None:
         variants = [(p, int(pad), "" if c == "none" else c, fused == ["fused"])
                     for p, pad, c, *fused in (v.split(":") for v in args.variants)]
     results = {"device": torch.cuda.get_device_name(), "torch": torch.__version__}
-    m = None
     for precision, pad, compiled, fused in variants:
         name = f"{precision}_pad{pad}{'_compiled_' + compiled if compiled else ''}{'_fused' if fused else ''}"
         try:
