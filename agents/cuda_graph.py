@@ -69,3 +69,13 @@ class GraphedUpdate:
         self.graph.replay()
         assert self.static_out is not None
         return self.static_out.clone()
+
+
+def keep_own_optimizer_flags(state: dict[str, Any], optimizer: torch.optim.Optimizer) -> None:
+    """Sets the ``fused``/``capturable`` flags of a loaded optimizer ``state`` (a ``state_dict``, changed in place)
+    to ``optimizer``'s own before ``optimizer.load_state_dict(state)``: a state carries its saver's flags, and a
+    CPU-saved agent must still step inside CUDA graphs once loaded on a GPU, and vice versa."""
+    for group, own in zip(state["param_groups"], optimizer.param_groups):
+        for flag in ("fused", "capturable"):
+            if flag in own:
+                group[flag] = own[flag]

@@ -30,7 +30,7 @@ from stable_baselines3.common.type_aliases import Schedule
 from torch import nn
 
 from agents.augment import random_shift
-from agents.cuda_graph import GraphedUpdate
+from agents.cuda_graph import GraphedUpdate, keep_own_optimizer_flags
 from agents.prefetch import PrefetchVecEnv
 from agents.replay import FrameReplayBuffer, PixelBatch
 
@@ -416,10 +416,7 @@ class DrQ(SAC):
             except AttributeError:
                 continue  # SB3 reports unknown names
             if isinstance(own, torch.optim.Optimizer) and isinstance(state, dict) and "param_groups" in state:
-                for group, own_group in zip(state["param_groups"], own.param_groups):
-                    for flag in ("fused", "capturable"):
-                        if flag in own_group:
-                            group[flag] = own_group[flag]
+                keep_own_optimizer_flags(state, own)
         super().set_parameters(params, exact_match=exact_match, device=device)
         # loaded optimizer states are new tensors: graphs captured before would keep stepping the old ones
         self._step_graph = self._step_graph_key = None

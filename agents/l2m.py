@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from agents.cuda_graph import GraphedUpdate
+from agents.cuda_graph import GraphedUpdate, keep_own_optimizer_flags
 
 __all__ = ["DTConfig", "DecisionTransformer", "EpisodeBatch", "EpisodeData", "L2MAgent", "bin_centers", "discretize"]
 
@@ -589,10 +589,8 @@ class L2MAgent:
         data = torch.load(path, map_location="cpu", weights_only=False)
         agent = cls(DTConfig(**data["config"]), device=device, **data["hparams"])
         agent.model.load_state_dict(data["model"])
-        state = data["optimizer"]
-        for group, own in zip(state["param_groups"], agent.optimizer.param_groups):
-            group["fused"], group["capturable"] = own["fused"], own["capturable"]  # this device's, not the saver's
-        agent.optimizer.load_state_dict(state)
+        keep_own_optimizer_flags(data["optimizer"], agent.optimizer)  # this device's flags, not the saver's
+        agent.optimizer.load_state_dict(data["optimizer"])
         agent.num_steps = data["num_steps"]
         agent.model.eval()
         return agent
