@@ -1,7 +1,21 @@
-"""SB3 agents of plasticrl: DrQ (SAC + random shift, DrQ-v2 networks) and its frame-once replay buffer."""
+"""plasticrl's agents: ``DrQ`` (SAC + random shift with DrQ-v2's networks, an SB3 algorithm; ``agents.drq``) and
+``L2MAgent`` (L2M's Decision Transformer, torch only; ``agents.l2m``).
 
-from agents.drq import DrQ, DrQPolicy
-from agents.l2m import L2MAgent as L2MAgent
-from agents.replay import FrameReplayBuffer
+Names load on first use, so ``import agents.l2m`` does not import stable-baselines3.
+"""
 
-__all__ = ["DrQ", "DrQPolicy", "FrameReplayBuffer"]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_WHERE = {"DrQ": "agents.drq", "DrQPolicy": "agents.drq", "FrameReplayBuffer": "agents.drq",
+          "L2MAgent": "agents.l2m", "DTConfig": "agents.l2m"}
+
+__all__ = ["DTConfig", "DrQ", "DrQPolicy", "FrameReplayBuffer", "L2MAgent"]
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _WHERE:
+        raise AttributeError(f"module 'agents' has no attribute {name!r}")
+    return getattr(importlib.import_module(_WHERE[name]), name)

@@ -37,7 +37,7 @@ def gpu_load(seconds: float) -> None:
     import torch
 
     from agents import DrQ
-    from agents.bench import _pixel_venv, synthetic_batch
+    from plasticrl.lab.bench import _pixel_venv, synthetic_batch
 
     venv = _pixel_venv()
     model = DrQ("CnnPolicy", venv, buffer_size=1000, device="cuda", precision="bf16")

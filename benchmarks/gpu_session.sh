@@ -13,7 +13,7 @@ python3 -m plasticrl bench --device cuda --updates 300 --train-steps 8000 --n-en
 python3 benchmarks/update_variants.py --updates 300 --autotune --profile "" --json "$OUT/update_autotune_h100.json"
 python3 benchmarks/monitor_overhead.py --device cuda --steps 20000 --n-envs 16 --precision bf16 \
   --json "$OUT/monitor_overhead_h100.json"
-setsid nohup python3 -m plasticrl train configs/drq_walker_walk.yaml --set run.device=cuda --set run.out_dir=/tmp/runs \
+setsid nohup python3 -m plasticrl train configs/train/drq_walker_walk.yaml --set run.device=cuda --set run.out_dir=/tmp/runs \
   --set run.progress_bar=false --set env.n_envs=16 --set agent.precision=bf16 --set agent.async_env_step=true \
   --set agent.compile=true --set agent.fused_q_heads=true --set eval.every=0 --set logging.print_episodes=false \
   > /tmp/walker.log 2>&1 < /dev/null &

@@ -3,7 +3,7 @@ differ most after one update on the same batch and state (deterministic update: 
 
 import torch
 
-from agents.bench import synthetic_batch
+from plasticrl.lab.bench import synthetic_batch
 from tests.test_cuda import make_agent
 
 kw = {"augment_pad": 0, "ent_coef": 0.0, "policy_kwargs": {"log_std_bounds": (-30.0, -30.0)}}

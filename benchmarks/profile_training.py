@@ -11,7 +11,7 @@ import pstats
 
 import torch
 
-from agents.bench import bench_training
+from plasticrl.lab.bench import bench_training
 
 
 def main() -> None:

@@ -9,7 +9,7 @@ import argparse
 import torch
 
 from agents import DrQ
-from agents.bench import _pixel_venv, _time, synthetic_batch
+from plasticrl.lab.bench import _pixel_venv, _time, synthetic_batch
 
 
 def main() -> None:

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from agents import DrQ
-from agents.bench import _fill, _pixel_venv, _quiet_logger, _time, synthetic_batch
+from plasticrl.lab.bench import _fill, _pixel_venv, _quiet_logger, _time, synthetic_batch
 
 
 def make(venv, precision: str, pad: int, graph: bool = True, compiled: str = "", fused: bool = False) -> DrQ:

@@ -1,5 +1,5 @@
 import sys
 
-from plasticrl.cli import main
+from plasticrl.lab.cli import main
 
 sys.exit(main())

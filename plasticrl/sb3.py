@@ -16,9 +16,9 @@ from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.evaluation import evaluate_policy
 from torch import nn
 
-from plasticrl.logging import RunLogger
 from plasticrl.monitor import PlasticityMonitor
 from plasticrl.replay_ratio import ReplayRatioController
+from plasticrl.runlog import RunLogger
 
 DEFAULT_GROUPS = ("encoder", "actor", "critic")
 # What stock SB3 SAC's train() records in its logger (means over that call's updates).

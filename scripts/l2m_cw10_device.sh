@@ -9,7 +9,7 @@ py=${PYTHON:-python}
 runs=${RUNS:-runs}
 mkdir -p "$runs"
 common=(--set run.out_dir="$runs" "$@")
-$py -m plasticrl continual configs/finetune_cw10.yaml "${common[@]}" --set run.name=reference_cw10 \
+$py -m plasticrl continual configs/continual/finetune_cw10.yaml "${common[@]}" --set run.name=reference_cw10 \
   --set sequence.method=reference >"$runs/cw10_reference.log" 2>&1 &
 ref=$!
 until grep -q "^saved .*pretrained.pt" "$runs/cw10_reference.log" 2>/dev/null; do
@@ -18,10 +18,10 @@ until grep -q "^saved .*pretrained.pt" "$runs/cw10_reference.log" 2>/dev/null; d
 done
 ckpt=$(grep "^saved .*pretrained.pt" "$runs/cw10_reference.log" | head -1 | cut -d' ' -f2)
 echo "pre-trained: $ckpt"
-$py -m plasticrl continual configs/l2m_cw10.yaml "${common[@]}" --set pretrain.checkpoint="$ckpt" \
+$py -m plasticrl continual configs/continual/l2m_cw10.yaml "${common[@]}" --set pretrain.checkpoint="$ckpt" \
   >"$runs/cw10_l2m.log" 2>&1 &
 l2m=$!
-$py -m plasticrl continual configs/finetune_cw10.yaml "${common[@]}" --set pretrain.checkpoint="$ckpt" \
+$py -m plasticrl continual configs/continual/finetune_cw10.yaml "${common[@]}" --set pretrain.checkpoint="$ckpt" \
   >"$runs/cw10_finetune.log" 2>&1 &
 ft=$!
 status=0
@@ -30,7 +30,7 @@ tail -n 3 "$runs"/cw10_*.log
 $py - "$runs" <<'PY'
 import json, os, sys
 from glob import glob
-from plasticrl.continual import forward_transfer_summary
+from plasticrl.continual_metrics import forward_transfer_summary
 runs = sys.argv[1]
 refs = sorted(glob(f"{runs}/reference_cw10/*/reference_curves.json"), key=os.path.getmtime)
 ref = json.load(open(refs[-1])) if refs else None

@@ -22,7 +22,7 @@ wait_all() {  # wait_all LABEL PID...: exits if any of the processes failed
 
 pids=()
 for id in $tasks; do
-  $py -m plasticrl train configs/sac_state.yaml --set env.id="$id" --set run.out_dir=runs/sac_state \
+  $py -m plasticrl train configs/train/sac_state.yaml --set env.id="$id" --set run.out_dir=runs/sac_state \
     --set run.name="${id#dmc:}" --set run.progress_bar=false "$@" >"runs/sac_state/${id#dmc:}.train.log" 2>&1 &
   pids+=($!)
 done

@@ -1,0 +1,86 @@
+"""Replaying a whole update (forward, backward, optimizer steps, target update) as one CUDA graph.
+
+Used by DrQ (``agents.drq``) and the Decision Transformer (``agents.l2m``, ``plasticrl.continual``). An eager DrQ
+update launches several hundred small kernels; on an H100 the launches, not the math, set its time.
+``GraphedUpdate`` records the update once into a CUDA graph over static input tensors; every later update copies
+the sampled batch into those tensors and replays the graph, one launch. With the replay buffer on the GPU the
+sampling itself (indices, frame-stack gathers, n-step returns) is recorded too, and a replay takes no input.
+Random numbers (augmentation shifts, policy noise, sampled indices) stay fresh on every replay: PyTorch advances
+the CUDA generator's offset per replay. Requirements: Adam/AdamW with ``capturable=True`` (DrQ and ``L2MAgent`` build their optimizers so on
+CUDA), a constant learning rate, and no host reads of device values inside the update.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+
+class GraphedUpdate:
+    """Wraps ``update_fn(batch) -> Tensor`` (1-D stats vector) or ``update_fn() -> Tensor`` into a captured CUDA graph.
+
+    ``batch`` is a tuple (or NamedTuple, e.g. a ``PixelBatch``) of device tensors, or nothing, when ``update_fn``
+    draws its own batch from a device replay buffer inside the graph. The first call runs ``update_fn`` eagerly on a side
+    stream (a real update: it also initialises optimizer state and lets cuDNN pick its kernels), then records the
+    graph without running it. Every call is exactly one update.
+
+    :param update_fn: one full update; must not sync with the host or branch on device values.
+    """
+
+    def __init__(self, update_fn: Callable[..., torch.Tensor]):
+        self.update_fn = update_fn
+        self.graph: torch.cuda.CUDAGraph | None = None
+        self.static_inputs: tuple[torch.Tensor, ...] = ()
+        self.static_out: torch.Tensor | None = None
+        self._rebuild: Callable[[Any], Any] = tuple  # tensors -> the batch type update_fn takes
+
+    def _capture(self, inputs: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        self.static_inputs = tuple(t.clone() for t in inputs)
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            out = self.update_fn(*self._args()).clone()
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            self.static_out = self.update_fn(*self._args())
+        self.graph = graph
+        return out
+
+    def invalidate(self) -> None:
+        """Drops the captured graph: the next call captures anew. Call it when the parameters, optimizer state or
+        buffers the graph reads are replaced by new tensors (a load); in-place writes keep the graph valid."""
+        self.graph, self.static_inputs, self.static_out = None, (), None
+
+    def _args(self) -> tuple[Any, ...]:
+        return (self._rebuild(self.static_inputs),) if self.static_inputs else ()
+
+    def __call__(self, batch: tuple[torch.Tensor, ...] | None = None) -> torch.Tensor:
+        """One update on ``batch`` (tensors on the graph's device; None for a graph that samples its own batch);
+        returns a fresh copy of the stats vector."""
+        inputs = tuple(batch) if batch is not None else ()
+        if self.graph is None:
+            self._rebuild = getattr(type(batch), "_make", tuple)  # NamedTuple._make(iterable), or tuple
+            return self._capture(inputs)
+        shapes = [tuple(t.shape) for t in inputs]
+        if shapes != [tuple(t.shape) for t in self.static_inputs]:  # copy_ would broadcast or keep stale rows
+            raise ValueError(f"this CUDA graph was captured for inputs of shapes "
+                             f"{[tuple(t.shape) for t in self.static_inputs]}, got {shapes}; make a new "
+                             "GraphedUpdate for another batch size")
+        for dst, src in zip(self.static_inputs, inputs):
+            dst.copy_(src, non_blocking=True)
+        self.graph.replay()
+        assert self.static_out is not None
+        return self.static_out.clone()
+
+
+def keep_own_optimizer_flags(state: dict[str, Any], optimizer: torch.optim.Optimizer) -> None:
+    """Sets the ``fused``/``capturable`` flags of a loaded optimizer ``state`` (a ``state_dict``, changed in place)
+    to ``optimizer``'s own before ``optimizer.load_state_dict(state)``: a state carries its saver's flags, and a
+    CPU-saved agent must still step inside CUDA graphs once loaded on a GPU, and vice versa."""
+    for group, own in zip(state["param_groups"], optimizer.param_groups):
+        for flag in ("fused", "capturable"):
+            if flag in own:
+                group[flag] = own[flag]

@@ -1,0 +1,598 @@
+"""DrQ: soft actor-critic from pixels with random-shift augmentation, as SB3 classes.
+
+Networks follow DrQ-v2 (Yarats et al. 2021): a 4-layer conv encoder (32 channels, 3x3, first stride 2; 84x84 ->
+32x35x35), and for actor and critic each a trunk Linear -> LayerNorm -> Tanh to a 50-dim feature, then MLPs (hidden
+1024). The encoder is trained by the critic loss only and is detached for the actor. Every sampled batch is
+augmented on the training device (random shift, pad 4) for both ``obs`` and ``next_obs``. The learning rule is SAC
+(Haarnoja et al. 2018) with a learned temperature, n-step returns (DrQ-v2 uses 3) and a target critic that reads the
+online encoder's features (as DrQ-v2 does).
+
+``DrQ`` is a ``stable_baselines3.SAC`` subclass, so ``learn``, ``save``, ``load``, ``predict``, callbacks and
+``evaluate_policy`` work as in SB3. Replay ratio = ``gradient_steps / (train_freq * n_envs)``.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from gymnasium import spaces
+from stable_baselines3 import SAC
+from stable_baselines3.common.policies import BasePolicy
+from stable_baselines3.common.save_util import load_from_pkl, load_from_zip_file, recursive_getattr
+from stable_baselines3.common.type_aliases import Schedule
+from torch import nn
+
+from agents.accel import GraphedUpdate, keep_own_optimizer_flags
+from agents.drq.augment import random_shift
+from agents.drq.prefetch import PrefetchVecEnv
+from agents.drq.replay import FrameReplayBuffer, PixelBatch
+
+# compile_update values: off, on (Inductor's default), or with Inductor benchmarking Triton GEMM/conv templates
+# against cuBLAS/cuDNN per shape (minutes of compiling; no CUDA graphs of its own: DrQ captures its own)
+COMPILE_MODES = (False, True, "default", "max-autotune-no-cudagraphs")
+STAT_KEYS = ("critic_loss", "actor_loss", "ent_coef", "ent_coef_loss", "critic_fau", "q")
+
+
+class Encoder(nn.Module):
+    """uint8 (B, C, H, W) -> float features (B, 32 * h' * w'); pixels scaled to [-0.5, 0.5]."""
+
+    def __init__(self, observation_shape: tuple[int, int, int], channels: int = 32):
+        super().__init__()
+        self.autocast_dtype: torch.dtype | None = None  # e.g. torch.bfloat16: convolutions in bf16 (CUDA only)
+        # Zero-pad the input channels (and the first conv's weight, on the fly) up to a multiple of this, so that
+        # cuDNN picks tensor-core kernels for the first conv (9 channels get a generic one). Same outputs.
+        self.in_channel_multiple = 1
+        c = observation_shape[0]
+        self.convnet = nn.Sequential(
+            nn.Conv2d(c, channels, 3, stride=2), nn.ReLU(),
+            nn.Conv2d(channels, channels, 3, stride=1), nn.ReLU(),
+            nn.Conv2d(channels, channels, 3, stride=1), nn.ReLU(),
+            nn.Conv2d(channels, channels, 3, stride=1), nn.ReLU(),
+        )
+        with torch.no_grad():
+            self.repr_dim = int(self.convnet(torch.zeros(1, *observation_shape)).numel())
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        extra = -obs.shape[1] % self.in_channel_multiple
+        if extra:
+            obs = F.pad(obs, (0, 0, 0, 0, 0, extra))  # zero channels, met by zero weights below
+        cuda = obs.is_cuda
+        low = cuda and self.autocast_dtype is not None
+        if cuda:  # NHWC (cuDNN's fastest layout) set on the uint8 input, 4x cheaper than on floats
+            obs = obs.contiguous(memory_format=torch.channels_last)
+        x = obs.to(self.autocast_dtype if low else torch.float32) / 255.0 - 0.5
+        with torch.autocast("cuda", dtype=self.autocast_dtype or torch.bfloat16, enabled=low):
+            if extra:
+                first = self.convnet[0]
+                w = F.pad(first.weight, (0, 0, 0, 0, 0, extra))
+                if cuda:
+                    w = w.contiguous(memory_format=torch.channels_last)
+                x = self.convnet[1:](F.conv2d(x, w, first.bias, stride=first.stride))
+            else:
+                x = self.convnet(x)
+        return x.flatten(1)  # bf16 features stay bf16: the trunks and hidden layers then run in bf16 too
+
+
+def trunk(repr_dim: int, feature_dim: int) -> nn.Sequential:
+    """Linear -> LayerNorm -> Tanh, the DrQ-v2 bottleneck."""
+    return nn.Sequential(nn.Linear(repr_dim, feature_dim), nn.LayerNorm(feature_dim), nn.Tanh())
+
+
+def low_precision(h: torch.Tensor) -> torch.autocast:
+    """bf16 autocast on CUDA when the encoder features ``h`` are bf16 (``precision="bf16"``), else a no-op: the
+    trunks and hidden MLP layers then run their matmuls in bf16 with fp32 weights (see ``run_mlp``)."""
+    return torch.autocast("cuda", dtype=torch.bfloat16, enabled=h.dtype == torch.bfloat16)
+
+
+def run_mlp(net: nn.Sequential, x: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+    """``net`` (an ``mlp``) on ``x``: hidden layers in bf16 when the features ``h`` are bf16 (``low_precision``), the
+    output Linear always in fp32: Q values and action means need fp32 resolution (bf16 keeps 8 significant bits,
+    steps of 0.5 between 64 and 128, the range of DMC Q values)."""
+    with low_precision(h):
+        y = net[:-1](x)
+    return net[-1](y.float())
+
+
+def mlp(in_dim: int, hidden_dim: int, out_dim: int) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Linear(in_dim, hidden_dim), nn.ReLU(),
+        nn.Linear(hidden_dim, hidden_dim), nn.ReLU(),
+        nn.Linear(hidden_dim, out_dim),
+    )
+
+
+class Actor(nn.Module):
+    """Tanh-squashed Gaussian policy on encoder features (B, repr_dim) -> actions (B, A) in [-1, 1]."""
+
+    def __init__(self, repr_dim: int, action_dim: int, feature_dim: int, hidden_dim: int,
+                 log_std_bounds: tuple[float, float] = (-10.0, 2.0)):
+        super().__init__()
+        self.trunk = trunk(repr_dim, feature_dim)
+        self.policy = mlp(feature_dim, hidden_dim, 2 * action_dim)
+        self.log_std_bounds = log_std_bounds
+
+    def forward(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean and log std (B, A) of the pre-tanh Gaussian."""
+        with low_precision(h):
+            x = self.trunk(h)
+        mu, log_std = run_mlp(self.policy, x.float(), h).chunk(2, dim=-1)
+        lo, hi = self.log_std_bounds
+        log_std = lo + 0.5 * (hi - lo) * (torch.tanh(log_std) + 1.0)
+        return mu, log_std
+
+    def action_log_prob(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """A reparameterised sample (B, A) and its log-probability (B, 1) under the squashed Gaussian."""
+        mu, log_std = self(h)
+        std = log_std.exp()
+        u = mu + std * torch.randn_like(mu)
+        action = torch.tanh(u)
+        gauss = -0.5 * ((u - mu) / std).pow(2) - log_std - 0.5 * math.log(2 * math.pi)
+        log_prob = (gauss - 2.0 * (math.log(2.0) - u - F.softplus(-2.0 * u))).sum(-1, keepdim=True)
+        return action, log_prob
+
+    def mode(self, h: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(self(h)[0])
+
+
+class Critic(nn.Module):
+    """Twin Q: encoder features (B, repr_dim) and actions (B, A) -> (q1, q2), each (B, 1).
+
+    ``fused_heads`` (set by ``DrQ(fused_q_heads=True)``): both heads run as batched matmuls (``twin_heads``) instead
+    of two MLPs, on the same ``q1``/``q2`` parameters: the same values up to float rounding. Falls back to the two
+    MLPs while any hook could see the heads (the plasticity monitor probes by hooks) or a layer is not a plain
+    Linear/ReLU (``_fused``).
+    """
+
+    def __init__(self, repr_dim: int, action_dim: int, feature_dim: int, hidden_dim: int):
+        super().__init__()
+        self.trunk = trunk(repr_dim, feature_dim)
+        self.q1 = mlp(feature_dim + action_dim, hidden_dim, 1)
+        self.q2 = mlp(feature_dim + action_dim, hidden_dim, 1)
+        self.fused_heads = False
+
+    def _features(self, h: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+        with low_precision(h):
+            return torch.cat([self.trunk(h).float(), action], dim=-1)
+
+    def _fused(self) -> bool:
+        """Fused only for plain Linear/ReLU heads with no hooks on them (module or global): a hook, e.g. the
+        plasticity monitor's, or a wrapped layer gets the two MLPs it expects."""
+        if not self.fused_heads or nn.modules.module._global_forward_hooks or \
+                nn.modules.module._global_forward_pre_hooks:
+            return False
+        layers = (*self.q1, *self.q2)
+        return all(type(m) in (nn.Linear, nn.ReLU) for m in layers) and not any(
+            m._forward_hooks or m._forward_pre_hooks or m._backward_hooks or m._backward_pre_hooks
+            for m in (self.q1, self.q2, *layers))
+
+    def twin_heads(self, x: torch.Tensor, h: torch.Tensor, fau: bool = False
+                   ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Both heads on ``x`` (B, in) at once: each Linear's weights of q1 and q2 stacked, (2, out, in), and one
+        ``baddbmm`` on (2, B, in). Returns q (2, B, 1) and, with ``fau``, the fraction of active (> 0) hidden ReLU
+        outputs of both heads (0-dim, as ``forward_with_fau``), else None. Hidden layers in bf16 when the features
+        ``h`` are bf16, the output layer in fp32, as ``run_mlp``."""
+
+        def linear(i: int, y: torch.Tensor) -> torch.Tensor:
+            w = torch.stack([self.q1[i].weight, self.q2[i].weight])  # (2, out, in)
+            b = torch.stack([self.q1[i].bias, self.q2[i].bias])  # (2, out)
+            return torch.baddbmm(b.unsqueeze(1), y, w.transpose(1, 2))  # (2, B, out)
+
+        active: list[torch.Tensor] = []  # per ReLU: active entries over both heads, with fau
+        total = 0
+        y = x.expand(2, *x.shape)
+        with low_precision(h):
+            for i, layer in enumerate(self.q1[:-1]):
+                y = linear(i, y) if isinstance(layer, nn.Linear) else layer(y)
+                if fau and isinstance(layer, nn.ReLU):
+                    active.append((y > 0).sum())
+                    total += y.numel()
+        q = linear(len(self.q1) - 1, y.float())
+        return q, (torch.stack(active).sum() / total if fau else None)
+
+    def forward(self, h: torch.Tensor, action: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = self._features(h, action)
+        if self._fused():
+            q, _ = self.twin_heads(x, h)
+            return q[0], q[1]
+        return run_mlp(self.q1, x, h), run_mlp(self.q2, x, h)
+
+    def forward_with_fau(self, h: torch.Tensor, action: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Like ``forward``, plus the fraction of active units (> 0) over both heads' hidden ReLU outputs (0-dim),
+        the signal of Adaptive RR (Ma et al. 2024). Computed on the device, no host sync."""
+        x = self._features(h, action)
+        if self._fused():
+            q, fau = self.twin_heads(x, h, fau=True)
+            return q[0], q[1], fau
+        active = torch.zeros((), device=h.device)
+        total = 0
+        outs = []
+        for head in (self.q1, self.q2):
+            y = x
+            with low_precision(h):
+                for layer in head[:-1]:
+                    y = layer(y)
+                    if isinstance(layer, nn.ReLU):
+                        active = active + (y > 0).sum()
+                        total += y.numel()
+            outs.append(head[-1](y.float()))  # the output Linear in fp32, as in run_mlp
+        return outs[0], outs[1], active / total
+
+
+class DrQPolicy(BasePolicy):
+    """SB3 policy holding the shared encoder, actor, critic and target critic of DrQ.
+
+    Optimizers: ``actor.optimizer`` (actor only) and ``critic.optimizer`` (encoder + critic), as SB3's SAC names them.
+    """
+
+    def __init__(
+        self,
+        observation_space: spaces.Box,
+        action_space: spaces.Box,
+        lr_schedule: Schedule,
+        feature_dim: int = 50,
+        hidden_dim: int = 1024,
+        encoder_channels: int = 32,
+        log_std_bounds: tuple[float, float] = (-10.0, 2.0),
+        optimizer_class: type[torch.optim.Optimizer] = torch.optim.Adam,
+        optimizer_kwargs: dict[str, Any] | None = None,
+        use_sde: bool = False,
+    ):
+        if use_sde:
+            raise ValueError("DrQPolicy does not support gSDE (use_sde=True); use the default Gaussian exploration")
+        super().__init__(observation_space, action_space, optimizer_class=optimizer_class,
+                         optimizer_kwargs=optimizer_kwargs, normalize_images=False, squash_output=True)
+        self.feature_dim, self.hidden_dim = feature_dim, hidden_dim
+        self.encoder_channels, self.log_std_bounds = encoder_channels, tuple(log_std_bounds)
+        action_dim = int(action_space.shape[0])
+        self.encoder = Encoder(observation_space.shape, encoder_channels)
+        repr_dim = self.encoder.repr_dim
+        self.actor = Actor(repr_dim, action_dim, feature_dim, hidden_dim, self.log_std_bounds)
+        self.critic = Critic(repr_dim, action_dim, feature_dim, hidden_dim)
+        self.critic_target = copy.deepcopy(self.critic)
+        self.critic_target.requires_grad_(False)
+        self.actor.optimizer = optimizer_class(self.actor.parameters(), lr=lr_schedule(1), **self.optimizer_kwargs)
+        critic_params = list(self.encoder.parameters()) + list(self.critic.parameters())
+        self.critic.optimizer = optimizer_class(critic_params, lr=lr_schedule(1), **self.optimizer_kwargs)
+        self.act_graphs: dict[tuple[Any, ...], GraphedUpdate] | None = None  # {} turns acting graphs on (CUDA)
+
+    def _get_constructor_parameters(self) -> dict[str, Any]:
+        data = super()._get_constructor_parameters()
+        data.update(feature_dim=self.feature_dim, hidden_dim=self.hidden_dim, encoder_channels=self.encoder_channels,
+                    log_std_bounds=self.log_std_bounds, optimizer_class=self.optimizer_class,
+                    optimizer_kwargs=self.optimizer_kwargs)
+        return data
+
+    def forward(self, obs: torch.Tensor, deterministic: bool = False) -> torch.Tensor:
+        return self._predict(obs, deterministic)
+
+    def _predict(self, observation: torch.Tensor, deterministic: bool = False) -> torch.Tensor:
+        """Actions (B, A) for observations (B, k*3, H, W); with ``act_graphs`` on (DrQ on CUDA with graphs) a replay
+        of one CUDA graph per (batch shape, deterministic): acting costs one launch instead of ~25."""
+        if self.act_graphs is None or not observation.is_cuda:
+            return self._act(observation, deterministic)
+        key = (tuple(observation.shape), deterministic)
+        if key not in self.act_graphs:
+            self.act_graphs[key] = GraphedUpdate(lambda batch: self._act(batch[0], deterministic))
+        return self.act_graphs[key]((observation,))
+
+    def _act(self, observation: torch.Tensor, deterministic: bool) -> torch.Tensor:
+        h = self.encoder(observation)
+        return self.actor.mode(h) if deterministic else self.actor.action_log_prob(h)[0]
+
+    def set_training_mode(self, mode: bool) -> None:
+        self.encoder.train(mode)
+        self.actor.train(mode)
+        self.critic.train(mode)
+        self.training = mode
+
+
+class DrQ(SAC):
+    """DrQ agent (SAC + random shift + DrQ-v2 networks). Defaults are DrQ-v2's: lr 1e-4, batch 256, buffer 1e6,
+    4000 seed frames (2000 agent steps at action repeat 2), 3-step returns, target tau 0.01, update every second
+    transition (replay ratio 0.5)."""
+
+    policy_aliases = {"CnnPolicy": DrQPolicy, "DrQPolicy": DrQPolicy}  # noqa: RUF012
+    policy: DrQPolicy
+
+    def __init__(
+        self,
+        policy: str | type[DrQPolicy],
+        env: Any,
+        learning_rate: float | Schedule = 1e-4,
+        buffer_size: int = 1_000_000,
+        learning_starts: int = 2000,
+        batch_size: int = 256,
+        tau: float = 0.01,
+        gamma: float = 0.99,
+        train_freq: int | tuple[int, str] = 2,
+        gradient_steps: int = 1,
+        n_step: int = 3,
+        ent_coef: str | float = "auto_0.1",
+        target_entropy: str | float = "auto",
+        augment_pad: int = 4,
+        buffer_device: str = "auto",
+        cuda_graph: bool | str = "auto",
+        compile_update: bool | str = False,
+        precision: str = "fp32",
+        async_env_step: bool = False,
+        fused_q_heads: bool = False,
+        policy_kwargs: dict[str, Any] | None = None,
+        verbose: int = 0,
+        seed: int | None = None,
+        device: torch.device | str = "auto",
+        _init_setup_model: bool = True,
+        **kwargs: Any,
+    ):
+        self.n_step = n_step
+        self.augment_pad = augment_pad
+        self.buffer_device = buffer_device
+        self.cuda_graph = cuda_graph
+        if compile_update not in COMPILE_MODES:
+            raise ValueError(f"compile_update={compile_update!r}: allowed are {', '.join(map(repr, COMPILE_MODES))}")
+        self.compile_update = compile_update  # True = "default"; a str is torch.compile's mode
+        if precision not in ("fp32", "bf16"):
+            raise ValueError(f"precision={precision!r}: allowed are 'fp32' and 'bf16'")
+        self.precision = precision
+        self.async_env_step = async_env_step
+        self.fused_q_heads = fused_q_heads  # the critics' two Q heads as batched matmuls (Critic.fused_heads)
+        super().__init__(
+            policy, env, learning_rate=learning_rate, buffer_size=buffer_size, learning_starts=learning_starts,
+            batch_size=batch_size, tau=tau, gamma=gamma, train_freq=train_freq, gradient_steps=gradient_steps,
+            replay_buffer_class=FrameReplayBuffer,
+            replay_buffer_kwargs={"n_step": n_step, "gamma": gamma, "buffer_device": buffer_device},
+            ent_coef=ent_coef, target_entropy=target_entropy, policy_kwargs=policy_kwargs, verbose=verbose,
+            seed=seed, device=device, _init_setup_model=False, **kwargs,
+        )
+        self._stats_sum: torch.Tensor | None = None  # sum over updates of the STAT_KEYS vector, on the device
+        self._train_count = 0
+        self._compiled_update: Any = None  # torch.compile(self.update) when compile_update on CUDA
+        self._update_fn: Any = None  # update on a given batch: eager, or a GraphedUpdate copying the batch in
+        self._step_graph: GraphedUpdate | None = None  # the graph train() replays (see _sample_and_update)
+        self._step_graph_key: tuple[int, int] | None = None  # (batch size, id of a GPU replay buffer or 0)
+        self._prefetched: tuple[np.ndarray, np.ndarray] | None = None  # next (action, buffer action), env stepping
+        # per-update critic FAU (0-dim, on device), drained by ReplayRatioCallback; bounded if nobody drains it
+        self.critic_fau_log: deque[torch.Tensor] = deque(maxlen=100_000)
+        if _init_setup_model:
+            self._setup_model()
+
+    def _setup_model(self) -> None:
+        super()._setup_model()
+        self._update_fn = self._update_vector
+        self.policy.critic.fused_heads = self.policy.critic_target.fused_heads = self.fused_q_heads
+        if self.async_env_step and self.env is not None and not isinstance(self.env, PrefetchVecEnv):
+            self.env = PrefetchVecEnv(self.env)
+        if self.device.type != "cuda":
+            return
+        # GPU: fused, graph-capturable Adam; NHWC convolutions; the update as one CUDA graph. Process-wide flags
+        # (cuDNN autotuning, TF32, dynamo's recompile limit) are the caller's: plasticrl.lab.runtime.configure_torch.
+        self.policy.encoder.to(memory_format=torch.channels_last)
+        self.policy.encoder.autocast_dtype = torch.bfloat16 if self.precision == "bf16" else None
+        lr = self.lr_schedule(1)
+        extra = {"fused": True, "capturable": True}
+        self.actor.optimizer = torch.optim.Adam(self.actor.parameters(), lr=lr, **extra)
+        critic_params = list(self.policy.encoder.parameters()) + list(self.critic.parameters())
+        self.critic.optimizer = torch.optim.Adam(critic_params, lr=lr, **extra)
+        if self.log_ent_coef is not None:
+            self.ent_coef_optimizer = torch.optim.Adam([self.log_ent_coef], lr=lr, **extra)
+        if self.compile_update:  # Inductor fuses the elementwise work; compiled once, at the first update
+            mode = self.compile_update if isinstance(self.compile_update, str) else "default"
+            self._compiled_update = torch.compile(self.update, mode=mode)
+        constant_lr = self.lr_schedule(0) == self.lr_schedule(1)
+        if self.cuda_graph is True or (self.cuda_graph == "auto" and constant_lr):
+            if not constant_lr:
+                raise ValueError("cuda_graph=True needs a constant learning rate (a graph bakes the lr in)")
+            self._update_fn = GraphedUpdate(self._update_vector)
+            self.policy.act_graphs = {}
+
+    def _create_aliases(self) -> None:
+        super()._create_aliases()
+        self.encoder = self.policy.encoder
+
+    def _excluded_save_params(self) -> list[str]:
+        return [*super()._excluded_save_params(), "encoder", "_stats_sum", "_update_fn", "_compiled_update", "_step_graph",
+                "_step_graph_key", "critic_fau_log", "_prefetched"]
+
+    def set_parameters(self, load_path_or_dict: Any, exact_match: bool = True, device: torch.device | str = "auto"
+                       ) -> None:
+        """SB3's, but optimizers keep this agent's ``fused``/``capturable`` flags (an optimizer state carries the
+        saver's: a CPU-saved agent must still train in CUDA graphs after ``load`` on a GPU, and vice versa)."""
+        params = load_path_or_dict
+        if not isinstance(params, dict):
+            _, params, _ = load_from_zip_file(load_path_or_dict, device=device, load_data=False)
+        for name, state in params.items():
+            try:
+                own = recursive_getattr(self, name)
+            except AttributeError:
+                continue  # SB3 reports unknown names
+            if isinstance(own, torch.optim.Optimizer) and isinstance(state, dict) and "param_groups" in state:
+                keep_own_optimizer_flags(state, own)
+        super().set_parameters(params, exact_match=exact_match, device=device)
+        # loaded optimizer states are new tensors: graphs captured before would keep stepping the old ones
+        self._step_graph = self._step_graph_key = None
+        if isinstance(self._update_fn, GraphedUpdate):
+            self._update_fn = GraphedUpdate(self._update_vector)
+
+    def load_replay_buffer(self, path: Any, truncate_last_traj: bool = True) -> None:
+        """Loads a buffer written by ``save_replay_buffer`` (a pickled ``FrameReplayBuffer``); batches then go to
+        this agent's device. (SB3's version accepts only its own ``ReplayBuffer`` class.)"""
+        buffer = load_from_pkl(path, self.verbose)
+        if not isinstance(buffer, FrameReplayBuffer):
+            raise TypeError(f"{path} holds a {type(buffer).__name__}; DrQ needs a FrameReplayBuffer, as written by "
+                            "DrQ.save_replay_buffer")
+        buffer.device = self.device
+        self.replay_buffer = buffer
+        self._step_graph = self._step_graph_key = None
+
+    # ------------------------------------------------------------------ the update
+    def update(self, batch: PixelBatch) -> dict[str, torch.Tensor]:
+        """One gradient update (critic + encoder, actor, temperature, target) on one batch.
+
+        Returns 0-dim device tensors: critic_loss, actor_loss, ent_coef, ent_coef_loss, critic_fau, q.
+        """
+        obs = random_shift(batch.observations, self.augment_pad)
+        next_obs = random_shift(batch.next_observations, self.augment_pad)
+        log_alpha = self.log_ent_coef  # None when ent_coef is fixed
+        alpha = log_alpha.detach().exp() if log_alpha is not None else self.ent_coef_tensor
+
+        target_q = self.td_target(batch, next_obs, alpha)
+        h = self.encoder(obs)
+        q1, q2, critic_fau = self.critic.forward_with_fau(h, batch.actions)
+        critic_loss = F.mse_loss(q1, target_q) + F.mse_loss(q2, target_q)
+        self.critic.optimizer.zero_grad(set_to_none=True)
+        critic_loss.backward()
+        self.critic.optimizer.step()
+
+        h_actor = h.detach()
+        action, log_prob = self.actor.action_log_prob(h_actor)
+        trainable = [p for p in self.critic.parameters() if p.requires_grad]
+        for p in trainable:  # the actor loss needs gradients through the critic, not of its weights
+            p.requires_grad_(False)
+        aq1, aq2 = self.critic(h_actor, action)
+        for p in trainable:
+            p.requires_grad_(True)
+        actor_loss = (alpha * log_prob - torch.min(aq1, aq2)).mean()
+        self.actor.optimizer.zero_grad(set_to_none=True)
+        actor_loss.backward()
+        self.actor.optimizer.step()
+
+        if log_alpha is not None and self.ent_coef_optimizer is not None:
+            ent_coef_loss = -(log_alpha * (log_prob.detach() + self.target_entropy)).mean()
+            self.ent_coef_optimizer.zero_grad(set_to_none=True)
+            ent_coef_loss.backward()
+            self.ent_coef_optimizer.step()
+        else:
+            ent_coef_loss = torch.zeros((), device=obs.device)
+
+        with torch.no_grad():
+            online = list(self.critic.parameters())
+            target = list(self.critic_target.parameters())
+            torch._foreach_lerp_(target, online, self.tau)
+        return {"critic_loss": critic_loss.detach(), "actor_loss": actor_loss.detach(), "ent_coef": alpha.squeeze(),
+                "ent_coef_loss": ent_coef_loss.detach(), "critic_fau": critic_fau, "q": q1.detach().mean()}
+
+    @torch.no_grad()
+    def td_target(self, batch: PixelBatch, next_obs: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
+        """The soft n-step TD target r + gamma^n (min(Q1', Q2')(s', a') - alpha log pi(a'|s')), a' ~ pi(s'), with
+        the target critic on the online encoder's features of the augmented next observations ``next_obs``
+        (B, C, H, W) uint8; returns (B, 1), no gradients."""
+        h_next = self.encoder(next_obs)
+        next_action, next_log_prob = self.actor.action_log_prob(h_next)
+        tq1, tq2 = self.critic_target(h_next, next_action)
+        target_v = torch.min(tq1, tq2) - alpha * next_log_prob
+        return batch.rewards + batch.discounts * target_v
+
+    def _update_vector(self, batch: PixelBatch) -> torch.Tensor:
+        stats = (self._compiled_update or self.update)(batch)
+        return torch.stack([stats[k].float().reshape(()) for k in STAT_KEYS])
+
+    def _sample_action(self, learning_starts: int, action_noise: Any = None,
+                       n_envs: int = 1) -> tuple[np.ndarray, np.ndarray]:
+        if self._prefetched is not None:  # chosen before the last updates; the env is already stepping with it
+            actions, self._prefetched = self._prefetched, None
+            return actions
+        return super()._sample_action(learning_starts, action_noise, n_envs)
+
+    def _queue_action(self) -> tuple[Callable[[], bool], Callable[[], tuple[np.ndarray, np.ndarray]]]:
+        """Queues the policy on ``self._last_obs`` on the device without waiting for it. Returns ``ready()`` (are
+        the actions computed?) and ``finish()``, which waits for these actions only (not for work queued after
+        them) and returns (action, buffer action) as SB3's ``_sample_action`` does after ``learning_starts``."""
+        self.policy.set_training_mode(False)
+        cuda = self.device.type == "cuda"
+        obs = torch.from_numpy(np.asarray(self._last_obs).reshape((-1, *self.observation_space.shape)))
+        obs = (obs.pin_memory() if cuda else obs).to(self.device, non_blocking=cuda)
+        with torch.no_grad():
+            raw = self.policy._predict(obs, deterministic=False)
+        host = torch.empty(raw.shape, dtype=raw.dtype, pin_memory=cuda)
+        host.copy_(raw, non_blocking=cuda)
+        ready = torch.cuda.Event() if cuda else None
+        if ready is not None:
+            ready.record()
+
+        def finish() -> tuple[np.ndarray, np.ndarray]:
+            if ready is not None:
+                ready.synchronize()
+            unscaled = self.policy.unscale_action(host.numpy().reshape((-1, *self.action_space.shape)))
+            scaled = self.policy.scale_action(unscaled)
+            if self.action_noise is not None:
+                scaled = np.clip(scaled + self.action_noise(), -1, 1)
+            return self.policy.unscale_action(scaled), scaled
+
+        return (lambda: ready is None or ready.query()), finish
+
+    def train(self, gradient_steps: int, batch_size: int = 256) -> None:
+        # Async env stepping: the next env step starts while this round of updates runs, so that the envs step
+        # while the GPU trains. Its actions are queued on the device ahead of the updates (SB3 calls train() only
+        # after learning_starts: policy actions) and the step starts as soon as they are ready, checked after each
+        # queued update (on the CPU they are ready at once).
+        pending = None
+        if isinstance(self.env, PrefetchVecEnv) and gradient_steps > 0:
+            pending = self._queue_action()
+
+        def start_env_step(force: bool) -> None:
+            nonlocal pending
+            if pending is not None and (force or pending[0]()):
+                self._prefetched = pending[1]()
+                self.env.prefetch(self._prefetched[0])
+                pending = None
+
+        start_env_step(force=self.device.type != "cuda")
+        self.policy.set_training_mode(True)
+        optimizers = [self.actor.optimizer, self.critic.optimizer]
+        if self.ent_coef_optimizer is not None:
+            optimizers.append(self.ent_coef_optimizer)
+        self._update_learning_rate(optimizers)
+        fau_index = STAT_KEYS.index("critic_fau")
+        for _ in range(gradient_steps):
+            stats = self._sample_and_update(batch_size)
+            self.critic_fau_log.append(stats[fau_index])
+            self._stats_sum = stats if self._stats_sum is None else self._stats_sum + stats
+            self._train_count += 1
+            start_env_step(force=False)
+        self._n_updates += gradient_steps
+        start_env_step(force=True)
+
+    def _sample_and_update(self, batch_size: int) -> torch.Tensor:
+        """One update on a fresh replay batch; returns the stats vector (device). With CUDA graphs on, the graph is
+        kept per batch size (and buffer): with the frames on the GPU, sampling and update replay as one graph; with
+        pinned CPU frames the sampled batch is copied into the graph's inputs."""
+        buffer = self.replay_buffer
+        if not isinstance(self._update_fn, GraphedUpdate):
+            return self._update_fn(buffer.sample(batch_size))
+        on_gpu = buffer.storage.type == "cuda"
+        key = (batch_size, id(buffer) if on_gpu else 0)
+        if self._step_graph is None or self._step_graph_key != key:
+            fn = (lambda: self._update_vector(buffer.sample(batch_size))) if on_gpu else self._update_vector
+            self._step_graph, self._step_graph_key = GraphedUpdate(fn), key
+        return self._step_graph() if on_gpu else self._step_graph(buffer.sample(batch_size))
+
+    def pop_train_stats(self) -> dict[str, float]:
+        """Means of the update statistics since the last call, read from the device in one transfer.
+
+        Raises FloatingPointError on a non-finite loss, naming the update count and the usual fixes.
+        """
+        if not self._train_count or self._stats_sum is None:
+            return {}
+        values = (self._stats_sum / self._train_count).tolist()
+        self._stats_sum, self._train_count = None, 0
+        stats = dict(zip(STAT_KEYS, values))
+        bad = [k for k, v in stats.items() if not math.isfinite(v)]
+        if bad:
+            raise FloatingPointError(
+                f"non-finite {', '.join(bad)} at update {self._n_updates} (env step {self.num_timesteps}): training "
+                "diverged. Checkpoints and logs written so far are kept. Try a lower agent.learning_rate, a smaller "
+                "replay ratio, or check the env's rewards for NaN/inf."
+            )
+        return stats
+
+    def _dump_logs(self) -> None:
+        for key, value in self.pop_train_stats().items():
+            self.logger.record(f"train/{key}", value)
+        self.logger.record("train/n_updates", self._n_updates, exclude="tensorboard")
+        super()._dump_logs()

@@ -1,0 +1,141 @@
+"""The ``plasticrl`` command line: train, eval, plot, collect, continual, bench. argparse only: each command's work
+lives in its own lab module (``train``, ``collect``, ``continual``, ``bench``, ``plots``).
+
+argparse (standard library) keeps the CLI dependency-free and its help text plain; config validation is pydantic's
+(see ``plasticrl.lab.config``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from plasticrl.lab.config.base import ConfigError
+
+# Each command imports its module when it runs, so that `plasticrl --help` does not load torch, SB3 and MuJoCo.
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from plasticrl.lab import train
+    from plasticrl.lab.config import train as train_config
+
+    train.train(train_config.load(args.config, args.set, overlays=args.overlay))
+    return 0
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from plasticrl.lab import train
+
+    train.evaluate_run(Path(args.run_dir), args.checkpoint, args.episodes, args.device)
+    return 0
+
+
+def _cmd_plot(args: argparse.Namespace) -> int:
+    from plasticrl.lab import plots
+
+    run_dirs = [Path(d) for d in args.run_dirs]
+    matrices = [plots.plot_success_matrix_of_run(d) for d in run_dirs  # `plasticrl continual` runs
+                if (d / "success_matrix.json").is_file()]
+    print(plots.plot_runs(run_dirs, Path(args.out) if args.out else None))
+    for path in matrices:
+        print(path)
+    return 0
+
+
+def _cmd_collect(args: argparse.Namespace) -> int:
+    from plasticrl.lab import collect
+
+    collect.collect_all(tasks=args.tasks, runs=args.runs, checkpoint=args.checkpoint, agent=args.agent,
+                        episodes=args.episodes, noise_std=args.noise_std, seed=args.seed, out=args.out,
+                        stochastic=args.stochastic, device=args.device)
+    return 0
+
+
+def _cmd_continual(args: argparse.Namespace) -> int:
+    from plasticrl.lab.config import continual as continual_config
+    from plasticrl.lab.continual import run_sequence
+
+    run_sequence(continual_config.load(args.config, args.set, overlays=args.overlay))
+    return 0
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from plasticrl.lab import bench
+
+    return bench.main(args)
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="plasticrl", description="Reinforcement-learning plasticity lab.")
+    sub = p.add_subparsers(dest="command", required=True)
+    t = sub.add_parser("train", help="train an agent from a YAML config")
+    t.add_argument("config", help="YAML config, e.g. configs/train/quickstart.yaml")
+    t.add_argument("overlay", nargs="*", default=[],
+                   help="YAML overlays merged over the config in order, e.g. configs/train/rr/adaptive.yaml")
+    t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config key, e.g. --set replay_ratio.kind=adaptive (repeatable)")
+    t.set_defaults(func=_cmd_train)
+    e = sub.add_parser("eval", help="evaluate a run's checkpoint")
+    e.add_argument("run_dir")
+    e.add_argument("--checkpoint", default=None, help="default: <run_dir>/checkpoints/final.zip")
+    e.add_argument("--episodes", type=int, default=10)
+    e.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    e.set_defaults(func=_cmd_eval)
+    pl = sub.add_parser("plot", help="PNG dashboard from run folders' metrics.jsonl")
+    pl.add_argument("run_dirs", nargs="+")
+    pl.add_argument("--out", default=None, help="PNG path (default: <first run>/plots/dashboard.png)")
+    pl.set_defaults(func=_cmd_plot)
+    c = sub.add_parser("collect", help="write Minari datasets from Meta-World's scripted policies, a checkpoint or runs")
+    c.add_argument("--tasks", default=None,
+                   help="sequence names (cw10, cw20, mt40, dmc10, dmc6) and env ids, comma-separated, e.g. "
+                        "mt40 or cw10,metaworld:reach-v3 (with --runs: only these of the runs' tasks)")
+    c.add_argument("--episodes", type=int, default=10, help="episodes per task")
+    c.add_argument("--noise-std", type=float, default=0.0,
+                   help="scripted policies: std of Gaussian action noise (actions in [-1, 1], clipped)")
+    c.add_argument("--seed", type=int, default=0, help="env seed (Meta-World: the goal) and noise/sampling seed")
+    c.add_argument("--out", default="data", help="datasets folder (MINARI_DATASETS_PATH), default ./data")
+    c.add_argument("--checkpoint", default=None, help="SB3-format agent checkpoint (.zip) instead of scripted policies")
+    c.add_argument("--runs", default=None,
+                   help="a folder of `plasticrl train` runs: each run's checkpoints/final.zip on its env.id")
+    c.add_argument("--agent", default=None, choices=["drq", "sac"],
+                   help="class of --checkpoint (default: its run's agent.kind, else drq)")
+    c.add_argument("--stochastic", action="store_true", help="sample the agent's actions (default: deterministic)")
+    c.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    c.set_defaults(func=_cmd_collect)
+    cl = sub.add_parser("continual", help="continual learning on a task sequence (L2M, LoRA, fine-tuning)")
+    cl.add_argument("config", help="YAML config, e.g. configs/continual/l2m_cw10.yaml")
+    cl.add_argument("overlay", nargs="*", default=[], help="YAML overlays merged over the config in order")
+    cl.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a config key, e.g. --set sequence.method=finetune (repeatable)")
+    cl.set_defaults(func=_cmd_continual)
+    b = sub.add_parser("bench", help="update-step and training-throughput benchmark")
+    b.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    b.add_argument("--quick", action="store_true", help="small sizes, for CPU")
+    b.add_argument("--batch-size", type=int, default=256)
+    b.add_argument("--updates", type=int, default=50)
+    b.add_argument("--train-steps", type=int, default=2000, help="agent steps of the end-to-end run (0: skip)")
+    b.add_argument("--n-envs", type=int, default=1)
+    b.add_argument("--async-env-step", action="store_true", help="also time training with agent.async_env_step")
+    b.add_argument("--precision", default="fp32", choices=["fp32", "bf16"], help="bf16: encoder, trunks and hidden layers in bf16 autocast (CUDA)")
+    b.add_argument("--compile", nargs="?", const=True, default=False, metavar="MODE",
+                   help="torch.compile the DrQ update (CUDA); MODE: default | max-autotune-no-cudagraphs")
+    b.add_argument("--fused-q-heads", action="store_true", help="the critic's two Q heads as batched matmuls")
+    b.add_argument("--json", default=None, help="also write results to this JSON file")
+    b.set_defaults(func=_cmd_bench)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except FloatingPointError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 3
+
+
+if __name__ == "__main__":
+    sys.exit(main())

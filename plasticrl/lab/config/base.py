@@ -1,0 +1,141 @@
+"""What the train and continual config schemas share: sections, the run and W&B keys, YAML reading, errors.
+
+pydantic does the type checking and coercion; this module turns its errors into one message per problem that
+names the key path, the bad value, what is allowed, and a close match for a misspelt key.
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+M = TypeVar("M", bound=BaseModel)
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class BaseRunConfig(Section):
+    name: str = Field("run", min_length=1, description="experiment name; runs go to <out_dir>/<name>/")
+    seed: int = Field(0, ge=0, description="seed of env, networks and sampling")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="training device; auto = cuda if available")
+    out_dir: str = Field("runs", description="root folder of run folders")
+
+
+class WandbConfig(Section):
+    mode: Literal["offline", "online", "disabled"] = Field("offline")
+    project: str = Field("plasticrl")
+    entity: str | None = None
+    group: str | None = Field(None, description="default: run.name")
+    tags: list[str] | None = Field(None, description="default: agent, env, replay-ratio kind")
+    name: str | None = Field(None, description="default: <run.name>-s<seed>")
+
+
+def wandb_settings(w: WandbConfig, run_name: str, seed: int, default_tags: list[str]) -> dict[str, Any]:
+    """Keyword arguments of ``plasticrl.runlog.WandbSink`` with this project's defaults filled in: group = the run
+    name (seeds group together), name = ``<run name>-s<seed>``, tags = ``default_tags``."""
+    return {"mode": w.mode, "project": w.project, "entity": w.entity, "group": w.group or run_name,
+            "tags": w.tags or default_tags, "name": w.name or f"{run_name}-s{seed}"}
+
+
+class ConfigError(ValueError):
+    """A config that can't be used: the message lists every problem, one per line."""
+
+
+def _section_fields(root: type[BaseModel], path: tuple[str | int, ...]) -> list[str]:
+    model: Any = root
+    for part in path:
+        field = model.model_fields.get(part) if isinstance(part, str) else None
+        if field is None or not (isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)):
+            return []
+        model = field.annotation
+    return list(model.model_fields)
+
+
+def _describe(root: type[BaseModel], error: dict[str, Any]) -> str:
+    loc = tuple(error["loc"])
+    key = ".".join(str(p) for p in loc)
+    value = error.get("input")
+    if error["type"] == "extra_forbidden":
+        allowed = _section_fields(root, loc[:-1])
+        close = difflib.get_close_matches(str(loc[-1]), allowed, n=1)
+        hint = f" Did you mean '{'.'.join(str(p) for p in loc[:-1] + (close[0],))}'?" if close else ""
+        return f"{key}: unknown key.{hint} Allowed here: {', '.join(allowed)}."
+    return f"{key}: {value!r} is not allowed: {error['msg']}."
+
+
+def validate_model(root: type[M], data: dict[str, Any], source: str = "config") -> M:
+    """``root`` (a config schema) from plain data, or ConfigError listing each bad key with its value and what is
+    allowed (one line per key and message: unions report each member)."""
+    try:
+        return root.model_validate(data)
+    except ValidationError as exc:
+        lines = list(dict.fromkeys(_describe(root, e) for e in exc.errors()))
+        raise ConfigError(f"{source} is invalid:\n  " + "\n  ".join(lines)) from None
+
+
+def apply_override(data: dict[str, Any], assignment: str) -> None:
+    """Applies ``key.sub=value`` to nested dict ``data``; value parsed as YAML (``1e-4``, ``true``, ``[a, b]``)."""
+    if "=" not in assignment:
+        raise ConfigError(f"--set {assignment!r}: expected key.sub=value, e.g. --set run.seed=1")
+    key, raw = assignment.split("=", 1)
+    parts = key.strip().split(".")
+    node = data
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"--set {assignment!r}: {part!r} is a value, not a section")
+        node = child
+    node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else ""
+
+
+BASE = "${base}"  # in an overlay's string value: the value it replaces, e.g. run.name: ${base}_rr2
+
+
+def _read_mapping(path: Path, sections: str, examples: str) -> dict[str, Any]:
+    if not path.is_file():
+        raise ConfigError(f"config file {str(path)!r} not found; the configs/ folder holds examples{examples}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path} is not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} must hold a mapping of sections ({sections}), got {type(data).__name__}")
+    return data
+
+
+def merge(base: dict[str, Any], overlay: dict[str, Any]) -> dict[str, Any]:
+    """``overlay`` deep-merged over ``base`` (a new dict): mappings merge key by key, any other value replaces the
+    base's; in a string, ``${base}`` stands for the string it replaces (``run.name: ${base}_rr2``)."""
+    out = dict(base)
+    for key, value in overlay.items():
+        old = out.get(key)
+        if isinstance(value, dict) and isinstance(old, dict):
+            out[key] = merge(old, value)
+        elif isinstance(value, str) and BASE in value:
+            out[key] = value.replace(BASE, str(old) if old is not None else "")
+        else:
+            out[key] = value
+    return out
+
+
+def read_yaml(path: str | Path, overrides: list[str] | None = None, sections: str = "run, env, agent, ...",
+              examples: str = "", overlays: list[str | Path] | None = None) -> dict[str, Any]:
+    """The mapping in a YAML config file, with each overlay file deep-merged over it in order (``merge``), then the
+    ``key.sub=value`` overrides applied in order; ConfigError otherwise."""
+    data = _read_mapping(Path(path), sections, examples)
+    for overlay in overlays or []:
+        data = merge(data, _read_mapping(Path(overlay), sections, examples))
+    for assignment in overrides or []:
+        apply_override(data, assignment)
+    return data
+
+
+def dump(config: BaseModel) -> str:
+    """The resolved config as YAML (every key, defaults included)."""
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)

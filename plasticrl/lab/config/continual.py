@@ -1,0 +1,129 @@
+"""The config of the continual-learning runner (``plasticrl continual CONFIG``).
+
+Sections: run, data, model, pretrain, sequence, pool, logging. Unknown keys and bad values raise
+``plasticrl.lab.config.ConfigError`` with one line per problem (key path, value, what is allowed, close matches).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field
+
+from plasticrl.lab.config.base import BaseRunConfig, ConfigError, Section, WandbConfig, read_yaml, validate_model
+
+METHODS = ("l2m", "l2m_oracle", "lora", "finetune", "ewc", "reference")
+
+
+class RunConfig(BaseRunConfig):
+    name: str = Field("continual", min_length=1, description="experiment name; runs go to <out_dir>/<name>/")
+    seed: int = Field(0, ge=0, description="seed of networks, sampling, Meta-World goals and data collection")
+
+
+class DataConfig(Section):
+    out_dir: str = Field("data", description="Minari datasets folder (MINARI_DATASETS_PATH)")
+    episodes_per_task: int = Field(100, ge=1, description="scripted episodes collected per Meta-World task")
+    noise_std: float = Field(0.1, ge=0, description="scripted policies' Gaussian action noise (action units)")
+    dataset_ids: dict[str, str] = Field(
+        default_factory=dict,
+        description="env id -> existing Minari dataset id under out_dir (needed for dmc tasks, e.g. from "
+                    "`plasticrl collect --checkpoint`); other tasks get scripted datasets")
+
+
+class ModelConfig(Section):
+    d_model: int = Field(128, ge=1)
+    n_layers: int = Field(3, ge=1)
+    n_heads: int = Field(4, ge=1)
+    context: int = Field(5, ge=1, description="timesteps per context window")
+    dropout: float = Field(0.1, ge=0, lt=1)
+    precision: Literal["fp32", "bf16"] = Field(
+        "bf16", description="transformer matmuls on CUDA (bf16 autocast, fp32 weights and loss); CPU: fp32")
+    cuda_graph: bool = Field(
+        True, description="on CUDA, every gradient step (sampled batch in, loss, backward, clipping, AdamW) "
+                          "replays one captured CUDA graph; false: eager steps (same results)")
+
+
+class PretrainConfig(Section):
+    tasks: str | list[str] = Field("mt40", description="sequence names and env ids, comma-separated (e.g. mt40,dmc10), or a list")
+    steps: int = Field(100_000, ge=0, description="gradient steps of pre-training (0: skip)")
+    batch_size: int = Field(64, ge=1)
+    learning_rate: float = Field(1e-4, gt=0, lt=1)
+    checkpoint: str | None = Field(
+        None, description="a pretrained.pt (L2MAgent.save format, e.g. <run>/checkpoints/pretrained.pt) to start "
+                          "from instead of pre-training; its DT sizes must match the model section")
+
+
+class SequenceConfig(Section):
+    tasks: str | list[str] = Field("cw10", description="sequence names and env ids, comma-separated (e.g. mt40,dmc10), or a list")
+    method: Literal["l2m", "l2m_oracle", "lora", "finetune", "ewc", "reference"] = Field(
+        "l2m", description="reference: per task, fine-tune the pre-trained DT on that task alone and write "
+                           "reference_curves.json (single-task curves for forward transfer)")
+    steps_per_task: int = Field(10_000, ge=1, description="gradient steps per task")
+    batch_size: int = Field(64, ge=1)
+    learning_rate: float = Field(1e-4, gt=0, lt=1)
+    eval_every: int = Field(0, ge=0, description="evaluate every N steps of a task (0: only at its end); which tasks: eval_scope")
+    eval_scope: Literal["all", "current"] = Field(
+        "all", description="tasks of the evaluations every eval_every steps: all tasks of the sequence (Continual "
+                           "World's per-task curves) or only the task in training (enough for forward transfer; "
+                           "cheaper); every task's end evaluates all tasks either way")
+    eval_episodes: int = Field(10, ge=1, description="episodes per task and evaluation")
+    probe_batch_size: int = Field(
+        256, ge=0, description="context windows of the fixed batch per task (from its data) that the plasticity "
+                               "monitor probes at every evaluation (0: no probes)")
+    max_episode_steps: int = Field(
+        200, ge=1, description="env steps per Meta-World evaluation episode (Continual World's horizon; DMC episodes run their 1,000 frames)")
+    reference_curves: list[list[float]] | str | None = Field(
+        None, description="single-task reference success curves, one per task, for forward transfer: a list of "
+                          "curves or the path of a reference run's reference_curves.json")
+    ewc_lambda: float = Field(
+        1e3, ge=0, description="method ewc: lambda of the penalty lambda/2 * sum_i F_i (theta_i - anchor_i)^2 added "
+                               "to the DT cross-entropy loss (nats per action dim); F = summed diagonal Fisher "
+                               "(squared gradients of that loss), anchor = parameters after the latest task")
+    ewc_fisher_batches: int = Field(
+        10, ge=1, description="method ewc: batches (of batch_size) of a task's data averaged in its diagonal Fisher")
+
+
+class PoolConfig(Section):
+    pool_size: int = Field(30, ge=1)
+    rank: int = Field(8, ge=1)
+    kind: Literal["lora", "ia3"] = Field("lora")
+    top_k: int = Field(1, ge=1)
+    pull_coef: float = Field(0.5, ge=0)
+    count_penalty: bool = Field(True, description="usage penalty on entries picked by earlier tasks")
+
+
+class LoggingConfig(Section):
+    wandb: WandbConfig = Field(default_factory=WandbConfig)
+
+
+class ContinualConfig(Section):
+    run: RunConfig = Field(default_factory=RunConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    pretrain: PretrainConfig = Field(default_factory=PretrainConfig)
+    sequence: SequenceConfig = Field(default_factory=SequenceConfig)
+    pool: PoolConfig = Field(default_factory=PoolConfig)
+    logging: LoggingConfig = Field(default_factory=LoggingConfig)
+
+
+def validate(data: dict[str, Any], source: str = "config") -> ContinualConfig:
+    """A ContinualConfig from plain data, or ConfigError listing each bad key with its value and what is allowed."""
+    cfg = validate_model(ContinualConfig, data, source)
+    problems = []
+    if cfg.model.d_model % cfg.model.n_heads:
+        problems.append(f"model.d_model: {cfg.model.d_model} must be divisible by model.n_heads={cfg.model.n_heads}")
+    if cfg.pool.top_k > cfg.pool.pool_size:
+        problems.append(f"pool.top_k: {cfg.pool.top_k} must be <= pool.pool_size={cfg.pool.pool_size}")
+    if problems:
+        raise ConfigError(f"{source} is invalid:\n  " + "\n  ".join(problems))
+    return cfg
+
+
+def load(path: str | Path, overrides: list[str] | None = None, overlays: list[str | Path] | None = None
+         ) -> ContinualConfig:
+    """Reads a YAML config, merges the overlay files over it in order, applies ``key.sub=value`` overrides in
+    order, validates."""
+    data = read_yaml(path, overrides, sections="run, data, model, ...", examples=" (configs/continual/)",
+                     overlays=overlays)
+    return validate(data, source=str(path))

@@ -1,0 +1,165 @@
+"""The config of ``plasticrl train``: sections run, env, agent, replay_ratio, eval, monitor, logging.
+
+pydantic does the type checking and coercion; ``plasticrl.lab.config.base`` turns its errors into one message per
+problem that names the key path, the bad value, what is allowed, and a close match for a misspelt key.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, model_validator
+
+from plasticrl.lab.config.base import BaseRunConfig, ConfigError, Section, WandbConfig, read_yaml, validate_model
+
+
+class RunConfig(BaseRunConfig):
+    total_steps: int = Field(100_000, gt=0, description="agent steps (transitions over all envs) to train")
+    checkpoint_every: int = Field(0, ge=0, description="save a checkpoint every N agent steps (0: only final)")
+    progress_bar: bool = Field(True, description="show a progress bar")
+
+
+class EnvConfig(Section):
+    id: str = Field("dmc:walker-walk", description="env id for envs.make, e.g. dmc:walker-walk")
+    pixels: bool = Field(True, description="pixel observations (DrQ needs them; SAC needs false, its default)")
+    size: int = Field(84, ge=16, le=256, description="image height = width in pixels")
+    frame_stack: int = Field(3, ge=1, le=16, description="frames stacked per observation")
+    action_repeat: int = Field(2, ge=1, le=16, description="simulator steps per agent step")
+    n_envs: int = Field(1, ge=1, le=256, description="parallel environments")
+    vec_env: Literal["auto", "dummy", "subproc"] = Field(
+        "auto", description="auto: subproc when n_envs > 1, else dummy")
+
+
+class AgentConfig(Section):
+    kind: Literal["drq", "sac"] = Field(
+        "drq", description="drq: agents.DrQ on pixels; sac: stable_baselines3.SAC('MlpPolicy') on state")
+    learning_rate: float = Field(1e-4, gt=0, lt=1)
+    batch_size: int = Field(256, ge=1)
+    buffer_size: int = Field(1_000_000, ge=100, description="transitions kept in replay")
+    learning_starts: int = Field(2000, ge=0, description="agent steps of random actions before updates")
+    gamma: float = Field(0.99, gt=0, le=1)
+    tau: float = Field(0.01, gt=0, le=1, description="target critic Polyak rate")
+    n_step: int = Field(3, ge=1, le=20, description="n-step return length")
+    feature_dim: int = Field(50, ge=1, description="trunk output width")
+    hidden_dim: int = Field(1024, ge=1, description="actor/critic MLP width (2 hidden layers)")
+    init_temperature: float = Field(0.1, gt=0, description="initial SAC entropy coefficient (learned)")
+    augment_pad: int = Field(4, ge=0, le=16, description="random-shift padding in pixels")
+    buffer_device: Literal["auto", "cuda", "cpu"] = Field("auto", description="where replay frames live")
+    async_env_step: bool = Field(False, description="step the envs while the GPU updates (actions one update round stale)")
+    precision: Literal["fp32", "bf16"] = Field(
+        "fp32", description="CUDA: bf16 autocast of encoder, trunks, hidden MLP layers (fp32 outputs, weights, losses)")
+    compile: bool | Literal["default", "max-autotune-no-cudagraphs"] = Field(
+        False, description="torch.compile the update (CUDA only; about a minute of compiling at the first update); "
+                           "max-autotune-no-cudagraphs: Inductor also benchmarks Triton GEMM/conv kernels (minutes)")
+    fused_q_heads: bool = Field(False, description="critic: both Q heads as batched matmuls instead of two MLPs "
+                                                   "(same parameters; equal up to float rounding)")
+    cuda_graph: Literal["auto"] | bool = Field(
+        "auto", description="replay each update as one CUDA graph (auto: on CUDA with a constant learning rate)")
+
+
+class ReplayRatioConfig(Section):
+    kind: Literal["static", "adaptive"] = Field("static")
+    ratio: float = Field(0.5, gt=0, le=64, description="static: updates per transition")
+    low: float = Field(0.5, gt=0, le=64, description="adaptive: ratio before the switch")
+    high: float = Field(2.0, gt=0, le=64, description="adaptive: ratio after the switch")
+    check_every: int = Field(50, ge=1, description="adaptive: episodes (or steps) between checks")
+    unit: Literal["episodes", "steps"] = Field("episodes")
+    tolerance: float = Field(1e-3, ge=0, description="adaptive: |delta critic FAU| that counts as settled")
+
+
+class EvalConfig(Section):
+    every: int = Field(10_000, ge=0, description="evaluate every N agent steps (0: only at the end)")
+    episodes: int = Field(10, ge=1, description="deterministic episodes per evaluation")
+
+
+class MonitorConfig(Section):
+    enabled: bool = Field(True)
+    every: int = Field(10_000, ge=1, description="probe every N agent steps")
+    batch_size: int = Field(256, ge=2, description="probe batch drawn from replay")
+    tau: float = Field(0.025, ge=0, description="dormant threshold (Sokar et al. 2023)")
+    delta: float = Field(0.01, gt=0, lt=1, description="srank threshold (Kumar et al. 2021)")
+    groups: list[Literal["encoder", "actor", "critic", "critic_target"]] = Field(
+        default_factory=lambda: ["encoder", "actor", "critic"])
+    histograms_every: int = Field(0, ge=0, description="log per-unit histograms every K probes (0: never)")
+
+
+class LoggingConfig(Section):
+    wandb: WandbConfig = Field(default_factory=WandbConfig)
+    print_episodes: bool = Field(True, description="print each finished episode's return")
+    plots: bool = Field(True, description="write a PNG dashboard into the run folder at the end")
+
+
+# agent.kind=sac: defaults of the keys a config leaves out, where SAC on state differs from DrQ on pixels.
+SAC_DEFAULTS: dict[str, dict[str, Any]] = {
+    "env": {"pixels": False},
+    "agent": {"learning_rate": 3e-4, "tau": 0.005, "n_step": 1, "hidden_dim": 256},
+    "replay_ratio": {"ratio": 1.0},
+    "monitor": {"groups": ["actor", "critic"]},
+}
+# DrQ's keys that stock SB3 SAC has no use for: with agent.kind=sac they must keep these defaults.
+DRQ_ONLY = ("feature_dim", "augment_pad", "buffer_device", "async_env_step", "precision", "cuda_graph", "compile",
+            "fused_q_heads")
+
+
+class Config(Section):
+    run: RunConfig = Field(default_factory=RunConfig)
+    env: EnvConfig = Field(default_factory=EnvConfig)
+    agent: AgentConfig = Field(default_factory=AgentConfig)
+    replay_ratio: ReplayRatioConfig = Field(default_factory=ReplayRatioConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    monitor: MonitorConfig = Field(default_factory=MonitorConfig)
+    logging: LoggingConfig = Field(default_factory=LoggingConfig)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _agent_defaults(cls, data: Any) -> Any:
+        """With ``agent.kind: sac``, fills ``SAC_DEFAULTS`` into the keys the data leaves out."""
+        if not (isinstance(data, dict) and isinstance(data.get("agent"), dict) and data["agent"].get("kind") == "sac"):
+            return data
+        data = dict(data)
+        for section, defaults in SAC_DEFAULTS.items():
+            if isinstance(data.get(section, {}), dict):
+                data[section] = {**defaults, **(data.get(section) or {})}
+        return data
+
+
+def agent_problems(cfg: Config) -> list[str]:
+    """Keys that don't fit ``agent.kind`` (one line each, naming the key and the fix); [] if all fit."""
+    a, problems = cfg.agent, []
+    if a.kind == "drq":
+        if not cfg.env.pixels:
+            problems.append("env.pixels: false is not allowed with agent.kind=drq, a pixel agent; set "
+                            "env.pixels=true (or agent.kind=sac for state observations)")
+        return problems
+    if cfg.env.pixels:
+        problems.append("env.pixels: true is not allowed with agent.kind=sac, a state agent (MlpPolicy); set "
+                        "env.pixels=false (or agent.kind=drq for pixels)")
+    if a.n_step != 1:
+        problems.append(f"agent.n_step: {a.n_step} is not supported by agent.kind=sac (stock SB3 SAC uses 1-step "
+                        "returns); remove the key or set agent.n_step=1")
+    for key in DRQ_ONLY:
+        value, default = getattr(a, key), AgentConfig.model_fields[key].default
+        if value != default:
+            problems.append(f"agent.{key}: {value!r} is a DrQ option that agent.kind=sac does not have; remove the "
+                            f"key (default {default!r})")
+    if "encoder" in cfg.monitor.groups:
+        problems.append("monitor.groups: agent.kind=sac has no encoder (MlpPolicy on state); use actor, critic, "
+                        "critic_target")
+    return problems
+
+
+def validate(data: dict[str, Any], source: str = "config") -> Config:
+    """A Config from plain data, or ConfigError listing each bad key with its value and what is allowed, and each
+    key that doesn't fit ``agent.kind`` (see ``agent_problems``)."""
+    cfg = validate_model(Config, data, source)
+    problems = agent_problems(cfg)
+    if problems:
+        raise ConfigError(f"{source} is invalid:\n  " + "\n  ".join(problems))
+    return cfg
+
+
+def load(path: str | Path, overrides: list[str] | None = None, overlays: list[str | Path] | None = None) -> Config:
+    """Reads a YAML config, merges the overlay files over it in order, applies ``key.sub=value`` overrides in order,
+    validates."""
+    return validate(read_yaml(path, overrides, overlays=overlays), source=str(path))

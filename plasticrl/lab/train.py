@@ -1,0 +1,173 @@
+"""``plasticrl train``: a validated config -> envs, agent, callbacks -> ``model.learn`` -> a run folder.
+
+The run folder ``<out_dir>/<name>/<seed>-<time>/`` holds the resolved ``config.yaml``, ``metrics.jsonl``,
+``checkpoints/`` (``step_<N>.zip``, ``final.zip``; ``interrupted.zip`` on Ctrl-C), ``wandb/`` and ``plots/``.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+from stable_baselines3 import SAC
+from stable_baselines3.common.env_util import make_vec_env as sb3_make_vec_env
+from stable_baselines3.common.evaluation import evaluate_policy
+from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv
+
+import envs
+from agents import DrQ
+from plasticrl import sb3 as adapters
+from plasticrl.lab.config.base import ConfigError, dump, wandb_settings
+from plasticrl.lab.config.train import Config, load
+from plasticrl.lab.plots import plot_runs
+from plasticrl.lab.runtime import configure_torch, resolve_device
+from plasticrl.replay_ratio import AdaptiveReplayRatio, StaticReplayRatio
+from plasticrl.runlog import RunLogger, make_run_dir
+
+AGENTS = ("drq", "sac")  # agent.kind and collect --agent: plasticrl's agents.DrQ, stable-baselines3's SAC
+
+
+def env_options(cfg: Config) -> dict[str, Any]:
+    """``envs.make`` options of ``cfg.env`` (Meta-World takes none of them: state only, no action repeat)."""
+    e = cfg.env
+    if e.id.startswith("metaworld:"):
+        return {}
+    if not e.pixels:
+        return {"pixels": False, "action_repeat": e.action_repeat}
+    return {"pixels": True, "size": e.size, "frame_stack": e.frame_stack, "action_repeat": e.action_repeat}
+
+
+def make_vec_env(cfg: Config, seed: int, n_envs: int | None = None) -> Any:
+    """SB3 VecEnv of ``n_envs`` monitored ``envs.make`` envs; seeds seed, seed+1, ..."""
+    n = n_envs or cfg.env.n_envs
+    kind = cfg.env.vec_env if cfg.env.vec_env != "auto" else ("subproc" if n > 1 else "dummy")
+    options = env_options(cfg)
+    env_id = cfg.env.id
+    return sb3_make_vec_env(lambda: envs.make(env_id, **options), n_envs=n, seed=seed,
+                            vec_env_cls=SubprocVecEnv if kind == "subproc" else DummyVecEnv)
+
+
+def build_controller(cfg: Config) -> Any:
+    rr = cfg.replay_ratio
+    if rr.kind == "static":
+        return StaticReplayRatio(rr.ratio)
+    return AdaptiveReplayRatio(low=rr.low, high=rr.high, check_every=rr.check_every, unit=rr.unit,
+                               tolerance=rr.tolerance)
+
+
+def build_agent(cfg: Config, env: Any, device: str) -> Any:
+    """``agents.DrQ("CnnPolicy")`` or ``stable_baselines3.SAC("MlpPolicy")`` (``agent.kind``); ``gradient_steps=0``:
+    the replay-ratio callback sets the updates after each step."""
+    a = cfg.agent
+    # A buffer larger than the run's transitions never fills: allocate only what the run can use.
+    buffer_size = min(a.buffer_size, cfg.run.total_steps)
+    if a.kind == "sac":
+        return SAC("MlpPolicy", env, learning_rate=a.learning_rate, buffer_size=buffer_size,
+                   learning_starts=a.learning_starts, batch_size=a.batch_size, tau=a.tau, gamma=a.gamma,
+                   train_freq=1, gradient_steps=0, ent_coef=f"auto_{a.init_temperature}",
+                   policy_kwargs={"net_arch": [a.hidden_dim, a.hidden_dim]},
+                   seed=cfg.run.seed, device=device, verbose=0)
+    return DrQ("CnnPolicy", env, learning_rate=a.learning_rate, buffer_size=buffer_size,
+               learning_starts=a.learning_starts, batch_size=a.batch_size, tau=a.tau, gamma=a.gamma,
+               train_freq=1, gradient_steps=0, n_step=a.n_step, ent_coef=f"auto_{a.init_temperature}",
+               augment_pad=a.augment_pad, buffer_device=a.buffer_device,
+               cuda_graph=a.cuda_graph, compile_update=a.compile, precision=a.precision,
+               async_env_step=a.async_env_step, fused_q_heads=a.fused_q_heads,
+               policy_kwargs={"feature_dim": a.feature_dim, "hidden_dim": a.hidden_dim},
+               seed=cfg.run.seed, device=device, verbose=0)
+
+
+def load_agent(agent: str, checkpoint: str | Path, device: str = "auto") -> Any:
+    """Loads an SB3-format checkpoint: ``drq`` with ``agents.DrQ.load``, ``sac`` with ``stable_baselines3.SAC.load``;
+    replay is allocated at 100 transitions (unused)."""
+    if agent not in AGENTS:
+        raise ValueError(f"unknown agent {agent!r}; allowed: {', '.join(AGENTS)}")
+    if not Path(checkpoint).is_file():
+        raise ValueError(f"checkpoint {str(checkpoint)!r} not found")
+    cls = DrQ if agent == "drq" else SAC
+    return cls.load(checkpoint, device=device, buffer_size=100)
+
+
+def check_config(cfg: Config) -> None:
+    """Checks that need the registries (env id, agent/env fit); raises ConfigError before anything is written."""
+    try:
+        envs.check_id(cfg.env.id)
+    except ValueError as exc:
+        raise ConfigError(f"env.id: {exc}") from None
+    if cfg.agent.kind == "drq" and not cfg.env.id.startswith("dmc:"):
+        raise ConfigError(f"env.id: {cfg.env.id!r} has no pixel observations; agent.kind=drq needs a "
+                                 "dmc:<domain>-<task> env")
+
+
+def train(cfg: Config) -> Path:
+    """Trains one run from a validated config; returns its run folder."""
+    check_config(cfg)
+    device = resolve_device(cfg.run.device)
+    configure_torch(device)
+    run_dir = make_run_dir(cfg.run.out_dir, cfg.run.name, cfg.run.seed)
+    (run_dir / "config.yaml").write_text(dump(cfg))
+    tags = [cfg.agent.kind, cfg.env.id, f"rr-{cfg.replay_ratio.kind}"]
+    run_logger = RunLogger(run_dir, cfg.model_dump(mode="json"),
+                           wandb_settings(cfg.logging.wandb, cfg.run.name, cfg.run.seed, tags))
+    print(f"run folder: {run_dir}  (device {device})", flush=True)
+    env = eval_env = model = None
+    try:
+        env = make_vec_env(cfg, cfg.run.seed)
+        eval_env = make_vec_env(cfg, cfg.run.seed + 10_000, n_envs=1)
+        model = build_agent(cfg, env, device)
+        callbacks = [
+            adapters.EpisodeLogCallback(run_logger, cfg.logging.print_episodes),
+            adapters.ReplayRatioCallback(build_controller(cfg), run_logger),
+            adapters.EvalCallback(eval_env, run_logger, cfg.eval.every, cfg.eval.episodes),
+            adapters.CheckpointCallback(run_dir / "checkpoints", cfg.run.checkpoint_every,
+                                        on_save=(lambda: _plot_quietly(run_dir)) if cfg.logging.plots else None),
+        ]
+        m = cfg.monitor
+        if m.enabled:
+            callbacks.insert(1, adapters.PlasticityCallback(run_logger, every=m.every, batch_size=m.batch_size,
+                                                            tau=m.tau, delta=m.delta, groups=m.groups,
+                                                            histograms_every=m.histograms_every))
+        try:
+            model.learn(cfg.run.total_steps, callback=callbacks, progress_bar=cfg.run.progress_bar)
+        except KeyboardInterrupt:
+            model.save(run_dir / "checkpoints" / "interrupted.zip")
+            print(f"interrupted: saved {run_dir / 'checkpoints' / 'interrupted.zip'}", file=sys.stderr)
+            raise
+        model.save(run_dir / "checkpoints" / "final.zip")
+    finally:
+        run_logger.close()
+        for e in (env, eval_env):
+            if e is not None:
+                e.close()
+    if cfg.logging.plots:
+        _plot_quietly(run_dir)
+    print(f"done: {run_dir}", flush=True)
+    return run_dir
+
+
+def _plot_quietly(run_dir: Path) -> None:
+    """Redraws ``plots/dashboard.png``; a plotting problem never stops training."""
+    try:
+        plot_runs([run_dir], run_dir / "plots" / "dashboard.png")
+    except (ValueError, OSError) as exc:
+        print(f"warning: dashboard not drawn: {exc}", file=sys.stderr)
+
+
+def evaluate_run(run_dir: Path, checkpoint: str | None = None, episodes: int = 10, device: str = "auto"
+                 ) -> tuple[float, float]:
+    """``plasticrl eval``: mean and std of the deterministic return of a run's checkpoint (default
+    ``checkpoints/final.zip``) over ``episodes`` episodes, on an env built from the run's ``config.yaml``; prints it."""
+    cfg = load(run_dir / "config.yaml")
+    ckpt = Path(checkpoint) if checkpoint else run_dir / "checkpoints" / "final.zip"
+    try:
+        model = load_agent(cfg.agent.kind, ckpt, resolve_device(device))
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    env = make_vec_env(cfg, cfg.run.seed + 20_000, n_envs=1)
+    try:
+        mean, std = evaluate_policy(model, env, n_eval_episodes=episodes, deterministic=True)
+    finally:
+        env.close()
+    print(f"{ckpt}: return {mean:.2f} +- {std:.2f} over {episodes} episodes")
+    return float(mean), float(std)

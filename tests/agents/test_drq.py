@@ -1,0 +1,375 @@
+"""DrQ as SB3 classes: shapes, gradient routing, save/load, evaluate_policy."""
+
+import numpy as np
+import pytest
+import torch
+from stable_baselines3.common.env_util import make_vec_env
+from stable_baselines3.common.evaluation import evaluate_policy
+
+import envs
+from agents import DrQ
+from agents.drq import Encoder
+
+
+def small_env(n_envs=1, seed=0):
+    return make_vec_env(lambda: envs.make("dmc:cartpole-swingup", size=32, frame_stack=2, action_repeat=8),
+                        n_envs=n_envs, seed=seed)
+
+
+def small_agent(env, **kw):
+    args = dict(buffer_size=500, learning_starts=40, batch_size=8, seed=0, device="cpu",
+                policy_kwargs={"feature_dim": 8, "hidden_dim": 16})
+    args.update(kw)
+    return DrQ("CnnPolicy", env, **args)
+
+
+def test_encoder_shape_matches_drqv2():
+    enc = Encoder((9, 84, 84))
+    assert enc.repr_dim == 32 * 35 * 35
+    out = enc(torch.zeros(2, 9, 84, 84, dtype=torch.uint8))
+    assert out.shape == (2, 32 * 35 * 35)
+    convs = [m for m in enc.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert [c.stride for c in convs] == [(2, 2), (1, 1), (1, 1), (1, 1)]
+    assert all(c.out_channels == 32 and c.kernel_size == (3, 3) for c in convs)
+
+
+@pytest.fixture(scope="module")
+def trained():
+    env = small_env()
+    model = small_agent(env)
+    model.learn(80)
+    yield model, env
+    env.close()
+
+
+def test_encoder_trained_by_critic_loss_only(trained):
+    model, _ = trained
+    counts = []
+    handles = [p.register_hook(lambda g: counts.append(1)) for p in model.policy.encoder.parameters()]
+    n_params = len(handles)
+    before = [p.detach().clone() for p in model.policy.encoder.parameters()]
+    actor_before = [p.detach().clone() for p in model.policy.actor.parameters()]
+    model.update(model.replay_buffer.sample(8))
+    for h in handles:
+        h.remove()
+    # One backward pass reaches the encoder per update: the critic's. The actor loss sees detached features.
+    assert len(counts) == n_params
+    assert any(not torch.equal(a, p) for a, p in zip(before, model.policy.encoder.parameters()))
+    assert any(not torch.equal(a, p) for a, p in zip(actor_before, model.policy.actor.parameters()))
+
+
+def test_actor_loss_gives_encoder_no_gradient(trained):
+    model, _ = trained
+    batch = model.replay_buffer.sample(8)
+    for p in model.policy.encoder.parameters():
+        p.grad = None
+    h = model.policy.encoder(batch.observations)
+    action, log_prob = model.actor.action_log_prob(h.detach())
+    q1, q2 = model.critic(h.detach(), action)
+    (0.1 * log_prob - torch.min(q1, q2)).mean().backward()
+    assert all(p.grad is None for p in model.policy.encoder.parameters())
+    # ...whereas the critic loss does reach it.
+    q1, _ = model.critic(h, batch.actions)
+    q1.mean().backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.policy.encoder.parameters())
+
+
+def test_save_load_round_trip_gives_identical_actions(trained, tmp_path):
+    model, env = trained
+    obs = env.reset()
+    a1, _ = model.predict(obs, deterministic=True)
+    model.save(tmp_path / "drq.zip")
+    loaded = DrQ.load(tmp_path / "drq.zip", device="cpu")
+    a2, _ = loaded.predict(obs, deterministic=True)
+    np.testing.assert_array_equal(a1, a2)
+    for (k, v), (k2, v2) in zip(model.policy.state_dict().items(), loaded.policy.state_dict().items()):
+        assert k == k2 and torch.equal(v, v2)
+    assert a1.shape == (1, 1) and np.all(np.abs(a1) <= 1)
+
+
+def test_set_parameters_keeps_this_agents_optimizer_flags(trained, tmp_path):
+    """Optimizer states carry the saver's fused/capturable flags (True when saved on CUDA); DrQ.set_parameters
+    (used by DrQ.load) keeps this agent's, so an agent saved on one device trains in (or without) CUDA graphs on
+    another. Here CUDA-style states are loaded into a CPU agent: its flags stay False, its moments are restored."""
+    from stable_baselines3.common.save_util import load_from_zip_file
+
+    model, _ = trained
+    model.save(tmp_path / "drq.zip")
+    _, params, _ = load_from_zip_file(tmp_path / "drq.zip", device="cpu", load_data=False)
+    for name in ("actor.optimizer", "critic.optimizer"):
+        for group in params[name]["param_groups"]:
+            group["fused"] = group["capturable"] = True
+    loaded = DrQ.load(tmp_path / "drq.zip", device="cpu")
+    loaded._step_graph, loaded._step_graph_key = "captured before", (8, 0)
+    loaded.set_parameters(params)
+    assert loaded._step_graph is None and loaded._step_graph_key is None  # a graph would step the old states
+    for opt, ref in ((loaded.actor.optimizer, model.actor.optimizer), (loaded.critic.optimizer, model.critic.optimizer)):
+        assert all(not g.get("fused") and not g.get("capturable") for g in opt.param_groups)
+        for p, q in zip(opt.param_groups[0]["params"], ref.param_groups[0]["params"]):
+            assert torch.equal(opt.state[p]["exp_avg"], ref.state[q]["exp_avg"])
+    stats = loaded.update(model.replay_buffer.sample(8))  # an update steps the restored optimizers
+    assert all(torch.isfinite(v) for v in stats.values())
+
+
+def test_stochastic_actions_differ_and_stay_in_bounds(trained):
+    model, env = trained
+    obs = env.reset()
+    acts = np.stack([model.predict(obs, deterministic=False)[0] for _ in range(10)])
+    assert np.all(np.abs(acts) <= 1) and np.unique(acts).size > 1
+
+
+def test_evaluate_policy_works(trained):
+    model, _ = trained
+    eval_env = small_env(seed=5)
+    mean, std = evaluate_policy(model, eval_env, n_eval_episodes=1, deterministic=True)
+    assert np.isfinite(mean) and std == 0.0
+    eval_env.close()
+
+
+def test_update_count_follows_train_freq_and_gradient_steps():
+    env = small_env()
+    model = small_agent(env, train_freq=2, gradient_steps=1, learning_starts=20)
+    model.learn(60)
+    # SB3 trains once every 2 transitions after learning_starts: (60 - 20) / 2 updates.
+    assert model._n_updates == 20
+    env.close()
+
+
+def test_log_prob_matches_torch_distribution():
+    from agents.drq import Actor
+
+    torch.manual_seed(0)
+    actor = Actor(repr_dim=6, action_dim=3, feature_dim=4, hidden_dim=8)
+    h = torch.randn(5, 6)
+    torch.manual_seed(1)
+    action, log_prob = actor.action_log_prob(h)
+    torch.manual_seed(1)
+    mu, log_std = actor(h)
+    u = mu + log_std.exp() * torch.randn_like(mu)
+    base = torch.distributions.Normal(mu, log_std.exp())
+    ref = (base.log_prob(u) - torch.log(1 - torch.tanh(u) ** 2)).sum(-1, keepdim=True)
+    torch.testing.assert_close(action, torch.tanh(u))
+    torch.testing.assert_close(log_prob, ref, rtol=1e-4, atol=1e-4)
+
+
+def test_non_finite_loss_raises_a_clear_error():
+    from gymnasium.wrappers import TransformReward
+
+    env = make_vec_env(lambda: TransformReward(envs.make("dmc:cartpole-swingup", size=32, frame_stack=2,
+                                                         action_repeat=8), lambda r: float("nan")),
+                       n_envs=1, seed=0)
+    model = small_agent(env, learning_starts=20)
+    model.learn(20)  # random actions only: fills replay with NaN rewards
+    model.train(gradient_steps=2, batch_size=8)
+    with pytest.raises(FloatingPointError, match="non-finite critic_loss.*learning_rate"):
+        model.pop_train_stats()
+    env.close()
+
+
+def test_update_matches_a_straightforward_sac_step():
+    """DrQ.update against an independent, plain implementation of the same SAC step on the same batch and RNG."""
+    import copy
+
+    import torch.nn.functional as F
+
+    from agents.drq.augment import random_shift
+
+    env = small_env()
+    model = small_agent(env, learning_starts=10)
+    model.learn(30)
+    ref = copy.deepcopy(model.policy)
+    log_alpha = model.log_ent_coef.detach().clone().requires_grad_(True)
+    batch = model.replay_buffer.sample(8)
+    torch.manual_seed(123)
+    got = model.update(batch)
+
+    torch.manual_seed(123)
+    obs, next_obs = random_shift(batch.observations, 4), random_shift(batch.next_observations, 4)
+    alpha = log_alpha.detach().exp()
+    with torch.no_grad():
+        hn = ref.encoder(next_obs)
+        a2, lp2 = ref.actor.action_log_prob(hn)
+        target = batch.rewards + batch.discounts * (torch.min(*ref.critic_target(hn, a2)) - alpha * lp2)
+    h = ref.encoder(obs)
+    q1, q2 = ref.critic(h, batch.actions)
+    critic_loss = F.mse_loss(q1, target) + F.mse_loss(q2, target)
+    ref.critic.optimizer.zero_grad()
+    critic_loss.backward()
+    ref.critic.optimizer.step()  # SAC order: the actor loss reads the freshly updated critic
+    a, lp = ref.actor.action_log_prob(h.detach())
+    actor_loss = (alpha * lp - torch.min(*ref.critic(h.detach(), a))).mean()
+    torch.testing.assert_close(got["critic_loss"], critic_loss.detach())
+    torch.testing.assert_close(got["actor_loss"], actor_loss.detach())
+    torch.testing.assert_close(got["q"], q1.mean().detach())
+    # the target critic moved toward the (updated) online critic by tau
+    for t_new, t_old, online in zip(model.critic_target.parameters(), ref.critic_target.parameters(),
+                                    model.critic.parameters()):
+        torch.testing.assert_close(t_new, t_old + model.tau * (online - t_old))
+    for p_model, p_ref in zip(model.critic.parameters(), ref.critic.parameters()):
+        torch.testing.assert_close(p_model, p_ref)
+    env.close()
+
+
+def test_async_env_step_stores_the_actions_the_env_executed():
+    import gymnasium as gym
+
+    from agents.drq.prefetch import PrefetchVecEnv
+    from plasticrl.replay_ratio import StaticReplayRatio
+    from plasticrl.sb3 import ReplayRatioCallback
+
+    executed = []
+
+    class Record(gym.Wrapper):
+        def step(self, action):
+            executed.append(np.array(action, dtype=np.float32).copy())
+            return self.env.step(action)
+
+    env = make_vec_env(lambda: Record(envs.make("dmc:cartpole-swingup", size=32, frame_stack=2, action_repeat=8)),
+                       n_envs=1, seed=0)
+    model = small_agent(env, learning_starts=20, train_freq=1, gradient_steps=0, async_env_step=True)
+    assert isinstance(model.env, PrefetchVecEnv)
+    model.learn(60, callback=ReplayRatioCallback(StaticReplayRatio(1.0)))
+    assert model._n_updates == 40
+    stored = model.replay_buffer.actions[:60].numpy()
+    # every transition's stored action is the one the env ran (DummyVecEnv runs a step only at step_wait, so the
+    # step prefetched after the last update has not run)
+    assert len(executed) == 60
+    np.testing.assert_allclose(stored, np.stack(executed[:60]), atol=1e-6)
+    env.close()
+
+
+def test_queued_action_is_sb3_sample_action_from_the_weights_at_queue_time():
+    """DrQ._queue_action (async env stepping) gives SB3's _sample_action (same noise draws) for the weights at the
+    time it was queued, even when the updates change the weights before its result is read."""
+    from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
+
+    env = make_vec_env(lambda: envs.make("dmc:cartpole-swingup", size=32, frame_stack=2, action_repeat=8),
+                       n_envs=2, seed=0)
+    model = small_agent(env, learning_starts=10, async_env_step=True)
+    model.learn(30)
+    torch.manual_seed(3)
+    expected = OffPolicyAlgorithm._sample_action(model, model.learning_starts, None, model.n_envs)
+    torch.manual_seed(3)
+    _, finish = model._queue_action()
+    with torch.no_grad():
+        for p in model.actor.parameters():
+            p.add_(1.0)
+    action, buffer_action = finish()
+    np.testing.assert_allclose(action, expected[0], rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(buffer_action, expected[1], rtol=1e-6, atol=1e-6)
+    assert action.shape == (2, 1) and np.all(np.abs(action) <= 1)
+    env.close()
+
+
+def test_async_env_step_on_cpu_starts_the_env_before_the_updates():
+    """On the CPU the queued actions are ready at once: the next env step starts before the round of updates, so
+    that subprocess envs step while the main process trains."""
+    from plasticrl.replay_ratio import StaticReplayRatio
+    from plasticrl.sb3 import ReplayRatioCallback
+
+    env = make_vec_env(lambda: envs.make("dmc:cartpole-swingup", size=32, frame_stack=2, action_repeat=8),
+                       n_envs=1, seed=0)
+    model = small_agent(env, learning_starts=10, train_freq=1, gradient_steps=0, async_env_step=True)
+    started_at = []
+    prefetch = model.env.prefetch
+
+    def record(actions):
+        started_at.append(model._train_count)
+        prefetch(actions)
+
+    model.env.prefetch = record
+    model.learn(20, callback=ReplayRatioCallback(StaticReplayRatio(2.0)))
+    assert model._n_updates == 20 and len(started_at) == 10
+    assert started_at == [2 * k for k in range(10)]  # before each round of 2 updates, none after
+    env.close()
+
+
+def test_channel_padding_leaves_features_and_gradients_unchanged():
+    """Encoder.in_channel_multiple pads input channels and the first conv's weight with zeros on the fly: the
+    features and the gradient of the (unpadded) first-conv weight equal the plain encoder's."""
+    torch.manual_seed(0)
+    enc = Encoder((9, 36, 36))
+    obs = torch.randint(0, 256, (4, 9, 36, 36), dtype=torch.uint8)
+    plain = enc(obs)
+    plain.square().sum().backward()
+    grad_plain = enc.convnet[0].weight.grad.clone()
+    enc.zero_grad()
+    enc.in_channel_multiple = 16
+    padded = enc(obs)
+    padded.square().sum().backward()
+    assert enc.convnet[0].weight.shape == (32, 9, 3, 3)
+    torch.testing.assert_close(padded, plain, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(enc.convnet[0].weight.grad, grad_plain, rtol=1e-4, atol=1e-5)
+
+
+def test_replay_buffer_save_load_round_trip(tmp_path):
+    """DrQ.save_replay_buffer / load_replay_buffer (SB3 names) keep the frames, counts and device-side bounds;
+    the loaded buffer samples the same n-step batch for the same seed; a foreign buffer is refused by name."""
+    env = small_env()
+    model = small_agent(env, learning_starts=10)
+    model.learn(60)
+    model.save_replay_buffer(tmp_path / "replay.pkl")
+    other = small_agent(small_env())
+    other.load_replay_buffer(tmp_path / "replay.pkl")
+    a, b = model.replay_buffer, other.replay_buffer
+    assert b is not a and b.size() == a.size() == 60
+    assert torch.equal(b.frames, a.frames) and torch.equal(b.bounds, a.bounds)
+    torch.manual_seed(5)
+    batch_a = a.sample(16)
+    torch.manual_seed(5)
+    batch_b = b.sample(16)
+    for x, y in zip(batch_a, batch_b):
+        assert torch.equal(x, y)
+    from stable_baselines3.common.save_util import save_to_pkl
+
+    save_to_pkl(tmp_path / "other.pkl", {"not": "a buffer"})
+    with pytest.raises(TypeError, match="FrameReplayBuffer"):
+        other.load_replay_buffer(tmp_path / "other.pkl")
+    env.close()
+
+
+def test_gpu_speed_options_are_checked_and_left_off_on_cpu():
+    """compile_update takes only the listed modes (a typo names them); compilation is a CUDA option: on the CPU
+    the agent has no compiled update and trains as usual."""
+    env = small_env()
+    with pytest.raises(ValueError, match="compile_update='fast'.*'max-autotune-no-cudagraphs'"):
+        small_agent(env, compile_update="fast")
+    model = small_agent(env, compile_update="max-autotune-no-cudagraphs", learning_starts=10)
+    assert model.compile_update == "max-autotune-no-cudagraphs" and model._compiled_update is None
+    model.learn(20)
+    assert model._n_updates == 5  # 10 steps after learning_starts, one update every second step
+    env.close()
+
+
+def test_config_key_agent_compile_takes_a_mode():
+    from plasticrl.lab.config import train as cfgmod
+    from plasticrl.lab.train import build_agent
+
+    cfg = cfgmod.validate({"run": {"total_steps": 1000},
+                           "agent": {"compile": "max-autotune-no-cudagraphs"}})
+    env = small_env()
+    model = build_agent(cfg, env, "cpu")
+    assert model.compile_update == "max-autotune-no-cudagraphs"
+    plain = build_agent(cfgmod.validate({"run": {"total_steps": 1000}}), env, "cpu")
+    assert plain.compile_update is False
+    with pytest.raises(cfgmod.ConfigError, match="agent.compile"):
+        cfgmod.validate({"agent": {"compile": "max-autotune"}})
+    with pytest.raises(cfgmod.ConfigError, match="agent.compile: 'max-autotune-no-cudagraphs' is a DrQ option"):
+        cfgmod.validate({"env": {"pixels": False}, "agent": {"kind": "sac", "compile": "max-autotune-no-cudagraphs"}})
+    env.close()
+
+
+def test_bench_quick_on_cpu_writes_the_update_times_and_their_ratio(tmp_path):
+    """`plasticrl bench --quick` on the CPU: DrQ and SB3 SAC ms per update, their ratio (recomputed here), the
+    options it ran with; --compile is a CUDA option and stays off."""
+    import json
+
+    from plasticrl.lab.cli import main
+
+    out = tmp_path / "bench.json"
+    assert main(["bench", "--device", "cpu", "--quick", "--train-steps", "0", "--compile",
+                 "max-autotune-no-cudagraphs", "--json", str(out)]) == 0
+    r = json.loads(out.read_text())
+    assert r["drq_update_ms_eager"] > 0 and r["sb3_sac_update_ms"] > 0 and r["batch_size"] == 32
+    assert r["speedup_vs_sb3_sac"] == pytest.approx(r["sb3_sac_update_ms"] / r["drq_sample_update_ms_eager"])
+    assert r["compile_update"] is False and r["fused_q_heads"] is False

@@ -1,0 +1,132 @@
+"""`plasticrl plot`: PNG dashboards from run folders' metrics.jsonl (synthetic runs, no training)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from plasticrl.runlog import read_jsonl
+from plasticrl.lab.plots import GROUP_METRICS, panel_keys, plot_runs
+
+ROOT = Path(__file__).resolve().parents[2]
+GROUPS = ("encoder", "actor", "critic")
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def fake_records(config: str, seed: int, total: int = 20_000) -> list[dict]:
+    """Plausible records of one run: episodes every 500 steps, probes and replay ratio every 2000, evals every 5000."""
+    adaptive = config == "adaptive"
+    rng = np.random.default_rng(seed + 100 * adaptive)
+    decay = 0.6 if adaptive else 1.0  # adaptive runs keep more plasticity
+    records = []
+    for step in range(500, total + 1, 500):
+        progress = step / total
+        records.append({"env_step": step, "time/wall_s": step / 100,
+                        "train/episode_return": float((900 if adaptive else 700) * progress + rng.normal(0, 40)),
+                        "train/episode_length": 500, "train/critic_loss": float(rng.uniform(0.1, 1.0))})
+        if step % 2000 == 0:
+            probe = {"env_step": step, "time/wall_s": step / 100}
+            for gi, group in enumerate(GROUPS):
+                dormant = float(np.clip(0.05 + 0.3 * decay * progress * (gi + 1) / 3 + rng.normal(0, 0.01), 0, 1))
+                probe[f"plasticity/{group}/dormant_ratio"] = dormant
+                probe[f"plasticity/{group}/fau"] = 1 - dormant
+                probe[f"plasticity/{group}/srank"] = float(int(64 * (1 - 0.5 * decay * progress)) + gi + seed)
+                probe[f"plasticity/{group}/weight_norm"] = 10 + progress  # a group metric that is not drawn
+                probe[f"plasticity/{group}/layer.1/fau"] = 1 - dormant  # per-layer keys are not panels
+            records.append(probe)
+            ratio = (0.5 if step < total / 2 else 2.0) if adaptive else 0.5
+            records.append({"env_step": step, "replay_ratio/ratio": ratio, "replay_ratio/updates": int(step * ratio)})
+        if step % 5000 == 0:
+            records.append({"env_step": step, "eval/return_mean": float(850 * progress + rng.normal(0, 20)),
+                            "eval/return_std": 20.0})
+    return records
+
+
+def write_run(root: Path, config: str, seed: int, records: list[dict] | None = None) -> Path:
+    run_dir = root / config / f"{seed}-20250101-120000"
+    (run_dir / "plots").mkdir(parents=True)
+    lines = [json.dumps(r) for r in (records if records is not None else fake_records(config, seed))]
+    (run_dir / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+    return run_dir
+
+
+@pytest.fixture
+def runs(tmp_path) -> list[Path]:
+    """2 configs x 2 seeds in the run-folder layout runs/<config>/<seed>-<time>/."""
+    return [write_run(tmp_path / "runs", config, seed) for config in ("static", "adaptive") for seed in (0, 1)]
+
+
+def assert_png(path: Path) -> None:
+    assert path.is_file()
+    data = path.read_bytes()
+    assert data[:8] == PNG_MAGIC
+    assert len(data) > 10_000
+
+
+def test_panel_keys_are_returns_replay_ratio_and_three_metrics_per_group(runs):
+    panels = panel_keys([read_jsonl(d) for d in runs])
+    assert panels[0] == ("return", ["train/episode_return", "eval/return_mean"])
+    assert panels[1] == ("replay ratio", ["replay_ratio/ratio"])
+    expected = [(f"{g} {m}", [f"plasticity/{g}/{m}"]) for g in sorted(GROUPS) for m in GROUP_METRICS]
+    assert panels[2:] == expected
+    assert len(panels) == 2 + 3 * 3
+
+
+def test_panel_keys_skip_what_was_not_logged():
+    records = [{"env_step": 10, "train/episode_return": 1.0, "plasticity/critic/fau": 0.5}]
+    assert panel_keys([records]) == [("return", ["train/episode_return"]), ("critic fau", ["plasticity/critic/fau"])]
+
+
+def test_plot_runs_writes_a_png(runs, tmp_path):
+    out = plot_runs(runs, tmp_path / "out" / "dashboard.png")
+    assert out == tmp_path / "out" / "dashboard.png"
+    assert_png(out)
+
+
+def test_default_output_is_the_first_runs_plots_folder(runs):
+    out = plot_runs(runs[:1])
+    assert out == runs[0] / "plots" / "dashboard.png"
+    assert_png(out)
+
+
+def test_plot_cli(runs, tmp_path):
+    out = tmp_path / "cli.png"
+    proc = subprocess.run([sys.executable, "-m", "plasticrl", "plot", *map(str, runs), "--out", str(out)],
+                          capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip() == str(out)
+    assert_png(out)
+
+
+def test_run_folder_without_metrics_is_a_clear_error(runs, tmp_path):
+    empty = tmp_path / "runs" / "static" / "2-20250101-120000"
+    empty.mkdir()
+    with pytest.raises(FileNotFoundError, match=r"no metrics\.jsonl in .*2-20250101-120000.*plasticrl train"):
+        plot_runs([runs[0], empty], tmp_path / "x.png")
+    assert not (tmp_path / "x.png").exists()
+
+
+def test_a_single_point_series_is_drawn(tmp_path, monkeypatch):
+    """A short run evaluates once, at its end: that lone point must be visible (a marker, not a 0-length line)."""
+    import matplotlib.pyplot as plt
+
+    figures = []
+    monkeypatch.setattr(plt, "close", lambda fig=None: figures.append(fig))
+    records = [{"env_step": s, "train/episode_return": float(s)} for s in (125, 250)]
+    records.append({"env_step": 300, "eval/return_mean": 53.6})
+    plot_runs([write_run(tmp_path / "runs", "smoke", 0, records)], tmp_path / "short.png")
+    (fig,) = figures
+    lines = {line.get_label(): line for line in fig.axes[0].get_lines()}
+    assert list(lines["smoke eval"].get_xdata()) == [300.0]
+    assert lines["smoke eval"].get_marker() not in (None, "None", "", " ")
+
+
+def test_runs_with_nothing_to_plot_are_a_clear_error(tmp_path):
+    run = write_run(tmp_path / "runs", "static", 0, [{"env_step": 0, "time/wall_s": 0.1}])
+    with pytest.raises(ValueError, match="nothing to plot"):
+        plot_runs([run], tmp_path / "x.png")
