@@ -1,16 +1,21 @@
-"""The SB3 adapter: callbacks that drive the core (monitor, replay-ratio controller, logging) inside ``model.learn``.
+"""The SB3 adapter: callbacks that drive the library (monitor, replay-ratio controller, run log) inside
+``model.learn`` of any SB3 off-policy algorithm.
 
-This is the only core module that imports stable-baselines3.
+This is the only library module that imports stable-baselines3. What the callbacks need from an agent is named by
+``OffPolicyAgent``; ``DrQ`` also offers ``TrainStatsAgent`` (per-update statistics and the critic FAU of every
+training batch, read without a host sync per update); stock SB3 agents are probed instead.
 """
 
 from __future__ import annotations
 
 import time
+from collections import deque
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
+import torch
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.evaluation import evaluate_policy
@@ -21,6 +26,31 @@ from plasticrl.replay_ratio import ReplayRatioController
 from plasticrl.runlog import RunLogger
 
 DEFAULT_GROUPS = ("encoder", "actor", "critic")
+
+
+@runtime_checkable
+class OffPolicyAgent(Protocol):
+    """What the callbacks use of an SB3 off-policy algorithm (``SAC``, ``TD3``, ``DrQ``, ...): its policy (groups
+    ``actor``, ``critic``, optionally ``critic_target`` and an ``encoder`` or features extractor), its replay buffer
+    (``sample(batch_size)`` with ``observations`` and ``actions``; ``size()``), the updates per ``train()`` call
+    that ``ReplayRatioCallback`` sets, ``train_freq`` (must be 1 step), and the env-step counter."""
+
+    policy: Any
+    replay_buffer: Any
+    gradient_steps: int
+    train_freq: Any
+    num_timesteps: int
+
+
+@runtime_checkable
+class TrainStatsAgent(Protocol):
+    """An agent that keeps its own update statistics on the device (``DrQ``): ``critic_fau_log`` holds the critic FAU
+    (0-dim tensor) of each training batch, drained by ``ReplayRatioCallback``; ``pop_train_stats()`` returns the
+    means of the update statistics since its last call (raises FloatingPointError on a non-finite loss)."""
+
+    critic_fau_log: deque[torch.Tensor]
+
+    def pop_train_stats(self) -> dict[str, float]: ...
 # What stock SB3 SAC's train() records in its logger (means over that call's updates).
 SB3_TRAIN_KEYS = ("train/actor_loss", "train/critic_loss", "train/ent_coef")
 
@@ -30,7 +60,8 @@ def default_groups(model: BaseAlgorithm, names: tuple[str, ...] | list[str] = DE
     ``actor``, ``critic``, ``critic_target``."""
     policy = model.policy
     found: dict[str, Any] = {
-        "encoder": getattr(policy, "encoder", None) or getattr(getattr(policy, "actor", None), "features_extractor", None),
+        "encoder": getattr(policy, "encoder", None)
+        or getattr(getattr(policy, "actor", None), "features_extractor", None),
         "actor": getattr(policy, "actor", None),
         "critic": getattr(policy, "critic", None),
         "critic_target": getattr(policy, "critic_target", None),
@@ -79,7 +110,8 @@ class _EveryN:
 
 class EpisodeLogCallback(BaseCallback):
     """Logs finished episodes (return, length; the mean when several end in one vector step), the agent's update
-    statistics since the last record (stock SB3 agents: its latest ``train()`` call's), and fps (agent steps per second); prints a line."""
+    statistics since the last record (stock SB3 agents: its latest ``train()`` call's), and fps (agent steps per
+    second); prints a line."""
 
     def __init__(self, run_logger: RunLogger, print_episodes: bool = True):
         super().__init__()
@@ -103,9 +135,8 @@ class EpisodeLogCallback(BaseCallback):
                   "train/episode_length": float(np.mean([e["l"] for e in finished])),
                   "train/episodes": self.episodes, "train/fps": (self.num_timesteps - self._steps0) / elapsed,
                   "train/updates": int(getattr(self.model, "_n_updates", 0))}
-        pop = getattr(self.model, "pop_train_stats", None)
-        if pop is not None:
-            record.update({f"train/{k}": v for k, v in pop().items()})
+        if isinstance(self.model, TrainStatsAgent):
+            record.update({f"train/{k}": v for k, v in self.model.pop_train_stats().items()})
         else:  # stock SB3 agents: the latest train() call's values in SB3's logger
             values = self.model.logger.name_to_value
             record.update({k: float(values[k]) for k in SB3_TRAIN_KEYS if k in values})
@@ -175,8 +206,9 @@ class ReplayRatioCallback(BaseCallback):
     Feeds the controller the critic FAU of each training batch (``model.critic_fau_log``, which DrQ fills) or, for an
     agent without one, a probe batch's critic FAU through the monitor once per episode; ends episodes on ``dones``;
     after each vector step asks ``controller.step(new transitions)`` how many updates are due, and at
-    ``_on_rollout_end`` sets ``model.gradient_steps`` to them, which SB3 applies to the next ``train()``. Replay ratio stays per transition with
-    ``n_envs > 1`` (SB3 counts a vector step as n_envs transitions). Logs ``replay_ratio/*`` at episode ends.
+    ``_on_rollout_end`` sets ``model.gradient_steps`` to them, which SB3 applies to the next ``train()``. Replay
+    ratio stays per transition with ``n_envs > 1`` (SB3 counts a vector step as n_envs transitions). Logs
+    ``replay_ratio/*`` at episode ends.
     """
 
     def __init__(self, controller: ReplayRatioController, run_logger: RunLogger | None = None,
@@ -196,14 +228,14 @@ class ReplayRatioCallback(BaseCallback):
             raise ValueError("ReplayRatioCallback needs train_freq=1 (step): the controller decides the number of "
                              f"updates after every vector step; got {tf}")
         self.model.gradient_steps = 0
-        if not hasattr(self.model, "critic_fau_log"):
+        if not isinstance(self.model, TrainStatsAgent):
             self._probe_monitor = PlasticityMonitor(default_groups(self.model, ["critic"]))
 
     def _on_step(self) -> bool:
-        log = getattr(self.model, "critic_fau_log", None)
-        if log is not None:
+        if isinstance(self.model, TrainStatsAgent):
+            log = self.model.critic_fau_log
             while log:
-                self.controller.observe(log.popleft() if hasattr(log, "popleft") else log.pop(0))
+                self.controller.observe(log.popleft())
         # Count this vector step's transitions before its episode ends, so a switch at an episode end is dated
         # at that episode's last env step and applies to the transitions after it.
         new = self.num_timesteps - self._last_steps
@@ -235,8 +267,10 @@ class ReplayRatioCallback(BaseCallback):
         self.model.gradient_steps, self._due = self._due, 0
 
 
-class EvalCallback(BaseCallback):
-    """Every ``every`` env steps (and at the end of training): ``episodes`` deterministic episodes on ``eval_env``."""
+class PeriodicEvalCallback(BaseCallback):
+    """Every ``every`` env steps (and at the end of training): ``episodes`` deterministic episodes on ``eval_env``,
+    logged to the run log as ``eval/return_mean``, ``eval/return_std`` (not SB3's ``EvalCallback``: no best-model
+    saving, no early stop)."""
 
     def __init__(self, eval_env: Any, run_logger: RunLogger | None = None, every: int = 10_000, episodes: int = 10):
         super().__init__()
@@ -266,7 +300,7 @@ class EvalCallback(BaseCallback):
         return float(mean), float(std)
 
 
-class CheckpointCallback(BaseCallback):
+class PeriodicCheckpointCallback(BaseCallback):
     """Saves ``checkpoints/step_<N>.zip`` every ``every`` env steps (0: never; the CLI saves ``final.zip``) and,
     with ``on_save``, calls it after each save (the CLI redraws the run's PNG dashboard there)."""
 
@@ -282,6 +316,6 @@ class CheckpointCallback(BaseCallback):
         return True
 
 
-__all__ = ["CheckpointCallback", "EpisodeLogCallback", "EvalCallback", "PlasticityCallback",
-           "ReplayRatioCallback", "default_groups", "probe_forward"]
+__all__ = ["EpisodeLogCallback", "OffPolicyAgent", "PeriodicCheckpointCallback", "PeriodicEvalCallback",
+           "PlasticityCallback", "ReplayRatioCallback", "TrainStatsAgent", "default_groups", "probe_forward"]
 

@@ -85,7 +85,8 @@ def parser() -> argparse.ArgumentParser:
     pl.add_argument("run_dirs", nargs="+")
     pl.add_argument("--out", default=None, help="PNG path (default: <first run>/plots/dashboard.png)")
     pl.set_defaults(func=_cmd_plot)
-    c = sub.add_parser("collect", help="write Minari datasets from Meta-World's scripted policies, a checkpoint or runs")
+    c = sub.add_parser("collect",
+                       help="write Minari datasets from Meta-World's scripted policies, a checkpoint or runs")
     c.add_argument("--tasks", default=None,
                    help="sequence names (cw10, cw20, mt40, dmc10, dmc6) and env ids, comma-separated, e.g. "
                         "mt40 or cw10,metaworld:reach-v3 (with --runs: only these of the runs' tasks)")
@@ -116,7 +117,8 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--train-steps", type=int, default=2000, help="agent steps of the end-to-end run (0: skip)")
     b.add_argument("--n-envs", type=int, default=1)
     b.add_argument("--async-env-step", action="store_true", help="also time training with agent.async_env_step")
-    b.add_argument("--precision", default="fp32", choices=["fp32", "bf16"], help="bf16: encoder, trunks and hidden layers in bf16 autocast (CUDA)")
+    b.add_argument("--precision", default="fp32", choices=["fp32", "bf16"],
+                   help="bf16: encoder, trunks and hidden layers in bf16 autocast (CUDA)")
     b.add_argument("--compile", nargs="?", const=True, default=False, metavar="MODE",
                    help="torch.compile the DrQ update (CUDA); MODE: default | max-autotune-no-cudagraphs")
     b.add_argument("--fused-q-heads", action="store_true", help="the critic's two Q heads as batched matmuls")

@@ -207,7 +207,8 @@ def _collect(env_id: str, env: Any, act: Policy, episodes: int, seed: int, out_d
     return dataset_id
 
 
-def collect_scripted(task_id: str, episodes: int, noise_std: float, seed: int, out_dir: str | Path = DEFAULT_OUT) -> str:
+def collect_scripted(task_id: str, episodes: int, noise_std: float, seed: int,
+                     out_dir: str | Path = DEFAULT_OUT) -> str:
     """Writes ``episodes`` episodes of Meta-World's scripted policy on ``task_id`` (``metaworld:<task>-v3``) with
     Gaussian action noise of std ``noise_std`` (action units, clipped to [-1, 1]) as a Minari dataset under
     ``out_dir``; returns its id. ``seed`` fixes the task (goal) and the noise. Validates before writing anything."""

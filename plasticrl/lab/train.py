@@ -119,8 +119,8 @@ def train(cfg: Config) -> Path:
         callbacks = [
             adapters.EpisodeLogCallback(run_logger, cfg.logging.print_episodes),
             adapters.ReplayRatioCallback(build_controller(cfg), run_logger),
-            adapters.EvalCallback(eval_env, run_logger, cfg.eval.every, cfg.eval.episodes),
-            adapters.CheckpointCallback(run_dir / "checkpoints", cfg.run.checkpoint_every,
+            adapters.PeriodicEvalCallback(eval_env, run_logger, cfg.eval.every, cfg.eval.episodes),
+            adapters.PeriodicCheckpointCallback(run_dir / "checkpoints", cfg.run.checkpoint_every,
                                         on_save=(lambda: _plot_quietly(run_dir)) if cfg.logging.plots else None),
         ]
         m = cfg.monitor

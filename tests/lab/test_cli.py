@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from plasticrl.lab.config import train as cfgmod
 from plasticrl.lab.cli import main
+from plasticrl.lab.config import train as cfgmod
 
 ROOT = Path(__file__).resolve().parents[2]
 SMOKE = str(ROOT / "configs" / "train" / "smoke.yaml")

@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from plasticrl.runlog import read_jsonl
 from plasticrl.lab.plots import GROUP_METRICS, panel_keys, plot_runs
+from plasticrl.runlog import read_jsonl
 
 ROOT = Path(__file__).resolve().parents[2]
 GROUPS = ("encoder", "actor", "critic")

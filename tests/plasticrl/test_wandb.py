@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 
 from plasticrl import runlog
-from plasticrl.lab.train import train
 from plasticrl.lab.config.train import load
+from plasticrl.lab.train import train
 
 ROOT = Path(__file__).resolve().parents[2]
 SMOKE = str(ROOT / "configs" / "train" / "smoke.yaml")

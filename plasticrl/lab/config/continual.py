@@ -45,7 +45,8 @@ class ModelConfig(Section):
 
 
 class PretrainConfig(Section):
-    tasks: str | list[str] = Field("mt40", description="sequence names and env ids, comma-separated (e.g. mt40,dmc10), or a list")
+    tasks: str | list[str] = Field(
+        "mt40", description="sequence names and env ids, comma-separated (e.g. mt40,dmc10), or a list")
     steps: int = Field(100_000, ge=0, description="gradient steps of pre-training (0: skip)")
     batch_size: int = Field(64, ge=1)
     learning_rate: float = Field(1e-4, gt=0, lt=1)
@@ -55,14 +56,16 @@ class PretrainConfig(Section):
 
 
 class SequenceConfig(Section):
-    tasks: str | list[str] = Field("cw10", description="sequence names and env ids, comma-separated (e.g. mt40,dmc10), or a list")
+    tasks: str | list[str] = Field(
+        "cw10", description="sequence names and env ids, comma-separated (e.g. mt40,dmc10), or a list")
     method: Literal["l2m", "l2m_oracle", "lora", "finetune", "ewc", "reference"] = Field(
         "l2m", description="reference: per task, fine-tune the pre-trained DT on that task alone and write "
                            "reference_curves.json (single-task curves for forward transfer)")
     steps_per_task: int = Field(10_000, ge=1, description="gradient steps per task")
     batch_size: int = Field(64, ge=1)
     learning_rate: float = Field(1e-4, gt=0, lt=1)
-    eval_every: int = Field(0, ge=0, description="evaluate every N steps of a task (0: only at its end); which tasks: eval_scope")
+    eval_every: int = Field(
+        0, ge=0, description="evaluate every N steps of a task (0: only at its end); which tasks: eval_scope")
     eval_scope: Literal["all", "current"] = Field(
         "all", description="tasks of the evaluations every eval_every steps: all tasks of the sequence (Continual "
                            "World's per-task curves) or only the task in training (enough for forward transfer; "
@@ -72,7 +75,8 @@ class SequenceConfig(Section):
         256, ge=0, description="context windows of the fixed batch per task (from its data) that the plasticity "
                                "monitor probes at every evaluation (0: no probes)")
     max_episode_steps: int = Field(
-        200, ge=1, description="env steps per Meta-World evaluation episode (Continual World's horizon; DMC episodes run their 1,000 frames)")
+        200, ge=1, description="env steps per Meta-World evaluation episode (Continual World's horizon; DMC "
+                               "episodes run their 1,000 frames)")
     reference_curves: list[list[float]] | str | None = Field(
         None, description="single-task reference success curves, one per task, for forward transfer: a list of "
                           "curves or the path of a reference run's reference_curves.json")

@@ -46,7 +46,8 @@ class AgentConfig(Section):
     init_temperature: float = Field(0.1, gt=0, description="initial SAC entropy coefficient (learned)")
     augment_pad: int = Field(4, ge=0, le=16, description="random-shift padding in pixels")
     buffer_device: Literal["auto", "cuda", "cpu"] = Field("auto", description="where replay frames live")
-    async_env_step: bool = Field(False, description="step the envs while the GPU updates (actions one update round stale)")
+    async_env_step: bool = Field(
+        False, description="step the envs while the GPU updates (actions one update round stale)")
     precision: Literal["fp32", "bf16"] = Field(
         "fp32", description="CUDA: bf16 autocast of encoder, trunks, hidden MLP layers (fp32 outputs, weights, losses)")
     compile: bool | Literal["default", "max-autotune-no-cudagraphs"] = Field(
