@@ -373,3 +373,20 @@ def test_bench_quick_on_cpu_writes_the_update_times_and_their_ratio(tmp_path):
     assert r["drq_update_ms_eager"] > 0 and r["sb3_sac_update_ms"] > 0 and r["batch_size"] == 32
     assert r["speedup_vs_sb3_sac"] == pytest.approx(r["sb3_sac_update_ms"] / r["drq_sample_update_ms_eager"])
     assert r["compile_update"] is False and r["fused_q_heads"] is False
+
+
+def test_networks_module_imports_torch_only():
+    """agents/drq/networks.py is plain torch (plus the standard library): no SB3, no gymnasium."""
+    import ast
+    import sys
+
+    import agents.drq.networks as networks
+
+    tree = ast.parse(open(networks.__file__).read())
+    roots = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            roots |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            roots.add(node.module.split(".")[0])
+    assert roots - {"torch"} <= set(sys.stdlib_module_names), roots
