@@ -24,9 +24,6 @@ class Encoder(nn.Module):
     def __init__(self, observation_shape: tuple[int, int, int], channels: int = 32):
         super().__init__()
         self.autocast_dtype: torch.dtype | None = None  # e.g. torch.bfloat16: convolutions in bf16 (CUDA only)
-        # Zero-pad the input channels (and the first conv's weight, on the fly) up to a multiple of this, so that
-        # cuDNN picks tensor-core kernels for the first conv (9 channels get a generic one). Same outputs.
-        self.in_channel_multiple = 1
         c = observation_shape[0]
         self.convnet = nn.Sequential(
             nn.Conv2d(c, channels, 3, stride=2), nn.ReLU(),
@@ -38,23 +35,12 @@ class Encoder(nn.Module):
             self.repr_dim = int(self.convnet(torch.zeros(1, *observation_shape)).numel())
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
-        extra = -obs.shape[1] % self.in_channel_multiple
-        if extra:
-            obs = F.pad(obs, (0, 0, 0, 0, 0, extra))  # zero channels, met by zero weights below
-        cuda = obs.is_cuda
-        low = cuda and self.autocast_dtype is not None
-        if cuda:  # NHWC (cuDNN's fastest layout) set on the uint8 input, 4x cheaper than on floats
+        low = obs.is_cuda and self.autocast_dtype is not None
+        if obs.is_cuda:  # NHWC (cuDNN's fastest layout) set on the uint8 input, 4x cheaper than on floats
             obs = obs.contiguous(memory_format=torch.channels_last)
         x = obs.to(self.autocast_dtype if low else torch.float32) / 255.0 - 0.5
         with torch.autocast("cuda", dtype=self.autocast_dtype or torch.bfloat16, enabled=low):
-            if extra:
-                first = self.convnet[0]
-                w = F.pad(first.weight, (0, 0, 0, 0, 0, extra))
-                if cuda:
-                    w = w.contiguous(memory_format=torch.channels_last)
-                x = self.convnet[1:](F.conv2d(x, w, first.bias, stride=first.stride))
-            else:
-                x = self.convnet(x)
+            x = self.convnet(x)
         return x.flatten(1)  # bf16 features stay bf16: the trunks and hidden layers then run in bf16 too
 
 
