@@ -1,15 +1,33 @@
-"""The README documents every config key (train and continual configs) and every CLI command."""
+"""The docs document every config key (the generated reference) and every CLI command and option; the README stays
+short; no page mentions how or where measurements were made beyond what they need."""
 
+import argparse
+import importlib.util
 import re
 from pathlib import Path
 
+import pytest
 from pydantic import BaseModel
 
 from plasticrl.lab.cli import parser as cli_parser
-from plasticrl.lab.config.train import Config
 from plasticrl.lab.config.continual import ContinualConfig
+from plasticrl.lab.config.train import Config
 
-README = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+ROOT = Path(__file__).resolve().parents[2]
+README = (ROOT / "README.md").read_text()
+DOCS = ROOT / "docs"
+ROW = re.compile(r"^\| `([a-z_.0-9]+)` \|", flags=re.MULTILINE)
+
+
+def _hook():
+    """docs/hooks/config_reference.py, imported from its path (it is an mkdocs hook, not a package module)."""
+    spec = importlib.util.spec_from_file_location("config_reference", DOCS / "hooks" / "config_reference.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+HOOK = _hook()
 
 
 def key_paths(model: type[BaseModel], prefix: str = "") -> list[str]:
@@ -24,18 +42,80 @@ def key_paths(model: type[BaseModel], prefix: str = "") -> list[str]:
     return paths
 
 
-def test_every_config_key_has_a_readme_row_and_every_row_a_key():
-    rows = set(re.findall(r"^\| `([a-z_.0-9]+)` \|", README, flags=re.MULTILINE))
-    keys = key_paths(Config) + key_paths(ContinualConfig)
-    missing = [k for k in keys if k not in rows]
-    assert not missing, f"config keys without a README table row: {missing}"
+def _rendered_page() -> str:
+    """docs/configuration.md as mkdocs serves it: the hook's marker replaced by the generated reference."""
+    markdown = (DOCS / "configuration.md").read_text()
+    assert HOOK.MARKER in markdown, "docs/configuration.md lost the marker the config reference is generated into"
+    return HOOK.on_page_markdown(markdown, page=None, config=None, files=None)
+
+
+def _pages() -> dict[str, str]:
+    """The README and every hand-written docs page (markdown), by path."""
+    pages = {"README.md": README}
+    pages.update({str(p.relative_to(ROOT)): p.read_text() for p in sorted(DOCS.rglob("*.md"))})
+    return pages
+
+
+def _subcommands() -> dict[str, argparse.ArgumentParser]:
+    (sub,) = [a for a in cli_parser()._actions if isinstance(a, argparse._SubParsersAction)]
+    return dict(sub.choices)
+
+
+@pytest.mark.parametrize("model", [Config, ContinualConfig], ids=["train", "continual"])
+def test_every_config_key_has_a_reference_row_and_every_row_a_key(model):
+    rows = ROW.findall(HOOK.render_schema(model))
+    keys = key_paths(model)
+    assert rows == keys, "the generated table should hold exactly the schema's keys, in order"
+    page = _rendered_page()
+    missing = [k for k in keys if f"| `{k}` |" not in page]
+    assert not missing, f"config keys without a row on the configuration page: {missing}"
+
+
+def test_every_field_has_a_description():
+    undocumented = [k for k, field in HOOK.leaf_fields(Config) + HOOK.leaf_fields(ContinualConfig)
+                    if not (field.description or HOOK.NOTES.get(k))]
+    assert not undocumented, f"config keys with no description (Field(description=...)): {undocumented}"
+
+
+def test_no_notes_or_rows_for_removed_keys():
+    keys = set(key_paths(Config)) | set(key_paths(ContinualConfig))
+    stale_notes = [k for k in HOOK.NOTES if k not in keys]
+    assert not stale_notes, f"docs/hooks/config_reference.py has notes for keys the configs lack: {stale_notes}"
     sections = {k.split(".")[0] for k in keys}
-    stale = [r for r in rows if r.split(".")[0] in sections and "." in r and r not in keys]
-    assert not stale, f"README rows for keys the configs no longer have: {stale}"
+    for path, text in _pages().items():
+        stale = [r for r in ROW.findall(text) if r.split(".")[0] in sections and "." in r and r not in keys]
+        assert not stale, f"{path}: table rows for keys the configs no longer have: {stale}"
 
 
-def test_every_cli_command_is_in_the_readme():
-    parser = cli_parser()
-    (sub,) = [a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction"]
-    missing = [c for c in sub.choices if f"`plasticrl {c}" not in README]
-    assert not missing, f"commands without README docs: {missing}"
+def test_every_cli_command_and_option_is_documented():
+    cli = (DOCS / "cli.md").read_text()
+    for name, sub in _subcommands().items():
+        assert f"`plasticrl {name}" in cli, f"command without docs/cli.md docs: {name}"
+        assert f"## plasticrl {name}" in cli, f"docs/cli.md has no section for {name}"
+        section = cli.split(f"## plasticrl {name}", 1)[1].split("\n## ", 1)[0]
+        options = [o for a in sub._actions for o in a.option_strings if o.startswith("--") and o != "--help"]
+        missing = [o for o in options if o not in section]
+        assert not missing, f"plasticrl {name}: options missing from its docs/cli.md section: {missing}"
+
+
+def test_readme_is_short_and_links_every_docs_page():
+    assert len(README.encode()) <= 16_000, f"README.md is {len(README.encode())} bytes; the limit is 16,000"
+    for page in sorted(DOCS.glob("*.md")):
+        if page.name != "index.md":
+            assert f"docs/{page.name}" in README, f"README.md does not link docs/{page.name}"
+
+
+def test_every_config_path_in_the_docs_exists():
+    for path, text in _pages().items():
+        for ref in sorted(set(re.findall(r"configs/[\w./-]+\.yaml", text))):
+            assert (ROOT / ref).is_file(), f"{path} names {ref}, which does not exist"
+
+
+@pytest.mark.parametrize("word", ["session", "device tool", "nvidia-h100-x", "nvidia-h200-x"])
+def test_docs_say_nothing_about_how_measurements_were_run(word):
+    texts = dict(_pages())
+    texts.update({str(p.relative_to(ROOT)): p.read_text() for p in DOCS.rglob("*")
+                  if p.is_file() and p.suffix in {".py", ".yaml", ".yml"}})
+    texts["docs/configuration.md (rendered)"] = _rendered_page()
+    found = [path for path, text in texts.items() if word in text.lower()]
+    assert not found, f"{word!r} appears in {found}"
