@@ -405,8 +405,11 @@ class DrQ(SAC):
             )
         return stats
 
-    def _dump_logs(self) -> None:
+    def dump_logs(self) -> None:
+        """SB3's ``dump_logs`` (called by ``learn`` every ``log_interval`` episodes), with the means of the update
+        statistics since the last ``pop_train_stats`` as ``train/<key>`` and ``train/n_updates``; raises
+        FloatingPointError on a non-finite one (see ``pop_train_stats``)."""
         for key, value in self.pop_train_stats().items():
             self.logger.record(f"train/{key}", value)
         self.logger.record("train/n_updates", self._n_updates, exclude="tensorboard")
-        super()._dump_logs()
+        super().dump_logs()

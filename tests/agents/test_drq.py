@@ -174,6 +174,51 @@ def test_non_finite_loss_raises_a_clear_error():
     env.close()
 
 
+def short_episodes(env):
+    """Episodes of 20 agent steps, so that SB3's learn dumps its logs (at episode ends) within a few updates."""
+    from gymnasium.wrappers import TimeLimit
+
+    return TimeLimit(env, max_episode_steps=20)
+
+
+def test_learn_records_update_stats_in_sb3_logger(tmp_path, tiny_pixel_env, tiny_drq):
+    """A plain DrQ.learn writes DrQ's update statistics (train/critic_loss, ...) with SB3's logger at each dump."""
+    import csv
+    import math
+
+    from stable_baselines3.common.logger import configure
+
+    env = tiny_pixel_env(wrap=short_episodes)
+    model = tiny_drq(env, learning_starts=10)
+    model.set_logger(configure(str(tmp_path), ["csv"]))
+    model.learn(60, log_interval=1)
+    with open(tmp_path / "progress.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["time/total_timesteps"]) for r in rows] == [20, 40, 60]
+    losses = [float(r["train/critic_loss"]) for r in rows]
+    assert all(math.isfinite(x) for x in losses), losses
+    assert [int(r["train/n_updates"]) for r in rows] == [4, 14, 24]  # dumped before the round of updates at 20k
+    env.close()
+
+
+def test_learn_raises_on_a_non_finite_loss(tiny_pixel_env, tiny_drq):
+    """NaN rewards make the losses NaN: learn stops at its next log dump with FloatingPointError naming them. (The
+    env maps the NaN actions of the diverged actor to 0, so that the physics runs on to that dump.)"""
+    import gymnasium as gym
+    from gymnasium.wrappers import TransformReward
+
+    def diverging(env):
+        env = gym.wrappers.TransformAction(TransformReward(env, lambda r: float("nan")), np.nan_to_num,
+                                           env.action_space)
+        return short_episodes(env)
+
+    env = tiny_pixel_env(wrap=diverging)
+    model = tiny_drq(env, learning_starts=10)
+    with pytest.raises(FloatingPointError, match=r"non-finite critic_loss, actor_loss.* at update 4 \(env step 20\)"):
+        model.learn(60, log_interval=1)
+    env.close()
+
+
 def test_update_matches_a_straightforward_sac_step():
     """DrQ.update against an independent, plain implementation of the same SAC step on the same batch and RNG."""
     import copy
