@@ -1,23 +1,6 @@
-"""Multi-domain Decision Transformer of L2M (Schmied et al., "Learning to Modulate pre-trained Models in RL",
-NeurIPS 2023) and an offline, SB3-style agent around it.
-
-Token layout (per timestep ``t``, ``A = max_action_dim``)::
-
-    [R_t, s_t, a_t1, a_t2, ..., a_tA]          -> 2 + A tokens per timestep, T * (2 + A) in the sequence
-
-* ``R_t``: return-to-go (sum of the episode's rewards from ``t`` on, in reward units, i.e. un-normalised; the
-  model embeds ``R_t / return_scale`` with a Linear).
-* ``s_t``: the state zero-padded to ``state_dim`` (39, Meta-World's width; DMC states are padded), a Linear.
-* ``a_tk``: action dimension ``k`` discretised into ``n_bins`` uniform bins over [-1, 1] (``discretize``), an
-  ``nn.Embedding(n_bins + 1, d)``; action dimensions beyond the env's ``action_dim`` use the PAD id ``n_bins``.
-
-Each token also gets a learned timestep embedding (``t`` is the env step index inside the episode, 0-based,
-clamped to ``max_timestep - 1``) and a token-type embedding (``2 + A`` types: rtg, state, a_1..a_A). Pre-LayerNorm
-causal blocks over the flattened sequence; the attention Linears are named ``q_proj``/``k_proj``/``v_proj``/
-``out_proj`` and the feed-forward ones ``fc1``/``fc2``, so ``plasticrl.modulation.ModulationPool.attach(model)``
-wraps the query/value projections and feed-forward layers of every block. The head ``Linear(d, n_bins)`` predicts
-``a_tk``'s bin from the output at the token before it: ``s_t`` predicts ``a_t1``, ``a_t1`` predicts ``a_t2``, ...
-"""
+"""The offline agent of L2M's Decision Transformer (``agents.l2m.model``): episode data, batched acting, training,
+and one checkpoint format (``L2MAgent.save``/``load``) that also holds an attached ``ModulationPool`` and a
+method's extra state."""
 
 from __future__ import annotations
 
@@ -29,284 +12,17 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from agents.accel import GraphedUpdate, keep_own_optimizer_flags
+from agents.l2m.model import DecisionTransformer, DTConfig
+from plasticrl.modulation import ModulationPool
 
-__all__ = ["DTConfig", "DecisionTransformer", "EpisodeBatch", "EpisodeData", "L2MAgent", "bin_centers", "discretize"]
+__all__ = ["EpisodeBatch", "EpisodeData", "L2MAgent"]
 
-
-@dataclass
-class DTConfig:
-    """Decision-Transformer sizes. ``return_scale``: return-to-go (reward units) is divided by it before embedding.
-
-    ``context`` counts timesteps (each ``2 + max_action_dim`` tokens); ``max_timestep`` is the size of the
-    timestep embedding (env steps; later steps share the last entry)."""
-
-    state_dim: int = 39
-    max_action_dim: int = 6
-    n_bins: int = 64
-    context: int = 5
-    d_model: int = 128
-    n_layers: int = 3
-    n_heads: int = 4
-    dropout: float = 0.1
-    max_timestep: int = 1000
-    return_scale: float = 1000.0
-
-    def __post_init__(self) -> None:
-        if self.d_model % self.n_heads:
-            raise ValueError(f"d_model ({self.d_model}) must be divisible by n_heads ({self.n_heads})")
-        if min(self.state_dim, self.max_action_dim, self.n_bins, self.context, self.max_timestep) < 1:
-            raise ValueError(f"sizes must be >= 1: {self}")
-        if not self.return_scale > 0:
-            raise ValueError(f"return_scale must be > 0, got {self.return_scale}")
+Batch = tuple[Tensor, ...]  # ``L2MAgent.sample_batch``'s (states, actions, rtg, timesteps, action_mask)
 
 
-def discretize(a: Tensor | np.ndarray, n_bins: int = 64) -> Tensor:
-    """Actions in [-1, 1] (values outside are clipped) -> bin ids in [0, n_bins) (long), uniform bins."""
-    a = torch.as_tensor(a, dtype=torch.float32)
-    return torch.clamp(torch.floor((a + 1.0) * (n_bins / 2.0)), 0, n_bins - 1).long()
-
-
-def bin_centers(bins: Tensor | np.ndarray, n_bins: int = 64) -> Tensor:
-    """Bin ids in [0, n_bins) -> their centres in [-1, 1] (float32); |centre(discretize(a)) - a| <= 1 / n_bins."""
-    bins = torch.as_tensor(bins)
-    return -1.0 + (bins.float() + 0.5) * (2.0 / n_bins)
-
-
-class CausalSelfAttention(nn.Module):
-    """Multi-head causal self-attention with separately named q/k/v/out projections."""
-
-    def __init__(self, d_model: int, n_heads: int, dropout: float) -> None:
-        super().__init__()
-        self.n_heads, self.dropout = n_heads, dropout
-        self.q_proj = nn.Linear(d_model, d_model)
-        self.k_proj = nn.Linear(d_model, d_model)
-        self.v_proj = nn.Linear(d_model, d_model)
-        self.out_proj = nn.Linear(d_model, d_model)
-        self.resid_drop = nn.Dropout(dropout)
-
-    def forward(self, x: Tensor) -> Tensor:
-        b, n, d = x.shape
-
-        def heads(t: Tensor) -> Tensor:
-            return t.view(b, n, self.n_heads, d // self.n_heads).transpose(1, 2)
-
-        y = F.scaled_dot_product_attention(heads(self.q_proj(x)), heads(self.k_proj(x)), heads(self.v_proj(x)),
-                                           dropout_p=self.dropout if self.training else 0.0, is_causal=True)
-        return self.resid_drop(self.out_proj(y.transpose(1, 2).reshape(b, n, d)))
-
-
-class FeedForward(nn.Module):
-    """fc1 (d -> 4d), GELU, fc2 (4d -> d), dropout. The GELU is a module applied to (tokens, 4d), so that a
-    ``PlasticityMonitor`` sees one row per token and one column per unit."""
-
-    def __init__(self, d_model: int, dropout: float) -> None:
-        super().__init__()
-        self.fc1 = nn.Linear(d_model, 4 * d_model)
-        self.act = nn.GELU()
-        self.fc2 = nn.Linear(4 * d_model, d_model)
-        self.drop = nn.Dropout(dropout)
-
-    def forward(self, x: Tensor) -> Tensor:
-        h = self.fc1(x)
-        return self.drop(self.fc2(self.act(h.reshape(-1, h.shape[-1])).reshape(h.shape)))
-
-
-class Block(nn.Module):
-    """Pre-LayerNorm transformer block: x + attn(ln1(x)), then x + ff(ln2(x))."""
-
-    def __init__(self, d_model: int, n_heads: int, dropout: float) -> None:
-        super().__init__()
-        self.ln1 = nn.LayerNorm(d_model)
-        self.attn = CausalSelfAttention(d_model, n_heads, dropout)
-        self.ln2 = nn.LayerNorm(d_model)
-        self.ff = FeedForward(d_model, dropout)
-
-    def forward(self, x: Tensor) -> Tensor:
-        x = x + self.attn(self.ln1(x))
-        return x + self.ff(self.ln2(x))
-
-
-class DecisionTransformer(nn.Module):
-    """Multi-domain DT with per-dimension discrete action tokens; see the module docstring for the layout.
-
-    Shapes: ``states`` (B, T, S) with S <= state_dim (zero-padded here), ``actions`` (B, T, A') in [-1, 1] with
-    A' <= max_action_dim, ``rtg`` (B, T) or (B, T, 1) in reward units, ``timesteps`` (B, T) long env-step indices,
-    ``action_mask`` (B, T, A) or (A,) bool, True for the env's real action dims (default: the first A' dims).
-    T <= context.
-    """
-
-    def __init__(self, config: DTConfig | None = None) -> None:
-        super().__init__()
-        self.autocast_dtype: torch.dtype | None = None  # e.g. torch.bfloat16: blocks and head in bf16 (CUDA only)
-        self.config = config = config or DTConfig()
-        d, a = config.d_model, config.max_action_dim
-        self.tokens_per_step = 2 + a
-        self.embed_rtg = nn.Linear(1, d)
-        self.embed_state = nn.Linear(config.state_dim, d)
-        self.embed_action = nn.Embedding(config.n_bins + 1, d)  # id n_bins = PAD
-        self.embed_timestep = nn.Embedding(config.max_timestep, d)
-        self.embed_type = nn.Embedding(self.tokens_per_step, d)
-        self.drop = nn.Dropout(config.dropout)
-        self.blocks = nn.ModuleList(Block(d, config.n_heads, config.dropout) for _ in range(config.n_layers))
-        self.ln_f = nn.LayerNorm(d)
-        self.head = nn.Linear(d, config.n_bins)
-        self.apply(self._init_weights)
-
-    @staticmethod
-    def _init_weights(module: nn.Module) -> None:
-        if isinstance(module, (nn.Linear, nn.Embedding)):
-            nn.init.normal_(module.weight, mean=0.0, std=0.02)
-            if isinstance(module, nn.Linear) and module.bias is not None:
-                nn.init.zeros_(module.bias)
-
-    # ---- inputs ---------------------------------------------------------------------
-    @property
-    def pad_id(self) -> int:
-        return self.config.n_bins
-
-    def _device(self) -> torch.device:
-        return self.embed_state.weight.device
-
-    def pad_states(self, states: Tensor | np.ndarray) -> Tensor:
-        """States (..., S) -> float (..., state_dim), zero-padded; ValueError if S > state_dim."""
-        states = torch.as_tensor(states, dtype=torch.float32, device=self._device())
-        width = states.shape[-1]
-        if width > self.config.state_dim:
-            raise ValueError(f"state width {width} exceeds DTConfig.state_dim={self.config.state_dim}; "
-                             "build the model with a larger state_dim")
-        return F.pad(states, (0, self.config.state_dim - width))
-
-    def action_tokens(self, actions: Tensor | np.ndarray, action_mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        """Actions (B, T, A') in [-1, 1] -> (tokens (B, T, A) long with PAD where the mask is False, mask (B, T, A))."""
-        actions = torch.as_tensor(actions, dtype=torch.float32, device=self._device())
-        width, full = actions.shape[-1], self.config.max_action_dim
-        if width > full:
-            raise ValueError(f"action width {width} exceeds DTConfig.max_action_dim={full}")
-        actions = F.pad(actions, (0, full - width))
-        if action_mask is None:
-            action_mask = torch.arange(full, device=actions.device) < width
-        action_mask = torch.as_tensor(action_mask, dtype=torch.bool, device=actions.device).expand(actions.shape)
-        bins = discretize(actions, self.config.n_bins)
-        return torch.where(action_mask, bins, torch.full_like(bins, self.pad_id)), action_mask
-
-    def _timesteps(self, timesteps: Tensor | np.ndarray) -> Tensor:
-        t = torch.as_tensor(timesteps, dtype=torch.long, device=self._device())
-        return t.clamp(0, self.config.max_timestep - 1)
-
-    def embed(self, states: Tensor, action_tokens: Tensor, rtg: Tensor, timesteps: Tensor) -> Tensor:
-        """Token embeddings (B, T * (2 + A), d) before the first block, in the module docstring's order."""
-        b, t = action_tokens.shape[:2]
-        if t > self.config.context:
-            raise ValueError(f"{t} timesteps exceed the context of {self.config.context}")
-        rtg = torch.as_tensor(rtg, dtype=torch.float32, device=self._device()).reshape(b, t, 1)
-        tokens = torch.cat([
-            self.embed_rtg(rtg / self.config.return_scale).unsqueeze(2),
-            self.embed_state(self.pad_states(states)).unsqueeze(2),
-            self.embed_action(action_tokens),
-        ], dim=2)  # (B, T, 2 + A, d)
-        tokens = tokens + self.embed_timestep(self._timesteps(timesteps)).unsqueeze(2) + self.embed_type.weight
-        return tokens.reshape(b, t * self.tokens_per_step, -1)
-
-    # ---- model ----------------------------------------------------------------------
-    def forward_tokens(self, states: Tensor, action_tokens: Tensor, rtg: Tensor, timesteps: Tensor) -> Tensor:
-        """Action-bin logits (B, T, A, n_bins) from already tokenised actions (B, T, A) long (PAD = n_bins)."""
-        low = self.autocast_dtype is not None and self._device().type == "cuda"
-        with torch.autocast("cuda", dtype=self.autocast_dtype or torch.bfloat16, enabled=low):
-            x = self.drop(self.embed(states, action_tokens, rtg, timesteps))
-            for block in self.blocks:
-                x = block(x)
-            b, t = action_tokens.shape[:2]
-            x = self.ln_f(x).reshape(b, t, self.tokens_per_step, -1)[:, :, 1:-1]  # at s_t, a_t1, ..., a_t(A-1)
-            # the head sees (tokens, d): one row per predicting token (the features a monitor ranks)
-            return self.head(x.reshape(-1, x.shape[-1])).reshape(b, t, x.shape[2], -1).float()  # -> a_t1 .. a_tA
-
-    def forward(self, states: Tensor, actions: Tensor, rtg: Tensor, timesteps: Tensor,
-                action_mask: Tensor | None = None) -> Tensor:
-        """Action-bin logits (B, T, A, n_bins); logits[:, t, k] predicts the bin of a_t(k+1) (0-based k)."""
-        tokens, _ = self.action_tokens(actions, action_mask)
-        return self.forward_tokens(states, tokens, rtg, timesteps)
-
-    def loss(self, states: Tensor, actions: Tensor, rtg: Tensor, timesteps: Tensor,
-             action_mask: Tensor | None = None) -> Tensor:
-        """Mean cross-entropy of the action bins over valid (mask True) action dims of all timesteps."""
-        tokens, mask = self.action_tokens(actions, action_mask)
-        logits = self.forward_tokens(states, tokens, rtg, timesteps)
-        targets = tokens.masked_fill(~mask, 0)
-        ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="none")
-        mask = mask.reshape(-1).float()
-        return (ce * mask).sum() / mask.sum().clamp(min=1.0)
-
-    def query_embedding(self, states: Tensor, timesteps: Tensor | None = None) -> Tensor:
-        """L2M key-query input (B, d): mean over the context of the embedded states ``embed_state(s_t)``.
-
-        Taken before the timestep/type embeddings and the first block, so it depends on the states only;
-        ``timesteps`` is accepted for API symmetry and unused."""
-        return self.embed_state(self.pad_states(states)).mean(dim=1)
-
-    @torch.no_grad()
-    def act_batch(self, states: Tensor | np.ndarray, actions: Tensor | np.ndarray, rtg: Tensor | np.ndarray,
-                  timesteps: Tensor | np.ndarray, action_dims: int | Sequence[int] | Tensor,
-                  temperature: float | None = None, generator: torch.Generator | None = None) -> Tensor:
-        """Actions (N, max(action_dims)) in [-1, 1] for the last timestep of N contexts of equal length T.
-
-        ``states`` (N, T, S), ``rtg`` (N, T) in reward units and ``timesteps`` (N, T) include the current timestep;
-        ``actions`` (N, T - 1, A') holds the earlier actions (a T-th row is ignored), A' >= max(action_dims).
-        ``action_dims``: the env's action width per row (an int for all rows). Dimensions are decoded one at a time
-        (argmax bin, or sampled from softmax(logits / temperature)), each fed back as the next token; a row's
-        dimensions beyond its width stay PAD and are returned as 0. Returns bin centres (float32, model device)."""
-        cfg, device = self.config, self._device()
-        states = self.pad_states(states)
-        n, t = states.shape[:2]
-        dims = torch.as_tensor(action_dims, dtype=torch.long, device=device).reshape(-1).expand(n)
-        if dims.numel() and (dims.min() < 1 or dims.max() > cfg.max_action_dim):
-            raise ValueError(f"action dims must be in [1, {cfg.max_action_dim}], got {dims.tolist()}")
-        width = int(dims.max())
-        prev = torch.as_tensor(actions, dtype=torch.float32, device=device).reshape(n, -1, actions.shape[-1])
-        prev = prev[:, : t - 1]
-        if prev.shape[1] != t - 1:
-            raise ValueError(f"need {t - 1} earlier actions for {t} states, got {prev.shape[1]}")
-        if prev.shape[-1] < width:
-            prev = F.pad(prev, (0, width - prev.shape[-1]))
-        current = torch.zeros(n, 1, prev.shape[-1], device=device)
-        mask = torch.arange(cfg.max_action_dim, device=device) < dims[:, None]  # (N, A) real dims per row
-        tokens, _ = self.action_tokens(torch.cat([prev, current], dim=1), mask[:, None, :])
-        tokens[:, -1] = self.pad_id
-        rtg = torch.as_tensor(rtg, dtype=torch.float32, device=device).reshape(n, t)
-        timesteps = torch.as_tensor(timesteps, device=device).reshape(n, t)
-        for k in range(width):
-            logits = self.forward_tokens(states, tokens, rtg, timesteps)[:, -1, k]  # (N, n_bins)
-            if temperature is None:
-                bin_id = logits.argmax(dim=-1)
-            else:
-                probs = F.softmax(logits / temperature, dim=-1)
-                bin_id = torch.multinomial(probs, 1, generator=generator)[:, 0]
-            tokens[:, -1, k] = torch.where(k < dims, bin_id, torch.full_like(bin_id, self.pad_id))
-        last = tokens[:, -1, :width]
-        return torch.where(last == self.pad_id, torch.zeros((), device=device), bin_centers(last, cfg.n_bins))
-
-    @torch.no_grad()
-    def act(self, states: Tensor, actions: Tensor, rtg: Tensor, timesteps: Tensor, action_dim: int,
-            temperature: float | None = None, generator: torch.Generator | None = None) -> Tensor:
-        """The action (action_dim,) in [-1, 1] for the last timestep of one context (batch 1 or unbatched).
-
-        ``states`` (T, S), ``rtg`` (T,), ``timesteps`` (T,) include the current timestep; ``actions`` holds the
-        T - 1 earlier actions (T - 1, action_dim) (its last row, if T rows are given, is ignored). ``act_batch``
-        with N = 1."""
-        if not 1 <= action_dim <= self.config.max_action_dim:
-            raise ValueError(f"action_dim must be in [1, {self.config.max_action_dim}], got {action_dim}")
-        states = torch.as_tensor(states, dtype=torch.float32)
-        states = states.reshape(1, -1, states.shape[-1])
-        t = states.shape[1]
-        actions = torch.as_tensor(actions, dtype=torch.float32).reshape(1, -1, action_dim)
-        return self.act_batch(states, actions, torch.as_tensor(rtg).reshape(1, t),
-                              torch.as_tensor(timesteps).reshape(1, t), action_dim, temperature, generator)[0]
-
-
-# ---- offline agent -------------------------------------------------------------------
 def _episodes(datasets: Iterable[Any]) -> Iterable[dict[str, np.ndarray]]:
     """Episodes as dicts of observations, actions, rewards from minari datasets or episode dicts."""
     for data in datasets:
@@ -382,7 +98,8 @@ class EpisodeBatch:
 
 class L2MAgent:
     """Offline training and acting of a ``DecisionTransformer`` with an SB3-like API (``learn``/``predict``/
-    ``save``/``load``); not an SB3 algorithm (no env, no rollouts).
+    ``save``/``load``); not an SB3 algorithm (no env, no rollouts). Building one changes no process-wide state: the
+    weights come from ``seed`` through a forked generator (dropout still draws from torch's global generator).
 
     Units: returns-to-go are sums of raw env rewards (the model divides by ``config.return_scale``); timesteps are
     0-based env-step indices within an episode.
@@ -405,12 +122,16 @@ class L2MAgent:
         self.weight_decay, self.max_grad_norm = weight_decay, max_grad_norm
         self.cuda_graph = cuda_graph  # used on CUDA only
         self._graphs: dict[tuple[tuple[int, ...], ...], GraphedUpdate] = {}  # train_step's, per batch shapes
-        torch.manual_seed(seed)
-        self.model = DecisionTransformer(self.config).to(self.device)
+        with torch.random.fork_rng(devices=[]):  # weights from ``seed``; the process's generators stay untouched
+            torch.default_generator.manual_seed(seed)  # the CPU's only: the weights are drawn on the CPU
+            self.model = DecisionTransformer(self.config).to(self.device)
         self.model.autocast_dtype = torch.bfloat16 if precision == "bf16" else None
         self.optimizer = self.make_optimizer(self.model.parameters(), learning_rate, weight_decay)
         self.generator = torch.Generator(device=self.device).manual_seed(seed)  # batch sampling
         self.num_steps = 0
+        self.pool: ModulationPool | None = None  # attach_pool's
+        self._pool_layers: list[str] = []  # the model layers the pool wraps
+        self.extras: dict[str, Any] = {}  # a training method's own state, kept by save/load (e.g. EWC's Fisher)
         self.reset(0.0, self.config.max_action_dim)
 
     def make_optimizer(self, params: Iterable[nn.Parameter], lr: float, weight_decay: float) -> torch.optim.AdamW:
@@ -508,18 +229,58 @@ class L2MAgent:
         nn.utils.clip_grad_norm_(params, self.max_grad_norm)
         optimizer.step()
 
+    def make_update(self, loss_fn: Callable[[Batch], Sequence[Tensor]], optimizer: torch.optim.Optimizer,
+                    params: list[nn.Parameter]) -> Callable[[Batch], Tensor]:
+        """A gradient step ``update(batch) -> stats``: ``loss_fn(batch)`` returns scalar tensors (loss, *others);
+        the step backpropagates the loss through ``params`` (``optimizer_step``) and returns all of them as one
+        float vector on the device (no host sync). With ``uses_graphs`` the step is an ``agents.accel.GraphedUpdate``
+        (captured at its first call for that batch shape; ``loss_fn``'s constants are baked in, so build one per
+        optimizer and loss; ``invalidate()`` it when parameters or optimizer state are replaced)."""
+
+        def update(batch: Batch) -> Tensor:
+            values = loss_fn(batch)
+            self.optimizer_step(values[0], optimizer, params)
+            return torch.stack([v.detach().float() for v in values])
+
+        return GraphedUpdate(update) if self.uses_graphs else update
+
     def learn(self, datasets: Sequence[Any] | EpisodeData, steps: int,
-              callback: Callable[[int, float], bool | None] | None = None) -> L2MAgent:
+              callback: Callable[[int, float], bool | None] | None = None,
+              callback_steps: Callable[[int], bool] | None = None) -> L2MAgent:
         """``steps`` gradient steps on random context windows from ``datasets`` (see ``prepare_episodes``; an
-        ``EpisodeData`` is used as is). ``callback(step, loss)`` runs after each step (it reads the loss, a host
-        sync); returning False stops early."""
+        ``EpisodeData`` is used as is). ``callback(step, loss)`` runs after each step (0-based) for which
+        ``callback_steps(step)`` is True (default: every step); each run reads the loss, a host sync. A callback
+        returning False stops early."""
         data = datasets if isinstance(datasets, EpisodeData) else self.prepare_episodes(datasets)
         for step in range(steps):
             loss = self.train_step(self.sample_batch(data))
-            if callback is not None and callback(step, loss.item()) is False:
+            if callback is None or (callback_steps is not None and not callback_steps(step)):
+                continue
+            if callback(step, loss.item()) is False:
                 break
         self.model.eval()
         return self
+
+    # ---- modulation -------------------------------------------------------------------
+    def attach_pool(self, pool: ModulationPool, layers: list[str] | None = None) -> list[str]:
+        """Wraps the model's layers (``layers``, default ``ModulationPool``'s targets) with ``pool`` (moved to the
+        agent's device) and freezes the backbone; ``save`` keeps the pool. Returns the wrapped layer names."""
+        if self.pool is not None:
+            raise RuntimeError("this agent already has a modulation pool")
+        self.pool = pool.to(self.device)
+        self._pool_layers = pool.attach(self.model, layers)
+        pool.freeze_backbone(self.model)
+        return self._pool_layers
+
+    def backbone_state_dict(self) -> dict[str, Tensor]:
+        """The model's own ``state_dict`` (the keys of a model without a pool), whether a pool is attached or not."""
+        if self.pool is None:
+            return self.model.state_dict()
+        self.pool.detach()
+        try:
+            return self.model.state_dict()
+        finally:
+            self.pool.attach(self.model, self._pool_layers)
 
     # ---- acting ------------------------------------------------------------------------
     def new_episodes(self, target_returns: Sequence[float], action_dims: Sequence[int]) -> EpisodeBatch:
@@ -575,23 +336,46 @@ class L2MAgent:
 
     # ---- persistence -------------------------------------------------------------------
     def save(self, path: str | Path) -> None:
-        """``torch.save`` of the config, hyper-parameters, model and optimizer state."""
-        torch.save({"config": asdict(self.config), "model": self.model.state_dict(),
+        """``torch.save`` of the config, hyper-parameters, backbone and optimizer state, the modulation pool (its
+        sizes, wrapped layers and ``state_dict``; None without one) and ``extras``."""
+        pool = None if self.pool is None else {
+            "sizes": {"pool_size": self.pool.pool_size, "key_dim": self.pool.key_dim, "rank": self.pool.rank,
+                      "kind": self.pool.kind, "top_k": self.pool.top_k, "pull_coef": self.pool.pull_coef,
+                      "count_penalty": self.pool.count_penalty},
+            "layers": list(self._pool_layers), "state": self.pool.state_dict()}
+        torch.save({"config": asdict(self.config), "model": self.backbone_state_dict(),
                     "optimizer": self.optimizer.state_dict(), "num_steps": self.num_steps,
                     "hparams": {"learning_rate": self.learning_rate, "batch_size": self.batch_size,
                                 "seed": self.seed, "weight_decay": self.weight_decay,
                                 "max_grad_norm": self.max_grad_norm, "precision": self.precision,
-                                "cuda_graph": self.cuda_graph}}, path)
+                                "cuda_graph": self.cuda_graph},
+                    "pool": pool, "extras": self.extras}, path)
+
+    @staticmethod
+    def read_checkpoint(path: str | Path) -> dict[str, Any]:
+        """The contents of ``save``'s file, on the CPU (``from_checkpoint`` builds the agent)."""
+        return torch.load(path, map_location="cpu", weights_only=False)
 
     @classmethod
-    def load(cls, path: str | Path, device: str | torch.device = "auto") -> L2MAgent:
-        """An agent from ``save``'s file (in eval mode), on ``device``."""
-        data = torch.load(path, map_location="cpu", weights_only=False)
-        agent = cls(DTConfig(**data["config"]), device=device, **data["hparams"])
+    def from_checkpoint(cls, data: dict[str, Any], device: str | torch.device = "auto", **hparams: Any) -> L2MAgent:
+        """An agent (in eval mode) on ``device`` from ``read_checkpoint``'s contents; ``hparams`` (e.g. ``seed``,
+        ``precision``, ``cuda_graph``) replace the saved ones. The pool, if saved, is attached again."""
+        agent = cls(DTConfig(**data["config"]), device=device, **{**data["hparams"], **hparams})
         agent.model.load_state_dict(data["model"])
         keep_own_optimizer_flags(data["optimizer"], agent.optimizer)  # this device's flags, not the saver's
         agent.optimizer.load_state_dict(data["optimizer"])
         agent.num_steps = data["num_steps"]
+        saved_pool = data.get("pool")
+        if saved_pool is not None:
+            with torch.random.fork_rng(devices=[]):  # the keys' random init is overwritten by the saved state
+                pool = ModulationPool(**saved_pool["sizes"])
+            agent.attach_pool(pool, saved_pool["layers"])
+            pool.load_state_dict(saved_pool["state"])
+        agent.extras = dict(data.get("extras") or {})
         agent.model.eval()
         return agent
 
+    @classmethod
+    def load(cls, path: str | Path, device: str | torch.device = "auto", **hparams: Any) -> L2MAgent:
+        """An agent from ``save``'s file (in eval mode), on ``device``; see ``from_checkpoint``."""
+        return cls.from_checkpoint(cls.read_checkpoint(path), device, **hparams)

@@ -1,6 +1,8 @@
 """agents.l2m: the multi-domain Decision Transformer of L2M and its offline agent."""
 
 import contextlib
+import subprocess
+import sys
 
 import minari
 import numpy as np
@@ -322,3 +324,76 @@ def test_pool_oracle_per_sample_task_ids():
     # task k -> entries (2k, 2k + 1) mod 7
     assert idx.tolist() == [[0, 1], [4, 5], [6, 0], [2, 3]]
     assert torch.equal(pool.select(torch.randn(2, 4), 3, oracle=True, evaluate=True), torch.tensor([[6, 0]] * 2))
+
+
+def test_importing_agents_l2m_does_not_import_sb3():
+    code = "import agents.l2m, sys; assert 'stable_baselines3' not in sys.modules"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+def test_building_an_agent_leaves_the_global_rng_alone_and_is_seeded():
+    state = torch.get_rng_state()
+    a = L2MAgent(SMALL, device="cpu", seed=5)
+    assert torch.equal(torch.get_rng_state(), state)
+    b = L2MAgent(SMALL, device="cpu", seed=5)
+    assert all(torch.equal(x, y) for x, y in zip(a.model.state_dict().values(), b.model.state_dict().values()))
+    c = L2MAgent(SMALL, device="cpu", seed=6)
+    assert not torch.equal(a.model.head.weight, c.model.head.weight)
+
+
+def _episodes(n=3, steps=10, seed=0):
+    rng = np.random.default_rng(seed)
+    return [{"observations": rng.normal(size=(steps + 1, 5)), "actions": rng.uniform(-1, 1, (steps, 2)),
+             "rewards": np.ones(steps)} for _ in range(n)]
+
+
+def test_learn_calls_back_at_the_chosen_steps():
+    agent = L2MAgent(SMALL, device="cpu", batch_size=4)
+    seen = []
+    agent.learn(_episodes(), steps=7, callback=lambda step, loss: seen.append((step, loss)),
+                callback_steps=lambda step: step % 3 == 0)
+    assert [s for s, _ in seen] == [0, 3, 6] and all(isinstance(loss, float) for _, loss in seen)
+    assert agent.num_steps == 7
+
+
+def test_make_update_is_one_clipped_optimizer_step():
+    """make_update's step (eager on the CPU) equals optimizer_step by hand on a twin agent; it returns every value
+    of the loss function as one vector."""
+    a, b = L2MAgent(SMALL, device="cpu", seed=1), L2MAgent(SMALL, device="cpu", seed=1)
+    batch = a.sample_batch(a.prepare_episodes(_episodes()), 4)
+    params_a, params_b = list(a.model.parameters()), list(b.model.parameters())
+    opt_a, opt_b = a.make_optimizer(params_a, 1e-3, 0.0), b.make_optimizer(params_b, 1e-3, 0.0)
+    update = a.make_update(lambda x: (a.model.loss(*x), a.model.loss(*x) * 2), opt_a, params_a)
+    values = update(batch)
+    loss = b.model.loss(*batch)
+    b.optimizer_step(loss, opt_b, params_b)
+    assert values.shape == (2,) and values[0].item() == pytest.approx(loss.item())
+    assert values[1].item() == pytest.approx(2 * loss.item())
+    assert all(torch.equal(p, q) for p, q in zip(params_a, params_b))
+
+
+def test_save_and_load_keep_the_pool_and_extras(tmp_path):
+    agent = L2MAgent(SMALL, device="cpu", seed=0)
+    pool = ModulationPool(pool_size=3, key_dim=SMALL.d_model, rank=2, top_k=1)
+    layers = agent.attach_pool(pool)
+    with torch.no_grad():
+        for name, p in pool.named_parameters():
+            if name.endswith(".B"):
+                p.add_(0.1)
+    pool.task_counts += 1
+    pool.end_task()
+    agent.extras["note"] = {"tensor": torch.ones(2)}
+    agent.save(tmp_path / "a.pt")
+    saved = torch.load(tmp_path / "a.pt", weights_only=False)
+    assert saved["model"].keys() == DecisionTransformer(SMALL).state_dict().keys()  # the backbone's own keys
+    assert saved["pool"]["layers"] == layers
+    loaded = L2MAgent.load(tmp_path / "a.pt", device="cpu")
+    assert loaded.pool is not None and torch.equal(loaded.pool.counts, pool.counts)
+    assert torch.equal(loaded.extras["note"]["tensor"], torch.ones(2))
+    states, actions, rtg, timesteps = batch(state_width=5, action_width=3)
+    for x in (agent, loaded):
+        x.model.eval()
+    idx = torch.tensor([[1], [2]])
+    with pool.selected(idx), loaded.pool.selected(idx):
+        assert torch.equal(agent.model(states, actions, rtg, timesteps), loaded.model(states, actions, rtg, timesteps))
