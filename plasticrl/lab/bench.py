@@ -23,7 +23,7 @@ from stable_baselines3.common.vec_env import SubprocVecEnv
 import envs
 from agents import DrQ
 from agents.drq.replay import PixelBatch
-from plasticrl.lab.runtime import configure_torch
+from plasticrl.lab.runtime import configure_torch, resolve_device
 from plasticrl.replay_ratio import StaticReplayRatio
 from plasticrl.sb3 import ReplayRatioCallback
 
@@ -152,9 +152,8 @@ def bench_training(device: torch.device, steps: int, n_envs: int, ratio: float =
 
 
 def main(args: Any) -> int:
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
-                          ("cpu" if args.device == "auto" else args.device))
-    configure_torch(str(device))
+    device = torch.device(resolve_device(args.device))
+    configure_torch(device.type)
     batch, updates, steps = args.batch_size, args.updates, args.train_steps
     if args.quick:
         batch, updates, steps = min(batch, 32), min(updates, 5), min(steps, 300)

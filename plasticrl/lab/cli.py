@@ -71,7 +71,7 @@ def parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="train an agent from a YAML config")
     t.add_argument("config", help="YAML config, e.g. configs/train/quickstart.yaml")
     t.add_argument("overlay", nargs="*", default=[],
-                   help="YAML overlays merged over the config in order, e.g. configs/train/rr/adaptive.yaml")
+                   help="YAML overlays merged over the config in order, e.g. configs/train/overlays/adaptive_rr.yaml")
     t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key, e.g. --set replay_ratio.kind=adaptive (repeatable)")
     t.set_defaults(func=_cmd_train)

@@ -36,6 +36,10 @@ class WandbConfig(Section):
     name: str | None = Field(None, description="default: <run.name>-s<seed>")
 
 
+class BaseLoggingConfig(Section):
+    wandb: WandbConfig = Field(default_factory=WandbConfig)
+
+
 def wandb_settings(w: WandbConfig, run_name: str, seed: int, default_tags: list[str]) -> dict[str, Any]:
     """Keyword arguments of ``plasticrl.runlog.WandbSink`` with this project's defaults filled in: group = the run
     name (seeds group together), name = ``<run name>-s<seed>``, tags = ``default_tags``."""
@@ -115,8 +119,8 @@ def merge(base: dict[str, Any], overlay: dict[str, Any]) -> dict[str, Any]:
     out = dict(base)
     for key, value in overlay.items():
         old = out.get(key)
-        if isinstance(value, dict) and isinstance(old, dict):
-            out[key] = merge(old, value)
+        if isinstance(value, dict):
+            out[key] = merge(old if isinstance(old, dict) else {}, value)
         elif isinstance(value, str) and BASE in value:
             out[key] = value.replace(BASE, str(old) if old is not None else "")
         else:

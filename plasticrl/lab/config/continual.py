@@ -11,7 +11,7 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from plasticrl.lab.config.base import BaseRunConfig, ConfigError, Section, WandbConfig, read_yaml, validate_model
+from plasticrl.lab.config.base import BaseLoggingConfig, BaseRunConfig, ConfigError, Section, read_yaml, validate_model
 
 METHODS = ("l2m", "l2m_oracle", "lora", "finetune", "ewc", "reference")
 
@@ -97,8 +97,8 @@ class PoolConfig(Section):
     count_penalty: bool = Field(True, description="usage penalty on entries picked by earlier tasks")
 
 
-class LoggingConfig(Section):
-    wandb: WandbConfig = Field(default_factory=WandbConfig)
+class LoggingConfig(BaseLoggingConfig):
+    """W&B only (the train config's logging section adds print_episodes and plots)."""
 
 
 class ContinualConfig(Section):

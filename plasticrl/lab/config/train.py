@@ -11,7 +11,7 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from plasticrl.lab.config.base import BaseRunConfig, ConfigError, Section, WandbConfig, read_yaml, validate_model
+from plasticrl.lab.config.base import BaseLoggingConfig, BaseRunConfig, ConfigError, Section, read_yaml, validate_model
 
 
 class RunConfig(BaseRunConfig):
@@ -85,8 +85,7 @@ class MonitorConfig(Section):
     histograms_every: int = Field(0, ge=0, description="log per-unit histograms every K probes (0: never)")
 
 
-class LoggingConfig(Section):
-    wandb: WandbConfig = Field(default_factory=WandbConfig)
+class LoggingConfig(BaseLoggingConfig):
     print_episodes: bool = Field(True, description="print each finished episode's return")
     plots: bool = Field(True, description="write a PNG dashboard into the run folder at the end")
 
