@@ -24,34 +24,6 @@ SCHEMAS = (
     ("Train config", "plasticrl.lab.config.train", "Config", "plasticrl train"),
     ("Continual config", "plasticrl.lab.config.continual", "ContinualConfig", "plasticrl continual"),
 )
-# Descriptions for the keys whose Field has none yet (a Field's own description always wins; tests/lab/test_docs.py
-# fails on a note for a key the schemas no longer have). Best moved into the schemas as Field(description=...).
-NOTES = {
-    "agent.learning_rate": "Adam learning rate of actor, critic + encoder and temperature",
-    "agent.batch_size": "transitions per update",
-    "agent.gamma": "discount",
-    "replay_ratio.kind": "static: a fixed ratio; adaptive: low until the critic's FAU settles, then high "
-                         "(Ma et al. 2024)",
-    "replay_ratio.unit": "adaptive: what check_every counts (steps: for tasks without fixed-length episodes)",
-    "monitor.enabled": "run the plasticity monitor",
-    "monitor.groups": "module groups to probe (agent.kind=sac has no encoder)",
-    "logging.wandb.mode": "offline: no account, no network (wandb sync later); disabled: no W&B files",
-    "logging.wandb.project": "W&B project",
-    "logging.wandb.entity": "W&B entity (team or user)",
-    "model.d_model": "Decision Transformer width",
-    "model.n_layers": "transformer blocks",
-    "model.n_heads": "attention heads (must divide d_model)",
-    "model.dropout": "dropout rate",
-    "pretrain.batch_size": "batch size of pre-training",
-    "pretrain.learning_rate": "learning rate of pre-training",
-    "sequence.batch_size": "batch size while training on the sequence",
-    "sequence.learning_rate": "learning rate while training on the sequence",
-    "pool.pool_size": "entries in the modulation pool (one key and one modulator set each)",
-    "pool.rank": "LoRA rank",
-    "pool.kind": "modulator of an entry: LoRA or (IA)^3",
-    "pool.top_k": "entries each sample selects (must be <= pool_size)",
-    "pool.pull_coef": "weight of the key loss, 1 - cos(query, selected key)",
-}
 # constraint attributes of pydantic's annotated-types metadata, as the page writes them
 _BOUNDS = (("gt", ">"), ("ge", ">="), ("lt", "<"), ("le", "<="), ("min_length", "min length"))
 
@@ -130,7 +102,7 @@ def render_schema(model: type[BaseModel], overrides: dict[str, dict[str, Any]] |
         alt = (overrides or {}).get(section.split(".")[0], {})
         if "." not in section and name in alt:
             default += f" (sac: `{_json(alt[name])}`)"
-        description = field.description or NOTES.get(key, "")
+        description = field.description or ""
         bounds = constraints(field)
         if bounds:
             description = f"{description} ({bounds})" if description else f"({bounds})"

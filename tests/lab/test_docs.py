@@ -73,14 +73,12 @@ def test_every_config_key_has_a_reference_row_and_every_row_a_key(model):
 
 def test_every_field_has_a_description():
     undocumented = [k for k, field in HOOK.leaf_fields(Config) + HOOK.leaf_fields(ContinualConfig)
-                    if not (field.description or HOOK.NOTES.get(k))]
+                    if not field.description]
     assert not undocumented, f"config keys with no description (Field(description=...)): {undocumented}"
 
 
-def test_no_notes_or_rows_for_removed_keys():
+def test_no_rows_for_removed_keys():
     keys = set(key_paths(Config)) | set(key_paths(ContinualConfig))
-    stale_notes = [k for k in HOOK.NOTES if k not in keys]
-    assert not stale_notes, f"docs/hooks/config_reference.py has notes for keys the configs lack: {stale_notes}"
     sections = {k.split(".")[0] for k in keys}
     for path, text in _pages().items():
         stale = [r for r in ROW.findall(text) if r.split(".")[0] in sections and "." in r and r not in keys]

@@ -28,9 +28,10 @@ class BaseRunConfig(Section):
 
 
 class WandbConfig(Section):
-    mode: Literal["offline", "online", "disabled"] = Field("offline")
-    project: str = Field("plasticrl")
-    entity: str | None = None
+    mode: Literal["offline", "online", "disabled"] = Field(
+        "offline", description="offline: no account, no network (wandb sync later); disabled: no W&B files")
+    project: str = Field("plasticrl", description="W&B project")
+    entity: str | None = Field(None, description="W&B entity (team or user)")
     group: str | None = Field(None, description="default: run.name")
     tags: list[str] | None = Field(None, description="default: agent, env, replay-ratio kind")
     name: str | None = Field(None, description="default: <run.name>-s<seed>")

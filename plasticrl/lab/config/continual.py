@@ -32,11 +32,11 @@ class DataConfig(Section):
 
 
 class ModelConfig(Section):
-    d_model: int = Field(128, ge=1)
-    n_layers: int = Field(3, ge=1)
-    n_heads: int = Field(4, ge=1)
+    d_model: int = Field(128, ge=1, description="Decision Transformer width")
+    n_layers: int = Field(3, ge=1, description="transformer blocks")
+    n_heads: int = Field(4, ge=1, description="attention heads (must divide d_model)")
     context: int = Field(5, ge=1, description="timesteps per context window")
-    dropout: float = Field(0.1, ge=0, lt=1)
+    dropout: float = Field(0.1, ge=0, lt=1, description="dropout rate")
     precision: Literal["fp32", "bf16"] = Field(
         "bf16", description="transformer matmuls on CUDA (bf16 autocast, fp32 weights and loss); CPU: fp32")
     cuda_graph: bool = Field(
@@ -48,8 +48,8 @@ class PretrainConfig(Section):
     tasks: str | list[str] = Field(
         "mt40", description="sequence names and env ids, comma-separated (e.g. mt40,dmc10), or a list")
     steps: int = Field(100_000, ge=0, description="gradient steps of pre-training (0: skip)")
-    batch_size: int = Field(64, ge=1)
-    learning_rate: float = Field(1e-4, gt=0, lt=1)
+    batch_size: int = Field(64, ge=1, description="batch size of pre-training")
+    learning_rate: float = Field(1e-4, gt=0, lt=1, description="learning rate of pre-training")
     checkpoint: str | None = Field(
         None, description="a pretrained.pt (L2MAgent.save format, e.g. <run>/checkpoints/pretrained.pt) to start "
                           "from instead of pre-training; its DT sizes must match the model section")
@@ -62,8 +62,8 @@ class SequenceConfig(Section):
         "l2m", description="reference: per task, fine-tune the pre-trained DT on that task alone and write "
                            "reference_curves.json (single-task curves for forward transfer)")
     steps_per_task: int = Field(10_000, ge=1, description="gradient steps per task")
-    batch_size: int = Field(64, ge=1)
-    learning_rate: float = Field(1e-4, gt=0, lt=1)
+    batch_size: int = Field(64, ge=1, description="batch size while training on the sequence")
+    learning_rate: float = Field(1e-4, gt=0, lt=1, description="learning rate while training on the sequence")
     eval_every: int = Field(
         0, ge=0, description="evaluate every N steps of a task (0: only at its end); which tasks: eval_scope")
     eval_scope: Literal["all", "current"] = Field(
@@ -89,11 +89,11 @@ class SequenceConfig(Section):
 
 
 class PoolConfig(Section):
-    pool_size: int = Field(30, ge=1)
-    rank: int = Field(8, ge=1)
-    kind: Literal["lora", "ia3"] = Field("lora")
-    top_k: int = Field(1, ge=1)
-    pull_coef: float = Field(0.5, ge=0)
+    pool_size: int = Field(30, ge=1, description="entries in the modulation pool (one key and one modulator set each)")
+    rank: int = Field(8, ge=1, description="LoRA rank")
+    kind: Literal["lora", "ia3"] = Field("lora", description="modulator of an entry: LoRA or (IA)^3")
+    top_k: int = Field(1, ge=1, description="entries each sample selects (must be <= pool_size)")
+    pull_coef: float = Field(0.5, ge=0, description="weight of the key loss, 1 - cos(query, selected key)")
     count_penalty: bool = Field(True, description="usage penalty on entries picked by earlier tasks")
 
 

@@ -34,11 +34,12 @@ class EnvConfig(Section):
 class AgentConfig(Section):
     kind: Literal["drq", "sac"] = Field(
         "drq", description="drq: agents.DrQ on pixels; sac: stable_baselines3.SAC('MlpPolicy') on state")
-    learning_rate: float = Field(1e-4, gt=0, lt=1)
-    batch_size: int = Field(256, ge=1)
+    learning_rate: float = Field(
+        1e-4, gt=0, lt=1, description="Adam learning rate of actor, critic + encoder and temperature")
+    batch_size: int = Field(256, ge=1, description="transitions per update")
     buffer_size: int = Field(1_000_000, ge=100, description="transitions kept in replay")
     learning_starts: int = Field(2000, ge=0, description="agent steps of random actions before updates")
-    gamma: float = Field(0.99, gt=0, le=1)
+    gamma: float = Field(0.99, gt=0, le=1, description="discount")
     tau: float = Field(0.01, gt=0, le=1, description="target critic Polyak rate")
     n_step: int = Field(3, ge=1, le=20, description="n-step return length")
     feature_dim: int = Field(50, ge=1, description="trunk output width")
@@ -60,12 +61,15 @@ class AgentConfig(Section):
 
 
 class ReplayRatioConfig(Section):
-    kind: Literal["static", "adaptive"] = Field("static")
+    kind: Literal["static", "adaptive"] = Field(
+        "static", description="static: a fixed ratio; adaptive: low until the critic's FAU settles, then high "
+                               "(Ma et al. 2024)")
     ratio: float = Field(0.5, gt=0, le=64, description="static: updates per transition")
     low: float = Field(0.5, gt=0, le=64, description="adaptive: ratio before the switch")
     high: float = Field(2.0, gt=0, le=64, description="adaptive: ratio after the switch")
     check_every: int = Field(50, ge=1, description="adaptive: episodes (or steps) between checks")
-    unit: Literal["episodes", "steps"] = Field("episodes")
+    unit: Literal["episodes", "steps"] = Field(
+        "episodes", description="adaptive: what check_every counts (steps: for tasks without fixed-length episodes)")
     tolerance: float = Field(1e-3, ge=0, description="adaptive: |delta critic FAU| that counts as settled")
 
 
@@ -75,13 +79,14 @@ class EvalConfig(Section):
 
 
 class MonitorConfig(Section):
-    enabled: bool = Field(True)
+    enabled: bool = Field(True, description="run the plasticity monitor")
     every: int = Field(10_000, ge=1, description="probe every N agent steps")
     batch_size: int = Field(256, ge=2, description="probe batch drawn from replay")
     tau: float = Field(0.025, ge=0, description="dormant threshold (Sokar et al. 2023)")
     delta: float = Field(0.01, gt=0, lt=1, description="srank threshold (Kumar et al. 2021)")
     groups: list[Literal["encoder", "actor", "critic", "critic_target"]] = Field(
-        default_factory=lambda: ["encoder", "actor", "critic"])
+        default_factory=lambda: ["encoder", "actor", "critic"],
+        description="module groups to probe (agent.kind=sac has no encoder)")
     histograms_every: int = Field(0, ge=0, description="log per-unit histograms every K probes (0: never)")
 
 
