@@ -1,16 +1,24 @@
-"""plasticrl.continual.run_sequence: the L2M continual-learning runner, end to end on the smoke config."""
+"""plasticrl.lab.continual.run_sequence: the L2M continual-learning runner, end to end on the smoke config."""
 
 import contextlib
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from plasticrl.lab import continual
+import envs
+from agents.l2m import L2MAgent
 from plasticrl import continual_metrics
+from plasticrl.lab import continual
 from plasticrl.lab.config import continual as cc
 from plasticrl.lab.config.train import ConfigError
+from plasticrl.lab.plots import panel_keys
+from plasticrl.modulation import ModulationPool
+from plasticrl.runlog import read_jsonl
 
 SMOKE = "configs/continual/l2m_smoke.yaml"
 
@@ -40,7 +48,7 @@ def l2m_run(data_dir, tmp_path_factory):
 
 def test_run_folder_matrix_and_summary(l2m_run):
     for name in ("config.yaml", "metrics.jsonl", "success_matrix.json", "summary.json", "plots/success_matrix.png",
-                 "checkpoints/pretrained.pt", "checkpoints/final.pt", "checkpoints/pool.pt"):
+                 "checkpoints/pretrained.pt", "checkpoints/final.pt"):
         assert (l2m_run / name).is_file(), name
     matrix = json.loads((l2m_run / "success_matrix.json").read_text())
     perf = np.array(matrix["perf"])
@@ -68,29 +76,39 @@ def test_run_folder_matrix_and_summary(l2m_run):
 
 def test_l2m_keeps_backbone_frozen_and_trains_pool(l2m_run):
     pre = torch.load(l2m_run / "checkpoints" / "pretrained.pt", weights_only=False)["model"]
-    final = torch.load(l2m_run / "checkpoints" / "final.pt")
+    final = torch.load(l2m_run / "checkpoints" / "final.pt")["model"]
     assert pre.keys() == final.keys()
     assert all(torch.equal(pre[k], final[k]) for k in pre)
-    pool = torch.load(l2m_run / "checkpoints" / "pool.pt")
+    pool = torch.load(l2m_run / "checkpoints" / "final.pt")["pool"]["state"]
     lora_b = [v for k, v in pool.items() if k.endswith(".B")]
     assert lora_b and any(v.abs().sum() > 0 for v in lora_b)  # B starts at zero
     assert pool["counts"].sum() > 0
 
 
+def test_final_checkpoint_is_an_l2m_agent_with_its_pool(l2m_run):
+    """final.pt is an L2MAgent.save file: L2MAgent.load gives the backbone with the trained pool attached."""
+    saved = torch.load(l2m_run / "checkpoints" / "final.pt", weights_only=False)
+    agent = L2MAgent.load(l2m_run / "checkpoints" / "final.pt", device="cpu")
+    assert agent.pool is not None and agent.pool.pool_size == saved["pool"]["sizes"]["pool_size"]
+    assert all(torch.equal(v, saved["model"][k]) for k, v in agent.backbone_state_dict().items())
+    assert all(torch.equal(v, saved["pool"]["state"][k]) for k, v in agent.pool.state_dict().items())
+    assert not any(p.requires_grad for p in agent.backbone_state_dict().values())
+    agent.reset(100.0, 4)
+    action, _ = agent.predict(np.zeros(39, np.float32))
+    assert action.shape == (4,)
+
+
 def test_plasticity_probes_match_a_hand_computation(l2m_run, data_dir):
     """At every evaluation the monitor probes the DT (with the pool's selection) and the pool on the task's fixed
-    probe batch. The last probe saw the final weights: rebuilt here from final.pt + pool.pt and the same probe batch,
-    its GELU FAU / dormant ratio, weight norms and pool usage are recomputed by hand."""
-    from agents.l2m import L2MAgent
-    from plasticrl.modulation import ModulationPool
-
+    probe batch. The last probe saw the final weights: rebuilt here from final.pt (backbone and pool) and the same
+    probe batch, its GELU FAU / dormant ratio, weight norms and pool usage are recomputed by hand."""
     cfg = smoke(data_dir)
     records = [json.loads(line) for line in (l2m_run / "metrics.jsonl").read_text().splitlines()]
     probes = [r for r in records if "eval/stage" in r]
     assert all("plasticity/dt/srank" in r and "plasticity/pool/weight_norm" in r for r in probes)
     last = probes[-1]
-    final = torch.load(l2m_run / "checkpoints" / "final.pt")
-    pool_state = torch.load(l2m_run / "checkpoints" / "pool.pt")
+    final = torch.load(l2m_run / "checkpoints" / "final.pt")["model"]
+    pool_state = torch.load(l2m_run / "checkpoints" / "final.pt")["pool"]["state"]
     agent = L2MAgent(continual.dt_config(cfg), device="cpu", seed=cfg.run.seed)
     agent.model.load_state_dict(final)
     p = cfg.pool
@@ -121,12 +139,7 @@ def test_plasticity_probes_match_a_hand_computation(l2m_run, data_dir):
 
 
 def test_plasticrl_plot_draws_a_continual_runs_dashboard_and_success_matrix(l2m_run, tmp_path):
-    import subprocess
-    import sys
-    from pathlib import Path
 
-    from plasticrl.runlog import read_jsonl
-    from plasticrl.lab.plots import panel_keys
 
     titles = [title for title, _ in panel_keys([read_jsonl(l2m_run)])]
     assert titles[0] == "score (continual runs)"
@@ -147,8 +160,8 @@ def test_finetune_changes_backbone(data_dir, tmp_path):
                                        "sequence.probe_batch_size=0"), tmp_path)
     assert "plasticity/" not in (run / "metrics.jsonl").read_text()  # probes off
     pre = torch.load(run / "checkpoints" / "pretrained.pt", weights_only=False)["model"]
-    final = torch.load(run / "checkpoints" / "final.pt")
-    assert not (run / "checkpoints" / "pool.pt").exists()
+    final = torch.load(run / "checkpoints" / "final.pt")["model"]
+    assert torch.load(run / "checkpoints" / "final.pt")["pool"] is None
     assert any(not torch.equal(pre[k], final[k]) for k in pre)
     assert np.array(json.loads((run / "success_matrix.json").read_text())["perf"]).shape == (2, 2)
 
@@ -244,12 +257,13 @@ def test_ewc_runs_and_huge_lambda_keeps_backbone_near_task_1(data_dir, tmp_path)
         cfg = smoke(data_dir, "sequence.method=ewc", f"sequence.ewc_lambda={lam}", "sequence.eval_every=0",
                     "sequence.steps_per_task=30", "sequence.ewc_fisher_batches=4")
         run_dir = continual.run_sequence(cfg, tmp_path / str(lam))
-        for name in ("summary.json", "success_matrix.json", "checkpoints/final.pt", "checkpoints/ewc.pt"):
+        for name in ("summary.json", "success_matrix.json", "checkpoints/final.pt"):
             assert (run_dir / name).is_file(), name
-        assert not (run_dir / "checkpoints" / "pool.pt").exists()
-        ewc = torch.load(run_dir / "checkpoints" / "ewc.pt")
-        final = torch.load(run_dir / "checkpoints" / "final.pt")
+        assert torch.load(run_dir / "checkpoints" / "final.pt")["pool"] is None
+        ewc = torch.load(run_dir / "checkpoints" / "final.pt")["extras"]["ewc"]
+        final = torch.load(run_dir / "checkpoints" / "final.pt")["model"]
         assert ewc["tasks"] == 1 and ewc["anchor"].keys() == ewc["fisher"].keys() == final.keys()
+        assert L2MAgent.load(run_dir / "checkpoints" / "final.pt", device="cpu").extras["ewc"]["lambda"] == lam
         assert sum(f.sum().item() for f in ewc["fisher"].values()) > 0
         records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
         assert any("train/ewc_penalty" in r for r in records)  # logged during task 2
@@ -278,8 +292,6 @@ def test_dmc_task_needs_collected_data(tmp_path):
 def test_dmc_dataset_ids_not_on_disk_are_all_named_with_the_fix(tmp_path):
     """The shipped CW10 + DMC6 config before its DMC data exists: one error, before anything is written, naming
     every missing dataset (pre-training's dmc10 ones too) and how to make them."""
-    import envs
-
     cfg = cc.load("configs/continual/l2m_cw10_dmc6.yaml", [f"data.out_dir={tmp_path / 'data'}"])
     with pytest.raises(ConfigError) as err:
         continual.run_sequence(cfg, tmp_path / "runs")
@@ -299,9 +311,6 @@ def test_unknown_key_and_task():
 
 def test_lockstep_evaluation_equals_one_episode_at_a_time(data_dir):
     """Evaluator (all tasks x episodes in lockstep, batched) against a plain loop over episodes with predict."""
-    import envs
-    from agents.l2m import L2MAgent
-
     tasks, episodes, seed, steps = ["metaworld:push-v3", "metaworld:window-close-v3"], 2, 3, 15
     targets = [900.0, 400.0]
     agent = L2MAgent(continual.dt_config(smoke(data_dir)), device="cpu", seed=0)
