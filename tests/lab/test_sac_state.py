@@ -10,9 +10,10 @@ import pytest
 import yaml
 
 import envs
-from plasticrl.lab import collect
-from plasticrl.lab.config import train as cfgmod
+from plasticrl.lab import collect, continual
 from plasticrl.lab.cli import main
+from plasticrl.lab.config import continual as continual_config
+from plasticrl.lab.config import train as cfgmod
 from plasticrl.lab.config.base import dump
 from plasticrl.lab.train import train
 
@@ -92,9 +93,6 @@ def test_eval_loads_the_sac_run(sac_run, capsys):
 def test_collect_from_runs_folder_feeds_a_continual_config(sac_run, tmp_path, capsys):
     from stable_baselines3 import SAC
 
-    from plasticrl.lab.config import continual as continual_config
-    from plasticrl.lab.continual import check_continual, ensure_datasets, load_episodes
-
     runs, run_dir = sac_run
     out = tmp_path / "data"
     capsys.readouterr()
@@ -119,9 +117,9 @@ def test_collect_from_runs_folder_feeds_a_continual_config(sac_run, tmp_path, ca
     cfg = continual_config.load(ROOT / "configs" / "continual" / "l2m_smoke.yaml",
                                 [f"data.out_dir={out}", f"data.dataset_ids={{{TASK}: {dataset_id}}}",
                                  f"sequence.tasks=[{TASK}]", "pretrain.steps=0"])
-    check_continual(cfg)
-    assert ensure_datasets(cfg, [TASK]) == {TASK: dataset_id}
-    assert len(load_episodes(out, dataset_id)) == 2
+    continual.check_continual(cfg)
+    assert continual.ensure_datasets(cfg, [TASK]) == {TASK: dataset_id}
+    assert len(continual.load_episodes(out, dataset_id)) == 2
 
 
 def test_collect_checkpoint_takes_the_agent_from_its_run(sac_run, tmp_path):
@@ -153,8 +151,6 @@ def test_collect_runs_needs_a_run(tmp_path, capsys):
 def test_dmc_data_at_another_action_repeat_is_refused(sac_run, tmp_path):
     """The smoke SAC run trains at action repeat 8 (125-step episodes); the continual runner evaluates DMC at
     action repeat 2 (500 steps): its data is refused before any training, naming the fix."""
-    from plasticrl.lab import continual
-    from plasticrl.lab.config import continual as continual_config
 
     runs, _ = sac_run
     out = tmp_path / "data"
@@ -183,8 +179,6 @@ def test_dmc_tasks_are_scored_by_data_normalised_return(tmp_path, monkeypatch):
     """A DMC task in a sequence: its score is (R - R_random) / (R_data - R_random), with R_random the mean return of
     seeded uniform random actions (recomputed here by hand) and R_data the dataset's mean return; full 500-step
     evaluation episodes (not Meta-World's max_episode_steps)."""
-    from plasticrl.lab import continual
-    from plasticrl.lab.config import continual as continual_config
 
     out = tmp_path / "data"
     dataset_id = bang_bang_dataset(out)
@@ -228,7 +222,8 @@ def test_dmc_tasks_are_scored_by_data_normalised_return(tmp_path, monkeypatch):
             total, done = total + reward, terminated or truncated
         by_hand.append(total)
     assert refs["random"] == pytest.approx(np.mean(by_hand))
-    record = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if '"eval/stage"' in line][-1]
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    record = [json.loads(line) for line in lines if '"eval/stage"' in line][-1]
     ret = record[f"eval/0-{TASK}/return"]
     expected = (ret - refs["random"]) / (refs["data"] - refs["random"])
     assert record[f"eval/0-{TASK}/score"] == pytest.approx(expected)
@@ -239,8 +234,6 @@ def test_dmc_tasks_are_scored_by_data_normalised_return(tmp_path, monkeypatch):
 def test_pretraining_on_meta_world_and_dmc_together(tmp_path, capsys):
     """pretrain.tasks mixes sequence names and ids across domains (the issue's 'mt40,dmc10', here one task of each):
     the DT pre-trains on both datasets (39-dim Meta-World states, 5-dim cartpole states padded to one width)."""
-    from plasticrl.lab import continual
-    from plasticrl.lab.config import continual as continual_config
 
     out = tmp_path / "data"
     dataset_id = bang_bang_dataset(out)
