@@ -41,7 +41,8 @@ def test_sac_defaults_fill_only_missing_keys():
         (SMOKE_SAC, "agent.precision=bf16", "agent.precision: 'bf16' is a DrQ option"),
         (SMOKE_SAC, "agent.buffer_device=cuda", "agent.buffer_device: 'cuda' is a DrQ option"),
         (SMOKE_SAC, "monitor.groups=[encoder, critic]", "monitor.groups: agent.kind=sac has no encoder"),
-        (ROOT / "configs" / "train" / "smoke.yaml", "env.pixels=false", "env.pixels: false is not allowed with agent.kind=drq"),
+        (ROOT / "configs" / "train" / "smoke.yaml", "env.pixels=false",
+         "env.pixels: false is not allowed with agent.kind=drq"),
     ],
 )
 def test_keys_that_dont_fit_the_agent_are_errors(config, override, expected):

@@ -13,7 +13,6 @@ from pydantic import Field
 
 from plasticrl.lab.config.base import BaseLoggingConfig, BaseRunConfig, ConfigError, Section, read_yaml, validate_model
 
-METHODS = ("l2m", "l2m_oracle", "lora", "finetune", "ewc", "reference")
 
 
 class RunConfig(BaseRunConfig):
@@ -58,6 +57,7 @@ class PretrainConfig(Section):
 class SequenceConfig(Section):
     tasks: str | list[str] = Field(
         "cw10", description="sequence names and env ids, comma-separated (e.g. mt40,dmc10), or a list")
+    # the method classes' registry (plasticrl.lab.continual.methods.REGISTRY) holds the same names (tested)
     method: Literal["l2m", "l2m_oracle", "lora", "finetune", "ewc", "reference"] = Field(
         "l2m", description="reference: per task, fine-tune the pre-trained DT on that task alone and write "
                            "reference_curves.json (single-task curves for forward transfer)")
