@@ -1,13 +1,19 @@
-"""Replaying a whole update (forward, backward, optimizer steps, target update) as one CUDA graph.
+"""The acceleration seam that DrQ (``agents.drq``), the Decision Transformer (``agents.l2m``) and the continual
+methods share: an update function is made fast by wrapping it, never by flags inside it.
 
-Used by DrQ (``agents.drq``) and the Decision Transformer (``agents.l2m``, ``plasticrl.continual``). An eager DrQ
-update launches several hundred small kernels; on an H100 the launches, not the math, set its time.
-``GraphedUpdate`` records the update once into a CUDA graph over static input tensors; every later update copies
-the sampled batch into those tensors and replays the graph, one launch. With the replay buffer on the GPU the
-sampling itself (indices, frame-stack gathers, n-step returns) is recorded too, and a replay takes no input.
-Random numbers (augmentation shifts, policy noise, sampled indices) stay fresh on every replay: PyTorch advances
-the CUDA generator's offset per replay. Requirements: Adam/AdamW with ``capturable=True`` (DrQ and ``L2MAgent`` build their optimizers so on
-CUDA), a constant learning rate, and no host reads of device values inside the update.
+- ``compile_update(fn, mode)``: ``torch.compile`` of the update (Inductor fuses its elementwise work), or ``fn``
+  itself when ``mode`` is False.
+- ``GraphedUpdate(fn)``: the whole update (forward, backward, optimizer steps, target update) recorded once as a CUDA
+  graph and replayed, one launch instead of several hundred small kernels (on an H100 the launches, not the math,
+  set an eager DrQ update's time). Every later call copies the batch into the graph's static input tensors and
+  replays; with the replay buffer on the GPU the sampling itself (indices, frame-stack gathers, n-step returns) is
+  recorded too, and a replay takes no input. ``invalidate()`` drops the graph when the tensors it reads are replaced
+  (a load of parameters or optimizer state); in-place writes keep it valid.
+
+Random numbers (augmentation shifts, policy noise, sampled indices) stay fresh on every replay: PyTorch advances the
+CUDA generator's offset per replay. Requirements of a graph: Adam/AdamW with ``capturable=True`` (DrQ and
+``L2MAgent`` build their optimizers so on CUDA), a constant learning rate, and no host reads of device values inside
+the update.
 """
 
 from __future__ import annotations
@@ -17,14 +23,28 @@ from typing import Any
 
 import torch
 
+# compile_update modes: off, on (Inductor's default), or with Inductor benchmarking Triton GEMM/conv templates against
+# cuBLAS/cuDNN per shape (minutes of compiling; no CUDA graphs of its own: GraphedUpdate captures the update)
+COMPILE_MODES = (False, True, "default", "max-autotune-no-cudagraphs")
+
+
+def compile_update(fn: Callable[..., Any], mode: bool | str) -> Callable[..., Any]:
+    """``fn`` compiled with ``torch.compile`` in ``mode`` (one of ``COMPILE_MODES``; True is ``"default"``), or
+    ``fn`` unchanged for False. Compilation happens at the first call. ValueError for another mode."""
+    if mode is False:
+        return fn
+    if mode is not True and not (isinstance(mode, str) and mode in COMPILE_MODES):
+        raise ValueError(f"compile mode {mode!r}: allowed are {', '.join(map(repr, COMPILE_MODES))}")
+    return torch.compile(fn, mode="default" if mode is True else mode)
+
 
 class GraphedUpdate:
     """Wraps ``update_fn(batch) -> Tensor`` (1-D stats vector) or ``update_fn() -> Tensor`` into a captured CUDA graph.
 
     ``batch`` is a tuple (or NamedTuple, e.g. a ``PixelBatch``) of device tensors, or nothing, when ``update_fn``
-    draws its own batch from a device replay buffer inside the graph. The first call runs ``update_fn`` eagerly on a side
-    stream (a real update: it also initialises optimizer state and lets cuDNN pick its kernels), then records the
-    graph without running it. Every call is exactly one update.
+    draws its own batch from a device replay buffer inside the graph. The first call (and the first after
+    ``invalidate()``) runs ``update_fn`` eagerly on a side stream (a real update: it also initialises optimizer state
+    and lets cuDNN pick its kernels), then records the graph without running it. Every call is exactly one update.
 
     :param update_fn: one full update; must not sync with the host or branch on device values.
     """

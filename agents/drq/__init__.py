@@ -1,6 +1,7 @@
 """DrQ: SAC from pixels with random-shift augmentation and DrQ-v2's networks, as stable-baselines3 classes."""
 
-from agents.drq.algorithm import COMPILE_MODES, STAT_KEYS, DrQ, DrQPolicy
+from agents.accel import COMPILE_MODES
+from agents.drq.algorithm import STAT_KEYS, DrQ, DrQPolicy
 from agents.drq.networks import Actor, Critic, Encoder, mlp, trunk
 from agents.drq.replay import FrameReplayBuffer, PixelBatch
 

@@ -27,15 +27,12 @@ from stable_baselines3.common.policies import BasePolicy
 from stable_baselines3.common.save_util import load_from_pkl, load_from_zip_file, recursive_getattr
 from stable_baselines3.common.type_aliases import Schedule
 
-from agents.accel import GraphedUpdate, keep_own_optimizer_flags
+from agents.accel import COMPILE_MODES, GraphedUpdate, compile_update, keep_own_optimizer_flags
 from agents.drq.augment import random_shift
 from agents.drq.networks import Actor, Critic, Encoder
 from agents.drq.prefetch import PrefetchVecEnv
 from agents.drq.replay import FrameReplayBuffer, PixelBatch
 
-# compile_update values: off, on (Inductor's default), or with Inductor benchmarking Triton GEMM/conv templates
-# against cuBLAS/cuDNN per shape (minutes of compiling; no CUDA graphs of its own: DrQ captures its own)
-COMPILE_MODES = (False, True, "default", "max-autotune-no-cudagraphs")
 STAT_KEYS = ("critic_loss", "actor_loss", "ent_coef", "ent_coef_loss", "critic_fau", "q")
 
 
@@ -110,7 +107,15 @@ class DrQPolicy(BasePolicy):
 class DrQ(SAC):
     """DrQ agent (SAC + random shift + DrQ-v2 networks). Defaults are DrQ-v2's: lr 1e-4, batch 256, buffer 1e6,
     4000 seed frames (2000 agent steps at action repeat 2), 3-step returns, target tau 0.01, update every second
-    transition (replay ratio 0.5)."""
+    transition (replay ratio 0.5).
+
+    On CUDA the update ``update`` runs wrapped by ``agents.accel``: compiled (``compile_update``, one of
+    ``COMPILE_MODES``) and replayed as CUDA graphs (``cuda_graph``: "auto" with a constant learning rate). Building
+    a DrQ sets no process-wide torch flag (cuDNN autotuning, TF32, dynamo's recompile limit are the caller's:
+    ``plasticrl.lab.runtime.configure_torch``). ``seed=`` seeds the global RNGs of ``random``, NumPy and torch, as
+    every SB3 algorithm does; with ``seed=None`` the initial weights come from fresh entropy and the global torch RNG
+    is left as it was.
+    """
 
     policy_aliases = {"CnnPolicy": DrQPolicy, "DrQPolicy": DrQPolicy}  # noqa: RUF012
     policy: DrQPolicy
@@ -166,9 +171,11 @@ class DrQ(SAC):
         )
         self._stats_sum: torch.Tensor | None = None  # sum over updates of the STAT_KEYS vector, on the device
         self._train_count = 0
-        self._compiled_update: Any = None  # torch.compile(self.update) when compile_update on CUDA
-        self._update_fn: Any = None  # update on a given batch: eager, or a GraphedUpdate copying the batch in
-        self._step_graph: GraphedUpdate | None = None  # the graph train() replays (see _sample_and_update)
+        # speed wraps the one update function (agents.accel): _update is DrQ.update, compiled on CUDA when
+        # compile_update is on; _update_fn its stats vector on a given batch, a GraphedUpdate on CUDA with graphs
+        self._update: Callable[[PixelBatch], dict[str, torch.Tensor]] = self.update
+        self._update_fn: Callable[[PixelBatch], torch.Tensor] = self._update_vector
+        self._step_graph: GraphedUpdate | None = None  # the graph train() replays: see _sample_and_update
         self._step_graph_key: tuple[int, int] | None = None  # (batch size, id of a GPU replay buffer or 0)
         self._prefetched: tuple[np.ndarray, np.ndarray] | None = None  # next (action, buffer action), env stepping
         # per-update critic FAU (0-dim, on device), drained by ReplayRatioCallback; bounded if nobody drains it
@@ -177,8 +184,15 @@ class DrQ(SAC):
             self._setup_model()
 
     def _setup_model(self) -> None:
-        super()._setup_model()
-        self._update_fn = self._update_vector
+        if self.seed is None:  # initial weights from fresh entropy, in a fork: the global torch RNG stays as it was
+            with torch.random.fork_rng(devices=[]):
+                fresh = torch.Generator()
+                fresh.seed()
+                torch.set_rng_state(fresh.get_state())
+                super()._setup_model()
+        else:  # SB3 seeds the global RNGs (random, NumPy, torch) with ``seed``, then initialises from them
+            super()._setup_model()
+        self._update, self._update_fn = self.update, self._update_vector
         self.policy.critic.fused_heads = self.policy.critic_target.fused_heads = self.fused_q_heads
         if self.async_env_step and self.env is not None and not isinstance(self.env, PrefetchVecEnv):
             self.env = PrefetchVecEnv(self.env)
@@ -195,9 +209,7 @@ class DrQ(SAC):
         self.critic.optimizer = torch.optim.Adam(critic_params, lr=lr, **extra)
         if self.log_ent_coef is not None:
             self.ent_coef_optimizer = torch.optim.Adam([self.log_ent_coef], lr=lr, **extra)
-        if self.compile_update:  # Inductor fuses the elementwise work; compiled once, at the first update
-            mode = self.compile_update if isinstance(self.compile_update, str) else "default"
-            self._compiled_update = torch.compile(self.update, mode=mode)
+        self._update = compile_update(self.update, self.compile_update)  # compiled at the first update, if on
         constant_lr = self.lr_schedule(0) == self.lr_schedule(1)
         if self.cuda_graph is True or (self.cuda_graph == "auto" and constant_lr):
             if not constant_lr:
@@ -210,7 +222,7 @@ class DrQ(SAC):
         self.encoder = self.policy.encoder
 
     def _excluded_save_params(self) -> list[str]:
-        return [*super()._excluded_save_params(), "encoder", "_stats_sum", "_update_fn", "_compiled_update",
+        return [*super()._excluded_save_params(), "encoder", "_stats_sum", "_update", "_update_fn",
                 "_step_graph", "_step_graph_key", "critic_fau_log", "_prefetched"]
 
     def set_parameters(self, load_path_or_dict: Any, exact_match: bool = True, device: torch.device | str = "auto"
@@ -229,9 +241,9 @@ class DrQ(SAC):
                 keep_own_optimizer_flags(state, own)
         super().set_parameters(params, exact_match=exact_match, device=device)
         # loaded optimizer states are new tensors: graphs captured before would keep stepping the old ones
-        self._step_graph = self._step_graph_key = None
-        if isinstance(self._update_fn, GraphedUpdate):
-            self._update_fn = GraphedUpdate(self._update_vector)
+        for graph in (self._update_fn, self._step_graph):
+            if isinstance(graph, GraphedUpdate):
+                graph.invalidate()
 
     def load_replay_buffer(self, path: Any, truncate_last_traj: bool = True) -> None:
         """Loads a buffer written by ``save_replay_buffer`` (a pickled ``FrameReplayBuffer``); batches then go to
@@ -242,7 +254,8 @@ class DrQ(SAC):
                             "DrQ.save_replay_buffer")
         buffer.device = self.device
         self.replay_buffer = buffer
-        self._step_graph = self._step_graph_key = None
+        if self._step_graph is not None:  # a graph that samples on the GPU reads the old buffer's tensors
+            self._step_graph.invalidate()
 
     # ------------------------------------------------------------------ the update
     def update(self, batch: PixelBatch) -> dict[str, torch.Tensor]:
@@ -303,7 +316,7 @@ class DrQ(SAC):
         return batch.rewards + batch.discounts * target_v
 
     def _update_vector(self, batch: PixelBatch) -> torch.Tensor:
-        stats = (self._compiled_update or self.update)(batch)
+        stats = self._update(batch)
         return torch.stack([stats[k].float().reshape(()) for k in STAT_KEYS])
 
     def _sample_action(self, learning_starts: int, action_noise: Any = None,
@@ -382,7 +395,8 @@ class DrQ(SAC):
         on_gpu = buffer.storage.type == "cuda"
         key = (batch_size, id(buffer) if on_gpu else 0)
         if self._step_graph is None or self._step_graph_key != key:
-            fn = (lambda: self._update_vector(buffer.sample(batch_size))) if on_gpu else self._update_vector
+            # the graph samples from self.replay_buffer as it is at capture (and re-capture, after invalidate())
+            fn = (lambda: self._update_vector(self.replay_buffer.sample(batch_size))) if on_gpu else self._update_vector
             self._step_graph, self._step_graph_key = GraphedUpdate(fn), key
         return self._step_graph() if on_gpu else self._step_graph(buffer.sample(batch_size))
 

@@ -95,6 +95,18 @@ def test_save_load_round_trip_gives_identical_actions(trained, tmp_path):
     assert a1.shape == (1, 1) and np.all(np.abs(a1) <= 1)
 
 
+def mark_captured(model):
+    """Gives ``model`` (a CPU DrQ, which never captures) an update graph and a step graph marked as captured, as a
+    CUDA DrQ has after its first updates; returns them (update graph, step graph)."""
+    from agents.accel import GraphedUpdate
+
+    model._update_fn, model._step_graph = GraphedUpdate(model._update_vector), GraphedUpdate(model._update_vector)
+    model._step_graph_key = (8, 0)
+    for graph in (model._update_fn, model._step_graph):
+        graph.graph = "captured"
+    return model._update_fn, model._step_graph
+
+
 def test_set_parameters_keeps_this_agents_optimizer_flags(trained, tmp_path):
     """Optimizer states carry the saver's fused/capturable flags (True when saved on CUDA); DrQ.set_parameters
     (used by DrQ.load) keeps this agent's, so an agent saved on one device trains in (or without) CUDA graphs on
@@ -108,10 +120,11 @@ def test_set_parameters_keeps_this_agents_optimizer_flags(trained, tmp_path):
         for group in params[name]["param_groups"]:
             group["fused"] = group["capturable"] = True
     loaded = DrQ.load(tmp_path / "drq.zip", device="cpu")
-    loaded._step_graph, loaded._step_graph_key = "captured before", (8, 0)
+    graphs = mark_captured(loaded)
     loaded.set_parameters(params)
-    assert loaded._step_graph is None and loaded._step_graph_key is None  # a graph would step the old states
-    for opt, ref in ((loaded.actor.optimizer, model.actor.optimizer), (loaded.critic.optimizer, model.critic.optimizer)):
+    assert all(g.graph is None for g in graphs)  # invalidated: a graph would step the old states
+    for opt, ref in ((loaded.actor.optimizer, model.actor.optimizer),
+                     (loaded.critic.optimizer, model.critic.optimizer)):
         assert all(not g.get("fused") and not g.get("capturable") for g in opt.param_groups)
         for p, q in zip(opt.param_groups[0]["params"], ref.param_groups[0]["params"]):
             assert torch.equal(opt.state[p]["exp_avg"], ref.state[q]["exp_avg"])
@@ -345,7 +358,9 @@ def test_replay_buffer_save_load_round_trip(tmp_path):
     model.learn(60)
     model.save_replay_buffer(tmp_path / "replay.pkl")
     other = small_agent(small_env())
+    update_graph, step_graph = mark_captured(other)
     other.load_replay_buffer(tmp_path / "replay.pkl")
+    assert step_graph.graph is None and update_graph.graph == "captured"  # only the step graph reads the buffer
     a, b = model.replay_buffer, other.replay_buffer
     assert b is not a and b.size() == a.size() == 60
     assert torch.equal(b.frames, a.frames) and torch.equal(b.bounds, a.bounds)
@@ -370,9 +385,48 @@ def test_gpu_speed_options_are_checked_and_left_off_on_cpu():
     with pytest.raises(ValueError, match="compile_update='fast'.*'max-autotune-no-cudagraphs'"):
         small_agent(env, compile_update="fast")
     model = small_agent(env, compile_update="max-autotune-no-cudagraphs", learning_starts=10)
-    assert model.compile_update == "max-autotune-no-cudagraphs" and model._compiled_update is None
+    assert model.compile_update == "max-autotune-no-cudagraphs" and model._update == model.update  # not compiled
     model.learn(20)
     assert model._n_updates == 5  # 10 steps after learning_starts, one update every second step
+    env.close()
+
+
+def test_compile_update_wraps_the_function_in_each_mode():
+    """agents.accel.compile_update: the function itself when off, a (lazily) compiled wrapper in the other modes;
+    a mode that is not in COMPILE_MODES is refused, naming them."""
+    from agents.accel import COMPILE_MODES, compile_update
+
+    def fn(x):
+        return x + 1
+
+    assert compile_update(fn, False) is fn
+    for mode in COMPILE_MODES[1:]:
+        wrapped = compile_update(fn, mode)
+        assert wrapped is not fn and callable(wrapped)
+    for bad in ("max-autotune", 1, None):
+        with pytest.raises(ValueError, match="allowed are False, True, 'default', 'max-autotune-no-cudagraphs'"):
+            compile_update(fn, bad)
+
+
+def torch_flags():
+    """The process-wide torch flags that plasticrl.lab.runtime.configure_torch sets (and building an agent must
+    not): cuDNN autotuning, TF32 matmuls and convolutions, dynamo's recompile limit."""
+    return (torch.backends.cudnn.benchmark, torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32,
+            torch._dynamo.config.recompile_limit)
+
+
+@pytest.mark.parametrize("options", [{}, {"compile_update": True, "cuda_graph": True},
+                                     {"compile_update": "max-autotune-no-cudagraphs", "cuda_graph": "auto"}])
+def test_building_a_drq_changes_no_process_wide_state(options, tiny_pixel_env, tiny_drq):
+    """Building a DrQ with seed=None leaves torch's flags and its global RNG as they were; its initial weights come
+    from fresh entropy (two such agents differ)."""
+    env = tiny_pixel_env()
+    flags, rng = torch_flags(), torch.get_rng_state()
+    a = tiny_drq(env, seed=None, **options)
+    b = tiny_drq(env, seed=None, **options)
+    assert torch_flags() == flags
+    assert torch.equal(torch.get_rng_state(), rng)
+    assert not all(torch.equal(p, q) for p, q in zip(a.policy.parameters(), b.policy.parameters()))
     env.close()
 
 
