@@ -50,8 +50,8 @@ def main() -> None:
             rate = steps_per_s(agent, agent.prepare_episodes(episodes), args.steps)
             name = f"{precision}_{'graph' if graph else 'eager'}"
             results[f"{name}_steps_per_s"] = rate
-            print(f"{name}: {rate:.1f} steps/s ({1000 / rate:.2f} ms/step); 200k steps in {200_000 / rate / 60:.1f} min",
-                  flush=True)
+            print(f"{name}: {rate:.1f} steps/s ({1000 / rate:.2f} ms/step); "
+                  f"200k steps in {200_000 / rate / 60:.1f} min", flush=True)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=2)

@@ -4,8 +4,10 @@ differ most after one update on the same batch and state (deterministic update: 
 import torch
 
 from plasticrl.lab.bench import synthetic_batch
-from tests.test_cuda import make_agent
+from plasticrl.lab.runtime import configure_torch
+from tests.gpu.test_cuda import make_agent
 
+configure_torch("cuda")  # the flags of a GPU run, as the tests' module fixture sets them
 kw = {"augment_pad": 0, "ent_coef": 0.0, "policy_kwargs": {"log_std_bounds": (-30.0, -30.0)}}
 a, b = make_agent(True, **kw), make_agent(False, **kw)
 shape, adim = a.observation_space.shape, a.action_space.shape[0]
@@ -17,7 +19,8 @@ b.actor.optimizer.load_state_dict(a.actor.optimizer.state_dict())
 b.critic.optimizer.load_state_dict(a.critic.optimizer.state_dict())
 print("graph", a._update_fn(batches[2]).tolist())
 print("eager", b._update_fn(batches[2]).tolist())
-diffs = sorted(((pa - pb).abs().max().item(), n) for (n, pa), pb in zip(a.policy.named_parameters(), b.policy.parameters()))
+diffs = sorted(((pa - pb).abs().max().item(), n)
+               for (n, pa), pb in zip(a.policy.named_parameters(), b.policy.parameters()))
 print(diffs[-8:])
 
 c = make_agent(False, **kw)  # same seed and init as a: three eager updates on the same batches

@@ -1,5 +1,15 @@
 """GPU-only checks (skipped without CUDA): the CUDA-graph update equals the eager update on the same batch and
-random numbers; replay on the GPU; the monitor and the replay-ratio callback on a CUDA agent."""
+random numbers; replay on the GPU; the monitor and the replay-ratio callback on a CUDA agent.
+
+The module runs with the process-wide flags of a GPU run (``plasticrl.lab.runtime.configure_torch("cuda")``: cuDNN
+autotuning, TF32 matmuls, dynamo's recompile limit raised so that every compiled agent compiles its optimizer
+steps). The max-autotune compilations take minutes each: they are marked ``slow``, run apart:
+
+    python -m pytest -q tests/gpu -m "not slow"
+    python -m pytest -q tests/gpu -m slow
+"""
+
+import functools
 
 import pytest
 import torch
@@ -7,23 +17,57 @@ import torch
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
 
-def make_agent(cuda_graph, seed=0, **kw):
+def flag_owners():
+    """(object, attribute) of the process-wide flags configure_torch sets: cuDNN autotuning, TF32 matmuls, TF32
+    convolutions, dynamo's recompile limit."""
+    return ((torch.backends.cudnn, "benchmark"), (torch.backends.cuda.matmul, "allow_tf32"),
+            (torch.backends.cudnn, "allow_tf32"), (torch._dynamo.config, "recompile_limit"))
+
+
+def torch_flags():
+    return tuple(getattr(owner, name) for owner, name in flag_owners())
+
+
+@pytest.fixture(scope="module", autouse=True)
+def gpu_run_flags():
+    """configure_torch("cuda") for this module's tests, as the lab's entry points do; the flags are restored after."""
+    from plasticrl.lab.runtime import configure_torch
+
+    with pytest.MonkeyPatch.context() as mp:
+        for owner, name in flag_owners():
+            mp.setattr(owner, name, getattr(owner, name))  # restored on leaving the context
+        configure_torch("cuda")
+        yield
+
+
+@functools.cache
+def walker_env():
+    """One walker-walk pixel VecEnv (84x84, 3 stacked frames) for all agents of the module: the tests read its spaces
+    or step it from a reset (``learn``), never depend on its state."""
     from stable_baselines3.common.env_util import make_vec_env
 
     import envs
+
+    return make_vec_env(lambda: envs.make("dmc:walker-walk", size=84), n_envs=1, seed=0)
+
+
+def make_agent(cuda_graph, seed=0, **kw):
     from agents import DrQ
 
-    env = make_vec_env(lambda: envs.make("dmc:walker-walk", size=84), n_envs=1, seed=0)
-    return DrQ("CnnPolicy", env, buffer_size=2000, batch_size=64, seed=seed, device="cuda", cuda_graph=cuda_graph,
-               **kw)
+    return DrQ("CnnPolicy", walker_env(), buffer_size=2000, batch_size=64, seed=seed, device="cuda",
+               cuda_graph=cuda_graph, **kw)
+
+
+# no shift (pad 0), a fixed entropy coefficient of 0 and a policy std of e^-30: an update that uses no random numbers
+DETERMINISTIC = {"augment_pad": 0, "ent_coef": 0.0, "policy_kwargs": {"log_std_bounds": (-30.0, -30.0)}}
 
 
 def test_graphed_update_equals_eager_update():
     """Two agents with the same seed and init, one replaying CUDA graphs, one eager, three updates on the same
     batches: equal stats and parameters. The update is made deterministic so the RNG streams don't matter: no
     shift (pad 0), a fixed entropy coefficient of 0, and a policy std of e^-30 (actions = tanh(mean))."""
-    from plasticrl.lab.bench import synthetic_batch
     from agents.accel import GraphedUpdate
+    from plasticrl.lab.bench import synthetic_batch
 
     kw = {"augment_pad": 0, "ent_coef": 0.0, "policy_kwargs": {"log_std_bounds": (-30.0, -30.0)}}
     a, b = make_agent(True, **kw), make_agent(False, **kw)
@@ -35,6 +79,45 @@ def test_graphed_update_equals_eager_update():
     assert a._update_fn.graph is not None
     for (name, pa), pb in zip(a.policy.named_parameters(), b.policy.parameters()):
         torch.testing.assert_close(pa, pb, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_loaded_agent_recaptures_its_update_graph(tmp_path):
+    """set_parameters (which DrQ.load uses) replaces the optimizer states by new tensors: it invalidates the update
+    graph, so that the next update re-captures and the graph steps the loaded states (a stale graph would keep
+    stepping the old ones). After loading an eager agent's checkpoint, the graphed agent's next updates equal the
+    eager agent's (deterministic update as above)."""
+    from plasticrl.lab.bench import synthetic_batch
+
+    a, b = make_agent(True, **DETERMINISTIC), make_agent(False, **DETERMINISTIC)
+    shape, adim = a.observation_space.shape, a.action_space.shape[0]
+    batches = [synthetic_batch(64, shape, adim, torch.device("cuda"), s) for s in range(4)]
+    a._update_fn(batches[0])
+    a._update_fn(batches[1])  # captured, then replayed
+    b._update_fn(batches[0])  # b's state differs from a's
+    b.save(tmp_path / "eager.zip")
+    a.set_parameters(str(tmp_path / "eager.zip"))
+    assert a._update_fn.graph is None
+    for batch in batches[2:]:  # re-capture (an eager warm-up update), then a replay
+        torch.testing.assert_close(a._update_fn(batch), b._update_fn(batch), rtol=1e-5, atol=1e-6)
+    assert a._update_fn.graph is not None
+    for (name, pa), pb in zip(a.policy.named_parameters(), b.policy.parameters()):
+        torch.testing.assert_close(pa, pb, rtol=1e-5, atol=1e-6, msg=name)
+    for opt_a, opt_b in ((a.actor.optimizer, b.actor.optimizer), (a.critic.optimizer, b.critic.optimizer)):
+        for pa, pb in zip(opt_a.param_groups[0]["params"], opt_b.param_groups[0]["params"]):
+            torch.testing.assert_close(opt_a.state[pa]["exp_avg"], opt_b.state[pb]["exp_avg"], rtol=1e-4, atol=1e-8)
+
+
+def test_building_a_cuda_drq_changes_no_process_wide_state(monkeypatch):
+    """A DrQ built on CUDA with compilation and graphs on (seed=None) leaves cuDNN autotuning, both TF32 flags,
+    dynamo's recompile limit and the global RNGs as they were: set to the opposite of configure_torch's here, so a
+    constructor that set them would show."""
+    for (owner, name), value in zip(flag_owners(), (False, False, False, 8)):
+        monkeypatch.setattr(owner, name, value)
+    flags, cpu_rng, cuda_rng = torch_flags(), torch.get_rng_state(), torch.cuda.get_rng_state()
+    agent = make_agent(True, seed=None, compile_update=True)
+    assert agent.compile_update is True and agent._update_fn.graph is None and agent.policy.act_graphs == {}
+    assert torch_flags() == flags == (False, False, False, 8)
+    assert torch.equal(torch.get_rng_state(), cpu_rng) and torch.equal(torch.cuda.get_rng_state(), cuda_rng)
 
 
 def test_replay_and_monitor_on_gpu():
@@ -122,9 +205,9 @@ def test_decision_transformer_bf16_loss_is_close_to_fp32():
 
 
 def exact_fp32(monkeypatch):
-    """True fp32 on CUDA for an equality check: DrQ turns TF32 matmuls on when it is built and cuDNN convolutions
-    use TF32 by default (10-bit mantissa); with them two paths of the same update differed by up to 2e-3 relative
-    in their losses and failed the parameter bounds below (H100, 2026-11-25). Call after building the agents."""
+    """True fp32 on CUDA for an equality check: this module's flags (configure_torch) turn TF32 matmuls on and cuDNN
+    convolutions use TF32 by default (10-bit mantissa); with them two paths of the same update differed by up to
+    2e-3 relative in their losses and failed the parameter bounds below (H100, 2026-11-25)."""
     monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
     monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
 
@@ -150,10 +233,7 @@ def assert_same_updates(a, b, steps=3, per_tensor=0.25, total=0.05, rtol=3e-3, a
     assert (da - db).norm() <= total * db.norm()
 
 
-DETERMINISTIC = {"augment_pad": 0, "ent_coef": 0.0, "policy_kwargs": {"log_std_bounds": (-30.0, -30.0)}}
-
-
-@pytest.mark.parametrize("mode", [True, "max-autotune-no-cudagraphs"])
+@pytest.mark.parametrize("mode", [True, pytest.param("max-autotune-no-cudagraphs", marks=pytest.mark.slow)])
 def test_compiled_update_equals_eager_update(mode, monkeypatch):
     """compile_update (torch.compile of DrQ.update, inside the CUDA graph; Inductor's default, and max-autotune,
     whose Triton GEMM/conv kernels replace cuBLAS/cuDNN where faster) gives the eager update's stats and parameter
@@ -163,6 +243,7 @@ def test_compiled_update_equals_eager_update(mode, monkeypatch):
     assert_same_updates(a, b)
 
 
+@pytest.mark.slow
 def test_fast_path_update_equals_eager_bf16_update():
     """The update the README's fast path runs (bf16, max-autotune compilation, fused Q heads, CUDA graph) against
     the eager bf16 update with the two MLPs, same batches, deterministic update: to bf16 accuracy (the bounds of
@@ -191,8 +272,9 @@ def _dt_episodes(n=8, steps=30, state_dim=39, action_dim=4):
     import numpy as np
 
     rng = np.random.default_rng(0)
-    return [{"observations": rng.normal(size=(steps + 1, state_dim)), "actions": rng.uniform(-1, 1, (steps, action_dim)),
-             "rewards": rng.uniform(0, 1, steps)} for _ in range(n)]
+    return [{"observations": rng.normal(size=(steps + 1, state_dim)),
+             "actions": rng.uniform(-1, 1, (steps, action_dim)), "rewards": rng.uniform(0, 1, steps)}
+            for _ in range(n)]
 
 
 def test_decision_transformer_graphed_train_step_equals_eager():
@@ -213,8 +295,15 @@ def test_decision_transformer_graphed_train_step_equals_eager():
         torch.testing.assert_close(pa, pb, rtol=1e-4, atol=1e-6, msg=name)
 
 
+@pytest.fixture(scope="module")
+def continual_data(tmp_path_factory):
+    """One data folder for the continual runs: the smoke config's demonstrations, collected by the first run, do
+    not depend on the method or the device."""
+    return tmp_path_factory.mktemp("continual_data")
+
+
 @pytest.mark.parametrize("method", ["l2m", "l2m_oracle", "ewc"])
-def test_continual_run_with_graphs_equals_eager_run(method, tmp_path):
+def test_continual_run_with_graphs_equals_eager_run(method, tmp_path, continual_data):
     """The smoke sequence on CUDA with model.cuda_graph on and off: batches come from the same generator and the
     smoke DT has no dropout, so the graphed steps (pool selection and usage counts, EWC penalty inside the graph)
     must end with the eager run's weights, pool and success matrix."""
@@ -225,9 +314,9 @@ def test_continual_run_with_graphs_equals_eager_run(method, tmp_path):
 
     finals = []
     for graph in (True, False):
-        cfg = cc.load("configs/continual/l2m_smoke.yaml", [f"data.out_dir={tmp_path / 'data'}", "logging.wandb.mode=disabled",
-                                                  "run.device=cuda", f"sequence.method={method}",
-                                                  "sequence.ewc_lambda=10.0", f"model.cuda_graph={graph}"])
+        cfg = cc.load("configs/continual/l2m_smoke.yaml",
+                      [f"data.out_dir={continual_data}", "logging.wandb.mode=disabled", "run.device=cuda",
+                       f"sequence.method={method}", "sequence.ewc_lambda=10.0", f"model.cuda_graph={graph}"])
         finals.append(continual.run_sequence(cfg, tmp_path / f"runs{graph}"))
     g, e = finals
     for name in ["final.pt"] + (["pool.pt"] if method.startswith("l2m") else []):
