@@ -20,6 +20,7 @@ from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.evaluation import evaluate_policy
 from torch import nn
+from tqdm import tqdm
 
 from plasticrl.monitor import PlasticityMonitor
 from plasticrl.replay_ratio import ReplayRatioController
@@ -142,8 +143,6 @@ class EpisodeLogCallback(BaseCallback):
             record.update({k: float(values[k]) for k in SB3_TRAIN_KEYS if k in values})
         self.run_logger.log(record, self.num_timesteps)
         if self.print_episodes:
-            from tqdm import tqdm
-
             ended = f"{len(finished)} episodes" if len(finished) > 1 else f"episode {self.episodes:>5d}"
             tqdm.write(f"step {self.num_timesteps:>9,d}  {ended}  return {record['train/episode_return']:9.2f}  "
                        f"fps {record['train/fps']:7.1f}")
@@ -294,8 +293,6 @@ class PeriodicEvalCallback(BaseCallback):
         if self.run_logger is not None:
             self.run_logger.log({"eval/return_mean": float(mean), "eval/return_std": float(std),
                                  "eval/episodes": self.episodes}, self.num_timesteps)
-        from tqdm import tqdm
-
         tqdm.write(f"step {self.num_timesteps:>9,d}  eval return {mean:9.2f} +- {std:.2f} ({self.episodes} episodes)")
         return float(mean), float(std)
 

@@ -9,10 +9,13 @@ success matrix; ``plasticrl plot`` redraws it for continual run folders (``plot_
 
 from __future__ import annotations
 
+import json
 from collections import defaultdict
 from pathlib import Path
 
+import matplotlib
 import numpy as np
+from matplotlib.figure import Figure  # no pyplot: no global backend or figure registry
 
 from plasticrl.runlog import STEP_KEY, read_jsonl
 
@@ -56,11 +59,6 @@ def _mean_band(curves: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray,
 
 def plot_runs(run_dirs: list[Path], out: Path | None = None) -> Path:
     """Draws the dashboard of ``run_dirs`` into ``out`` (default ``<first run>/plots/dashboard.png``)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     run_dirs = [Path(d) for d in run_dirs]
     missing = [str(d) for d in run_dirs if not (d / "metrics.jsonl").is_file()]
     if missing:
@@ -74,8 +72,9 @@ def plot_runs(run_dirs: list[Path], out: Path | None = None) -> Path:
         raise ValueError("these runs logged nothing to plot yet (no returns, replay ratio or plasticity metrics)")
     cols = min(3, len(panels))
     rows = -(-len(panels) // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(5 * cols, 3.2 * rows), squeeze=False)
-    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    fig = Figure(figsize=(5 * cols, 3.2 * rows))
+    axes = fig.subplots(rows, cols, squeeze=False)
+    colors = matplotlib.rcParams["axes.prop_cycle"].by_key()["color"]
     for ax, (title, keys) in zip(axes.flat, panels):
         for ci, (config, runs) in enumerate(sorted(by_config.items())):
             for ki, key in enumerate(keys):
@@ -100,7 +99,6 @@ def plot_runs(run_dirs: list[Path], out: Path | None = None) -> Path:
     out = Path(out) if out else run_dirs[0] / "plots" / "dashboard.png"
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=100)
-    plt.close(fig)
     return out
 
 
@@ -108,14 +106,10 @@ def plot_success_matrix(perf: np.ndarray, tasks: list[str], path: Path) -> Path:
     """Heatmap PNG of a continual run's success matrix ``perf`` (n, n) of scores: row i = after training task i,
     column j = task j evaluated; NaN rows (not reached yet) stay blank; scores written in; the colour range is [0, 1]
     widened to any score outside it. Returns ``path``."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     n = len(tasks)
     labels = [t.partition(":")[2] or t for t in tasks]
-    fig, ax = plt.subplots(figsize=(3.5 + 0.6 * n, 2.5 + 0.5 * n))
+    fig = Figure(figsize=(3.5 + 0.6 * n, 2.5 + 0.5 * n))
+    ax = fig.subplots()
     finite = perf[np.isfinite(perf)]  # success rates lie in [0, 1]; DMC's data-normalised returns may not
     low, high = min(0.0, float(finite.min(initial=0.0))), max(1.0, float(finite.max(initial=1.0)))
     im = ax.imshow(perf, vmin=low, vmax=high, cmap="viridis")
@@ -133,15 +127,12 @@ def plot_success_matrix(perf: np.ndarray, tasks: list[str], path: Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
-    plt.close(fig)
     return path
 
 
 def plot_success_matrix_of_run(run_dir: Path) -> Path:
     """``plot_success_matrix`` of a ``plasticrl continual`` run folder's success_matrix.json, into its
     plots/success_matrix.png."""
-    import json
-
     data = json.loads((Path(run_dir) / "success_matrix.json").read_text())
     perf = np.array([[np.nan if v is None else v for v in row] for row in data["perf"]], dtype=float)
     return plot_success_matrix(perf, data["tasks"], Path(run_dir) / "plots" / "success_matrix.png")

@@ -113,10 +113,11 @@ def test_run_folder_without_metrics_is_a_clear_error(runs, tmp_path):
 
 def test_a_single_point_series_is_drawn(tmp_path, monkeypatch):
     """A short run evaluates once, at its end: that lone point must be visible (a marker, not a 0-length line)."""
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
     figures = []
-    monkeypatch.setattr(plt, "close", lambda fig=None: figures.append(fig))
+    save = Figure.savefig
+    monkeypatch.setattr(Figure, "savefig", lambda fig, *a, **k: (figures.append(fig), save(fig, *a, **k)))
     records = [{"env_step": s, "train/episode_return": float(s)} for s in (125, 250)]
     records.append({"env_step": 300, "eval/return_mean": 53.6})
     plot_runs([write_run(tmp_path / "runs", "smoke", 0, records)], tmp_path / "short.png")
