@@ -3,24 +3,10 @@
 import numpy as np
 import pytest
 import torch
-from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.evaluation import evaluate_policy
 
-import envs
 from agents import DrQ
 from agents.drq import Encoder
-
-
-def small_env(n_envs=1, seed=0):
-    return make_vec_env(lambda: envs.make("dmc:cartpole-swingup", size=32, frame_stack=2, action_repeat=8),
-                        n_envs=n_envs, seed=seed)
-
-
-def small_agent(env, **kw):
-    args = dict(buffer_size=500, learning_starts=40, batch_size=8, seed=0, device="cpu",
-                policy_kwargs={"feature_dim": 8, "hidden_dim": 16})
-    args.update(kw)
-    return DrQ("CnnPolicy", env, **args)
 
 
 def test_encoder_shape_matches_drqv2():
@@ -42,9 +28,9 @@ def test_encoder_forward_is_the_convnet_on_pixels_scaled_to_half_range():
 
 
 @pytest.fixture(scope="module")
-def trained():
-    env = small_env()
-    model = small_agent(env)
+def trained(tiny_pixel_env, tiny_drq):
+    env = tiny_pixel_env()
+    model = tiny_drq(env)
     model.learn(80)
     yield model, env
     env.close()
@@ -139,17 +125,17 @@ def test_stochastic_actions_differ_and_stay_in_bounds(trained):
     assert np.all(np.abs(acts) <= 1) and np.unique(acts).size > 1
 
 
-def test_evaluate_policy_works(trained):
+def test_evaluate_policy_works(trained, tiny_pixel_env):
     model, _ = trained
-    eval_env = small_env(seed=5)
+    eval_env = tiny_pixel_env(seed=5)
     mean, std = evaluate_policy(model, eval_env, n_eval_episodes=1, deterministic=True)
     assert np.isfinite(mean) and std == 0.0
     eval_env.close()
 
 
-def test_update_count_follows_train_freq_and_gradient_steps():
-    env = small_env()
-    model = small_agent(env, train_freq=2, gradient_steps=1, learning_starts=20)
+def test_update_count_follows_train_freq_and_gradient_steps(tiny_pixel_env, tiny_drq):
+    env = tiny_pixel_env()
+    model = tiny_drq(env, train_freq=2, gradient_steps=1, learning_starts=20)
     model.learn(60)
     # SB3 trains once every 2 transitions after learning_starts: (60 - 20) / 2 updates.
     assert model._n_updates == 20
@@ -173,13 +159,11 @@ def test_log_prob_matches_torch_distribution():
     torch.testing.assert_close(log_prob, ref, rtol=1e-4, atol=1e-4)
 
 
-def test_non_finite_loss_raises_a_clear_error():
+def test_non_finite_loss_raises_a_clear_error(tiny_pixel_env, tiny_drq):
     from gymnasium.wrappers import TransformReward
 
-    env = make_vec_env(lambda: TransformReward(envs.make("dmc:cartpole-swingup", size=32, frame_stack=2,
-                                                         action_repeat=8), lambda r: float("nan")),
-                       n_envs=1, seed=0)
-    model = small_agent(env, learning_starts=20)
+    env = tiny_pixel_env(wrap=lambda e: TransformReward(e, lambda r: float("nan")))
+    model = tiny_drq(env, learning_starts=20)
     model.learn(20)  # random actions only: fills replay with NaN rewards
     model.train(gradient_steps=2, batch_size=8)
     with pytest.raises(FloatingPointError, match="non-finite critic_loss.*learning_rate"):
@@ -232,7 +216,7 @@ def test_learn_raises_on_a_non_finite_loss(tiny_pixel_env, tiny_drq):
     env.close()
 
 
-def test_update_matches_a_straightforward_sac_step():
+def test_update_matches_a_straightforward_sac_step(tiny_pixel_env, tiny_drq):
     """DrQ.update against an independent, plain implementation of the same SAC step on the same batch and RNG."""
     import copy
 
@@ -240,8 +224,8 @@ def test_update_matches_a_straightforward_sac_step():
 
     from agents.drq.augment import random_shift
 
-    env = small_env()
-    model = small_agent(env, learning_starts=10)
+    env = tiny_pixel_env()
+    model = tiny_drq(env, learning_starts=10)
     model.learn(30)
     ref = copy.deepcopy(model.policy)
     log_alpha = model.log_ent_coef.detach().clone().requires_grad_(True)
@@ -276,7 +260,7 @@ def test_update_matches_a_straightforward_sac_step():
     env.close()
 
 
-def test_async_env_step_stores_the_actions_the_env_executed():
+def test_async_env_step_stores_the_actions_the_env_executed(tiny_pixel_env, tiny_drq):
     import gymnasium as gym
 
     from agents.drq.prefetch import PrefetchVecEnv
@@ -290,9 +274,8 @@ def test_async_env_step_stores_the_actions_the_env_executed():
             executed.append(np.array(action, dtype=np.float32).copy())
             return self.env.step(action)
 
-    env = make_vec_env(lambda: Record(envs.make("dmc:cartpole-swingup", size=32, frame_stack=2, action_repeat=8)),
-                       n_envs=1, seed=0)
-    model = small_agent(env, learning_starts=20, train_freq=1, gradient_steps=0, async_env_step=True)
+    env = tiny_pixel_env(wrap=Record)
+    model = tiny_drq(env, learning_starts=20, train_freq=1, gradient_steps=0, async_env_step=True)
     assert isinstance(model.env, PrefetchVecEnv)
     model.learn(60, callback=ReplayRatioCallback(StaticReplayRatio(1.0)))
     assert model._n_updates == 40
@@ -304,14 +287,13 @@ def test_async_env_step_stores_the_actions_the_env_executed():
     env.close()
 
 
-def test_queued_action_is_sb3_sample_action_from_the_weights_at_queue_time():
+def test_queued_action_is_sb3_sample_action_from_the_weights_at_queue_time(tiny_pixel_env, tiny_drq):
     """DrQ._queue_action (async env stepping) gives SB3's _sample_action (same noise draws) for the weights at the
     time it was queued, even when the updates change the weights before its result is read."""
     from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
 
-    env = make_vec_env(lambda: envs.make("dmc:cartpole-swingup", size=32, frame_stack=2, action_repeat=8),
-                       n_envs=2, seed=0)
-    model = small_agent(env, learning_starts=10, async_env_step=True)
+    env = tiny_pixel_env(n_envs=2)
+    model = tiny_drq(env, learning_starts=10, async_env_step=True)
     model.learn(30)
     torch.manual_seed(3)
     expected = OffPolicyAlgorithm._sample_action(model, model.learning_starts, None, model.n_envs)
@@ -327,15 +309,14 @@ def test_queued_action_is_sb3_sample_action_from_the_weights_at_queue_time():
     env.close()
 
 
-def test_async_env_step_on_cpu_starts_the_env_before_the_updates():
+def test_async_env_step_on_cpu_starts_the_env_before_the_updates(tiny_pixel_env, tiny_drq):
     """On the CPU the queued actions are ready at once: the next env step starts before the round of updates, so
     that subprocess envs step while the main process trains."""
     from plasticrl.replay_ratio import StaticReplayRatio
     from plasticrl.sb3 import ReplayRatioCallback
 
-    env = make_vec_env(lambda: envs.make("dmc:cartpole-swingup", size=32, frame_stack=2, action_repeat=8),
-                       n_envs=1, seed=0)
-    model = small_agent(env, learning_starts=10, train_freq=1, gradient_steps=0, async_env_step=True)
+    env = tiny_pixel_env()
+    model = tiny_drq(env, learning_starts=10, train_freq=1, gradient_steps=0, async_env_step=True)
     started_at = []
     prefetch = model.env.prefetch
 
@@ -350,14 +331,14 @@ def test_async_env_step_on_cpu_starts_the_env_before_the_updates():
     env.close()
 
 
-def test_replay_buffer_save_load_round_trip(tmp_path):
+def test_replay_buffer_save_load_round_trip(tmp_path, tiny_pixel_env, tiny_drq):
     """DrQ.save_replay_buffer / load_replay_buffer (SB3 names) keep the frames, counts and device-side bounds;
     the loaded buffer samples the same n-step batch for the same seed; a foreign buffer is refused by name."""
-    env = small_env()
-    model = small_agent(env, learning_starts=10)
+    env = tiny_pixel_env()
+    model = tiny_drq(env, learning_starts=10)
     model.learn(60)
     model.save_replay_buffer(tmp_path / "replay.pkl")
-    other = small_agent(small_env())
+    other = tiny_drq(tiny_pixel_env())
     update_graph, step_graph = mark_captured(other)
     other.load_replay_buffer(tmp_path / "replay.pkl")
     assert step_graph.graph is None and update_graph.graph == "captured"  # only the step graph reads the buffer
@@ -378,13 +359,13 @@ def test_replay_buffer_save_load_round_trip(tmp_path):
     env.close()
 
 
-def test_gpu_speed_options_are_checked_and_left_off_on_cpu():
+def test_gpu_speed_options_are_checked_and_left_off_on_cpu(tiny_pixel_env, tiny_drq):
     """compile_update takes only the listed modes (a typo names them); compilation is a CUDA option: on the CPU
     the agent has no compiled update and trains as usual."""
-    env = small_env()
+    env = tiny_pixel_env()
     with pytest.raises(ValueError, match="compile_update='fast'.*'max-autotune-no-cudagraphs'"):
-        small_agent(env, compile_update="fast")
-    model = small_agent(env, compile_update="max-autotune-no-cudagraphs", learning_starts=10)
+        tiny_drq(env, compile_update="fast")
+    model = tiny_drq(env, compile_update="max-autotune-no-cudagraphs", learning_starts=10)
     assert model.compile_update == "max-autotune-no-cudagraphs" and model._update == model.update  # not compiled
     model.learn(20)
     assert model._n_updates == 5  # 10 steps after learning_starts, one update every second step
@@ -430,13 +411,13 @@ def test_building_a_drq_changes_no_process_wide_state(options, tiny_pixel_env, t
     env.close()
 
 
-def test_config_key_agent_compile_takes_a_mode():
+def test_config_key_agent_compile_takes_a_mode(tiny_pixel_env):
     from plasticrl.lab.config import train as cfgmod
     from plasticrl.lab.train import build_agent
 
     cfg = cfgmod.validate({"run": {"total_steps": 1000},
                            "agent": {"compile": "max-autotune-no-cudagraphs"}})
-    env = small_env()
+    env = tiny_pixel_env()
     model = build_agent(cfg, env, "cpu")
     assert model.compile_update == "max-autotune-no-cudagraphs"
     plain = build_agent(cfgmod.validate({"run": {"total_steps": 1000}}), env, "cpu")

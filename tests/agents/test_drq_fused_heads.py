@@ -3,24 +3,12 @@ FAU, gradients and updates, keep the flag through save/load, and leave the plast
 
 import pytest
 import torch
-from stable_baselines3.common.env_util import make_vec_env
 
-import envs
 from agents import DrQ
-from plasticrl.lab.bench import synthetic_batch
 from agents.drq import Critic
+from plasticrl.lab.bench import synthetic_batch
 from plasticrl.monitor import PlasticityMonitor
 from plasticrl.sb3 import default_groups, probe_forward
-
-
-def small_env():
-    return make_vec_env(lambda: envs.make("dmc:cartpole-swingup", size=32, frame_stack=2, action_repeat=8),
-                        n_envs=1, seed=0)
-
-
-def small_agent(env, **kw):
-    return DrQ("CnnPolicy", env, buffer_size=500, learning_starts=40, batch_size=8, seed=0, device="cpu",
-               policy_kwargs={"feature_dim": 8, "hidden_dim": 16}, **kw)
 
 
 def count_fused_calls(monkeypatch):
@@ -99,9 +87,9 @@ def test_hooks_on_a_head_turn_the_fused_path_off(monkeypatch):
     assert calls == [1] and len(seen) == 1
 
 
-def test_drq_update_with_fused_heads_equals_unfused(monkeypatch):
-    env = small_env()
-    a, b = small_agent(env), small_agent(env, fused_q_heads=True)
+def test_drq_update_with_fused_heads_equals_unfused(monkeypatch, tiny_pixel_env, tiny_drq):
+    env = tiny_pixel_env()
+    a, b = tiny_drq(env), tiny_drq(env, fused_q_heads=True)
     assert not a.critic.fused_heads and not a.critic_target.fused_heads
     assert b.critic.fused_heads and b.critic_target.fused_heads
     for (name, pa), pb in zip(a.policy.named_parameters(), b.policy.parameters()):
@@ -127,9 +115,9 @@ def test_drq_update_with_fused_heads_equals_unfused(monkeypatch):
     env.close()
 
 
-def test_save_load_keeps_the_flag(tmp_path):
-    env = small_env()
-    fused, plain = small_agent(env, fused_q_heads=True), small_agent(env)
+def test_save_load_keeps_the_flag(tmp_path, tiny_pixel_env, tiny_drq):
+    env = tiny_pixel_env()
+    fused, plain = tiny_drq(env, fused_q_heads=True), tiny_drq(env)
     fused.save(tmp_path / "fused.zip")
     plain.save(tmp_path / "plain.zip")
     loaded = DrQ.load(tmp_path / "fused.zip", device="cpu")
@@ -146,9 +134,9 @@ def test_save_load_keeps_the_flag(tmp_path):
     env.close()
 
 
-def test_monitor_critic_metrics_identical_with_and_without_fused_heads():
-    env = small_env()
-    a, b = small_agent(env), small_agent(env, fused_q_heads=True)
+def test_monitor_critic_metrics_identical_with_and_without_fused_heads(tiny_pixel_env, tiny_drq):
+    env = tiny_pixel_env()
+    a, b = tiny_drq(env), tiny_drq(env, fused_q_heads=True)
     shape, adim = a.observation_space.shape, a.action_space.shape[0]
     batch = synthetic_batch(16, shape, adim, torch.device("cpu"), 0)
     groups = ["critic", "critic_target"]
@@ -164,12 +152,12 @@ def test_monitor_critic_metrics_identical_with_and_without_fused_heads():
     env.close()
 
 
-def test_config_key_agent_fused_q_heads():
+def test_config_key_agent_fused_q_heads(tiny_pixel_env):
     from plasticrl.lab.config import train as cfgmod
     from plasticrl.lab.train import build_agent
 
     cfg = cfgmod.validate({"run": {"total_steps": 1000}, "agent": {"fused_q_heads": True}})
-    env = small_env()
+    env = tiny_pixel_env()
     model = build_agent(cfg, env, "cpu")
     assert model.fused_q_heads and model.critic.fused_heads and model.critic_target.fused_heads
     assert not build_agent(cfgmod.validate({"run": {"total_steps": 1000}}), env, "cpu").critic.fused_heads

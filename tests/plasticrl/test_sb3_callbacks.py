@@ -7,26 +7,20 @@ from stable_baselines3 import SAC
 from stable_baselines3.common.env_util import make_vec_env
 
 import envs
-from agents import DrQ
 from plasticrl.replay_ratio import AdaptiveReplayRatio, StaticReplayRatio
 from plasticrl.sb3 import PlasticityCallback, ReplayRatioCallback
 
 EPISODE = 125  # cartpole: 1000 frames at action repeat 8
 
 
-def pixel_env(n_envs=1):
-    return make_vec_env(lambda: envs.make("dmc:cartpole-swingup", size=32, frame_stack=2, action_repeat=8),
-                        n_envs=n_envs, seed=0)
+# the tiny DrQ (tests/conftest.py) trained by ReplayRatioCallback: train() after every transition, gradient_steps set
+# by the callback
+RR_DRQ = {"buffer_size": 1000, "train_freq": 1, "gradient_steps": 0}
 
 
-def drq(env, learning_starts=40):
-    return DrQ("CnnPolicy", env, buffer_size=1000, learning_starts=learning_starts, batch_size=8, seed=0,
-               device="cpu", train_freq=1, gradient_steps=0, policy_kwargs={"feature_dim": 8, "hidden_dim": 16})
-
-
-def test_plasticity_callback_logs_every_n_steps_with_all_keys():
-    env = pixel_env()
-    model = drq(env)
+def test_plasticity_callback_logs_every_n_steps_with_all_keys(tiny_pixel_env, tiny_drq):
+    env = tiny_pixel_env()
+    model = tiny_drq(env, **RR_DRQ)
     cb = PlasticityCallback(every=50, batch_size=16, groups=["encoder", "actor", "critic", "critic_target"])
     model.learn(200, callback=cb)
     assert [step for step, _ in cb.history] == [50, 100, 150, 200]
@@ -54,9 +48,9 @@ def expected_updates(total, learning_starts, switch=None, low=0.5, high=2.0):
 
 
 @pytest.mark.parametrize("n_envs", [1, 2])
-def test_static_ratio_sets_gradient_steps_and_update_count(n_envs):
-    env = pixel_env(n_envs)
-    model = drq(env)
+def test_static_ratio_sets_gradient_steps_and_update_count(n_envs, tiny_pixel_env, tiny_drq):
+    env = tiny_pixel_env(n_envs)
+    model = tiny_drq(env, **RR_DRQ)
     controller = StaticReplayRatio(0.5)
     model.learn(200, callback=ReplayRatioCallback(controller))
     assert model.num_timesteps == 200
@@ -65,9 +59,9 @@ def test_static_ratio_sets_gradient_steps_and_update_count(n_envs):
     env.close()
 
 
-def test_adaptive_switch_raises_gradient_steps():
-    env = pixel_env()
-    model = drq(env)
+def test_adaptive_switch_raises_gradient_steps(tiny_pixel_env, tiny_drq):
+    env = tiny_pixel_env()
+    model = tiny_drq(env, **RR_DRQ)
     # check after every episode; tolerance 1 means the first check (end of episode 1) switches
     controller = AdaptiveReplayRatio(low=0.5, high=2.0, check_every=1, tolerance=1.0)
     model.learn(2 * EPISODE + 10, callback=ReplayRatioCallback(controller))
@@ -79,9 +73,9 @@ def test_adaptive_switch_raises_gradient_steps():
     env.close()
 
 
-def test_adaptive_does_not_switch_while_fau_moves():
-    env = pixel_env()
-    model = drq(env)
+def test_adaptive_does_not_switch_while_fau_moves(tiny_pixel_env, tiny_drq):
+    env = tiny_pixel_env()
+    model = tiny_drq(env, **RR_DRQ)
     controller = AdaptiveReplayRatio(check_every=1, tolerance=0.0)
     model.learn(2 * EPISODE + 10, callback=ReplayRatioCallback(controller))
     assert controller.switched_at is None and model.gradient_steps in (0, 1)
@@ -101,18 +95,17 @@ def test_stock_sb3_agent_gets_critic_fau_from_probe():
     env.close()
 
 
-def test_replay_ratio_callback_rejects_multi_step_train_freq():
-    env = pixel_env()
-    model = DrQ("CnnPolicy", env, buffer_size=100, learning_starts=10, batch_size=4, train_freq=2, device="cpu",
-                policy_kwargs={"feature_dim": 8, "hidden_dim": 16})
+def test_replay_ratio_callback_rejects_multi_step_train_freq(tiny_pixel_env, tiny_drq):
+    env = tiny_pixel_env()
+    model = tiny_drq(env, buffer_size=100, learning_starts=10, batch_size=4, train_freq=2, seed=None)
     with pytest.raises(ValueError, match="train_freq=1"):
         model.learn(5, callback=ReplayRatioCallback(StaticReplayRatio(1.0)))
     env.close()
 
 
-def test_adaptive_with_parallel_envs_checks_when_episodes_end_together():
-    env = pixel_env(n_envs=2)  # both envs end their 125-step episodes in the same vector step
-    model = drq(env)
+def test_adaptive_with_parallel_envs_checks_when_episodes_end_together(tiny_pixel_env, tiny_drq):
+    env = tiny_pixel_env(n_envs=2)  # both envs end their 125-step episodes in the same vector step
+    model = tiny_drq(env, **RR_DRQ)
     controller = AdaptiveReplayRatio(check_every=2, tolerance=1.0)
     model.learn(2 * EPISODE + 20, callback=ReplayRatioCallback(controller))
     assert controller.episodes == 2 and len(controller.history) == 1
