@@ -81,14 +81,15 @@ def test_graphed_update_equals_eager_update():
         torch.testing.assert_close(pa, pb, rtol=1e-5, atol=1e-6, msg=name)
 
 
-def test_loaded_agent_recaptures_its_update_graph(tmp_path):
+def test_loaded_agent_recaptures_its_update_graph(tmp_path, monkeypatch):
     """set_parameters (which DrQ.load uses) replaces the optimizer states by new tensors: it invalidates the update
     graph, so that the next update re-captures and the graph steps the loaded states (a stale graph would keep
     stepping the old ones). After loading an eager agent's checkpoint, the graphed agent's next updates equal the
-    eager agent's (deterministic update as above)."""
+    eager agent's (deterministic update as above, true fp32)."""
     from plasticrl.lab.bench import synthetic_batch
 
     a, b = make_agent(True, **DETERMINISTIC), make_agent(False, **DETERMINISTIC)
+    exact_fp32(monkeypatch)
     shape, adim = a.observation_space.shape, a.action_space.shape[0]
     batches = [synthetic_batch(64, shape, adim, torch.device("cuda"), s) for s in range(4)]
     a._update_fn(batches[0])
@@ -104,13 +105,13 @@ def test_loaded_agent_recaptures_its_update_graph(tmp_path):
         torch.testing.assert_close(pa, pb, rtol=1e-5, atol=1e-6, msg=name)
     for opt_a, opt_b in ((a.actor.optimizer, b.actor.optimizer), (a.critic.optimizer, b.critic.optimizer)):
         for pa, pb in zip(opt_a.param_groups[0]["params"], opt_b.param_groups[0]["params"]):
-            torch.testing.assert_close(opt_a.state[pa]["exp_avg"], opt_b.state[pb]["exp_avg"], rtol=1e-4, atol=1e-8)
+            torch.testing.assert_close(opt_a.state[pa]["exp_avg"], opt_b.state[pb]["exp_avg"], rtol=1e-4, atol=1e-7)
 
 
 def test_building_a_cuda_drq_changes_no_process_wide_state(monkeypatch):
     """A DrQ built on CUDA with compilation and graphs on (seed=None) leaves cuDNN autotuning, both TF32 flags,
-    dynamo's recompile limit and the global RNGs as they were: set to the opposite of configure_torch's here, so a
-    constructor that set them would show."""
+    dynamo's recompile limit and the global RNGs as they were. The flags are set here to values configure_torch
+    would change, so that a constructor that set them would show."""
     for (owner, name), value in zip(flag_owners(), (False, False, False, 8)):
         monkeypatch.setattr(owner, name, value)
     flags, cpu_rng, cuda_rng = torch_flags(), torch.get_rng_state(), torch.cuda.get_rng_state()
@@ -319,12 +320,16 @@ def test_continual_run_with_graphs_equals_eager_run(method, tmp_path, continual_
                        f"sequence.method={method}", "sequence.ewc_lambda=10.0", f"model.cuda_graph={graph}"])
         finals.append(continual.run_sequence(cfg, tmp_path / f"runs{graph}"))
     g, e = finals
-    for name in ["final.pt"] + (["pool.pt"] if method.startswith("l2m") else []):
-        sg, se = (torch.load(run / "checkpoints" / name) for run in (g, e))
+    # final.pt is an L2MAgent.save file: the DT's weights under "model", the pool's state under "pool"
+    fg, fe = (torch.load(run / "checkpoints" / "final.pt", weights_only=False) for run in (g, e))
+    parts = [("model", fg["model"], fe["model"])]
+    if method.startswith("l2m"):
+        parts.append(("pool", fg["pool"]["state"], fe["pool"]["state"]))
+    for name, sg, se in parts:
         for key in se:
             torch.testing.assert_close(sg[key], se[key], rtol=1e-4, atol=1e-5, msg=f"{name} {key}")
     if method == "l2m":
-        assert torch.load(g / "checkpoints" / "pool.pt")["counts"].sum() > 0
+        assert fg["pool"]["state"]["counts"].sum() > 0
     assert (json.loads((g / "success_matrix.json").read_text())["perf"]
             == json.loads((e / "success_matrix.json").read_text())["perf"])
 
