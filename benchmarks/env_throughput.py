@@ -38,6 +38,9 @@ def gpu_load(seconds: float) -> None:
 
     from agents import DrQ
     from plasticrl.lab.bench import _pixel_venv, synthetic_batch
+    from plasticrl.lab.runtime import configure_torch
+
+    configure_torch("cuda")  # cuDNN autotuning, TF32: as the CLI
 
     venv = _pixel_venv()
     model = DrQ("CnnPolicy", venv, buffer_size=1000, device="cuda", precision="bf16")

@@ -5,8 +5,9 @@
 set -u
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 export PYTHONPATH=$PWD:${PYTHONPATH:-}
-python3 -m pytest -q -p no:cacheprovider tests/test_cuda.py tests/test_metrics.py tests/test_monitor.py \
-  tests/test_drq_fused_heads.py | tail -3
+python3 -m pytest -q -p no:cacheprovider tests/gpu tests/plasticrl/test_metrics.py tests/plasticrl/test_monitor.py \
+  tests/agents/test_drq_fused_heads.py -m "not slow" | tail -3
+python3 -m pytest -q -p no:cacheprovider tests/gpu -m slow | tail -3   # max-autotune compiles: ~9 minutes on an H200
 fast=(--precision bf16 --async-env-step --compile --fused-q-heads)
 python3 -m plasticrl bench --device cuda --updates 300 --train-steps 8000 --n-envs 16 "${fast[@]}" \
   --json "$OUT/bench_h100_fast.json"

@@ -21,6 +21,7 @@ from stable_baselines3.common.vec_env import SubprocVecEnv
 
 import envs
 from agents import DrQ
+from plasticrl.lab.runtime import configure_torch
 from plasticrl.replay_ratio import StaticReplayRatio
 from plasticrl.sb3 import PlasticityCallback, ReplayRatioCallback
 
@@ -88,4 +89,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    configure_torch("cuda" if torch.cuda.is_available() else "cpu")  # cuDNN autotuning, TF32: as the CLI
     main()

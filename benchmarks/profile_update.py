@@ -10,6 +10,7 @@ import torch
 
 from agents import DrQ
 from plasticrl.lab.bench import _pixel_venv, _time, synthetic_batch
+from plasticrl.lab.runtime import configure_torch
 
 
 def main() -> None:
@@ -36,4 +37,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    configure_torch("cuda" if torch.cuda.is_available() else "cpu")  # cuDNN autotuning, TF32: as the CLI
     main()

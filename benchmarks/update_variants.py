@@ -15,6 +15,7 @@ import torch
 
 from agents import DrQ
 from plasticrl.lab.bench import _fill, _pixel_venv, _quiet_logger, _time, synthetic_batch
+from plasticrl.lab.runtime import configure_torch
 
 
 def make(venv, precision: str, graph: bool = True, compiled: str = "", fused: bool = False) -> DrQ:
@@ -108,4 +109,5 @@ def _dump(results: dict, path: str | None) -> None:
 
 
 if __name__ == "__main__":
+    configure_torch("cuda" if torch.cuda.is_available() else "cpu")  # cuDNN autotuning, TF32: as the CLI
     main()

@@ -4,7 +4,7 @@ set -u
 export PYTHONPATH=$PWD:${PYTHONPATH:-}
 RUNS=/tmp/runs PYTHON=python3 timeout 520 scripts/l2m_cw10_device.sh "$@" > /tmp/cw10.out 2>&1 &
 cw=$!
-timeout 400 python3 -m pytest -q tests/test_cuda.py > "$OUT/cuda_tests.txt" 2>&1
+timeout 400 python3 -m pytest -q tests/gpu -m "not slow" > "$OUT/cuda_tests.txt" 2>&1
 tail -3 "$OUT/cuda_tests.txt"
 wait $cw; echo "cw10 status $?"
 tail -n 12 /tmp/cw10.out

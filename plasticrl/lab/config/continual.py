@@ -14,7 +14,6 @@ from pydantic import Field
 from plasticrl.lab.config.base import BaseLoggingConfig, BaseRunConfig, ConfigError, Section, read_yaml, validate_model
 
 
-
 class RunConfig(BaseRunConfig):
     name: str = Field("continual", min_length=1, description="experiment name; runs go to <out_dir>/<name>/")
     seed: int = Field(0, ge=0, description="seed of networks, sampling, Meta-World goals and data collection")
