@@ -74,6 +74,12 @@ def _describe(root: type[BaseModel], error: dict[str, Any]) -> str:
     return f"{key}: {value!r} is not allowed: {error['msg']}."
 
 
+def check_problems(problems: list[str], source: str = "config") -> None:
+    """ConfigError listing ``problems`` (one line each) under ``source``; nothing when there are none."""
+    if problems:
+        raise ConfigError(f"{source} is invalid:\n  " + "\n  ".join(problems))
+
+
 def validate_model(root: type[M], data: dict[str, Any], source: str = "config") -> M:
     """``root`` (a config schema) from plain data, or ConfigError listing each bad key with its value and what is
     allowed (one line per key and message: unions report each member)."""

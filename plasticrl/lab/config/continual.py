@@ -11,7 +11,15 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from plasticrl.lab.config.base import BaseLoggingConfig, BaseRunConfig, ConfigError, Section, read_yaml, validate_model
+from plasticrl.lab.config.base import (
+    BaseLoggingConfig,
+    BaseRunConfig,
+    ConfigError,  # noqa: F401 - raised by load and validate; importable from here
+    Section,
+    check_problems,
+    read_yaml,
+    validate_model,
+)
 
 
 class RunConfig(BaseRunConfig):
@@ -118,8 +126,7 @@ def validate(data: dict[str, Any], source: str = "config") -> ContinualConfig:
         problems.append(f"model.d_model: {cfg.model.d_model} must be divisible by model.n_heads={cfg.model.n_heads}")
     if cfg.pool.top_k > cfg.pool.pool_size:
         problems.append(f"pool.top_k: {cfg.pool.top_k} must be <= pool.pool_size={cfg.pool.pool_size}")
-    if problems:
-        raise ConfigError(f"{source} is invalid:\n  " + "\n  ".join(problems))
+    check_problems(problems, source)
     return cfg
 
 

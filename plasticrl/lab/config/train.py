@@ -11,7 +11,15 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from plasticrl.lab.config.base import BaseLoggingConfig, BaseRunConfig, ConfigError, Section, read_yaml, validate_model
+from plasticrl.lab.config.base import (
+    BaseLoggingConfig,
+    BaseRunConfig,
+    ConfigError,  # noqa: F401 - raised by load and validate; importable from here
+    Section,
+    check_problems,
+    read_yaml,
+    validate_model,
+)
 
 
 class RunConfig(BaseRunConfig):
@@ -159,8 +167,7 @@ def validate(data: dict[str, Any], source: str = "config") -> Config:
     key that doesn't fit ``agent.kind`` (see ``agent_problems``)."""
     cfg = validate_model(Config, data, source)
     problems = agent_problems(cfg)
-    if problems:
-        raise ConfigError(f"{source} is invalid:\n  " + "\n  ".join(problems))
+    check_problems(problems, source)
     return cfg
 
 
