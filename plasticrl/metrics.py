@@ -9,13 +9,20 @@ synchronises on CUDA (a torch implementation detail), and its CPU fallback
 
 Conventions:
     activations: ``(batch, units)`` or ``(batch, channels, *spatial)``; dim 1
-        is the unit dimension (a conv channel is one unit).
+        is the unit dimension (a conv channel is one unit). The functions that
+        take activations also take a list of such tensors, one per layer (or
+        per activation call, as ``plasticrl.capture`` records them): the layers
+        are pooled, each scored on its own (a unit is dormant relative to its
+        own layer) and counted together (units over all layers, entries over
+        all layers), as the monitor's group values and the Adaptive RR signal
+        over both Q heads' hidden ReLUs.
     features: ``(batch, ...)``; flattened to ``(batch, dim)`` per sample.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
@@ -43,6 +50,22 @@ _svd_fallback_warned = False
 _TINY = torch.finfo(torch.float32).tiny
 
 
+Activations = Tensor | Sequence[Tensor]
+
+
+def _layers(activations: Activations) -> list[Tensor]:
+    """One tensor -> ``[it]``; a list or tuple of tensors -> itself (not empty)."""
+    if isinstance(activations, Tensor):
+        return [activations]
+    layers = list(activations)
+    if not layers:
+        raise ValueError("activations: an empty list")
+    for t in layers:
+        if not isinstance(t, Tensor):
+            raise TypeError(f"activations: a tensor or a list of tensors, got an element {type(t).__name__}")
+    return layers
+
+
 def _unit_reduce_dims(activations: Tensor) -> list[int]:
     """All dims except dim 1 (the unit / channel dim)."""
     if activations.dim() < 2:
@@ -57,35 +80,53 @@ def _as_matrix(features: Tensor) -> Tensor:
     return features.detach().reshape(features.shape[0], -1).float()
 
 
-def dormant_scores(activations: Tensor) -> Tensor:
+def _layer_scores(activations: Tensor) -> Tensor:
+    per_unit = activations.detach().float().abs().mean(dim=_unit_reduce_dims(activations))
+    return per_unit / per_unit.mean().clamp_min(_TINY)
+
+
+def dormant_scores(activations: Activations) -> Tensor:
     """Normalised activity score per unit, shape ``(units,)``, float32.
 
     ``s_i = mean_x |h_i(x)| / mean_j(mean_x |h_j(x)|)``, the mean taken over the
     batch and, for conv maps, over all spatial positions (Sokar et al. 2023).
     A layer whose activations are all zero gets all-zero scores (not NaN).
+    A list of layers gives each layer's scores (normalised by that layer's
+    mean), concatenated in list order: ``(sum of units,)``.
     """
-    per_unit = activations.detach().float().abs().mean(dim=_unit_reduce_dims(activations))
-    return per_unit / per_unit.mean().clamp_min(_TINY)
+    layers = _layers(activations)
+    if len(layers) == 1:
+        return _layer_scores(layers[0])
+    return torch.cat([_layer_scores(t) for t in layers])
 
 
-def dormant_mask(activations: Tensor, tau: float = 0.025) -> Tensor:
+def dormant_mask(activations: Activations, tau: float = 0.025) -> Tensor:
     """Bool ``(units,)``: ``dormant_scores <= tau``. All-zero layer: all dormant."""
     return dormant_scores(activations) <= tau
 
 
-def dormant_ratio(activations: Tensor, tau: float = 0.025) -> Tensor:
-    """Fraction of dormant units in ``[0, 1]``, 0-dim float32."""
+def dormant_ratio(activations: Activations, tau: float = 0.025) -> Tensor:
+    """Fraction of dormant units in ``[0, 1]``, 0-dim float32; of a list: dormant units / units over all layers."""
     return dormant_mask(activations, tau).float().mean()
 
 
-def fau(activations: Tensor) -> Tensor:
+def fau(activations: Activations) -> Tensor:
     """Fraction of active units (Ma et al. 2024), 0-dim float32.
 
-    Share of all entries (batch x units x spatial) that are ``> 0``. The same
-    rule is used for every activation function (also Tanh / Sigmoid, where it
-    is less meaningful: Sigmoid outputs are always > 0).
+    Share of all entries (batch x units x spatial) that are ``> 0``; of a list:
+    active entries / entries over all the tensors (so a wider or a more often
+    called layer weighs more). "Active = output > 0" is meaningful for the
+    rectifier-like activations only (``plasticrl.capture.FAU_KINDS``: the ReLU
+    and ELU families, GELU, SiLU, ...); Tanh gives the share of positive
+    halves and Sigmoid / Softplus always 1.0. This function cannot tell which
+    activation made its input: pass it the right ones (the monitor and
+    ``Captured.outputs(fau_only=True)`` do).
     """
-    return (activations.detach() > 0).float().mean()
+    layers = _layers(activations)
+    if len(layers) == 1:
+        return (layers[0].detach() > 0).float().mean()
+    active = torch.stack([(t.detach() > 0).sum() for t in layers]).sum()
+    return active.float() / sum(t.numel() for t in layers)
 
 
 def singular_values(features: Tensor) -> Tensor:

@@ -197,7 +197,7 @@ def test_module_modes_restored_even_after_exception() -> None:
     assert {n: m.training for n, m in mlp.named_modules()} == modes
 
 
-def test_list_group_names_and_features_of_last_member() -> None:
+def test_list_group_names_and_features_per_member_and_pooled() -> None:
     torch.manual_seed(7)
     q0 = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 1))
     q1 = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 1))
@@ -208,8 +208,17 @@ def test_list_group_names_and_features_of_last_member() -> None:
     acts = record({"0.1": q0[1], "1.1": q1[1]}, lambda: (q0(x), q1(x)))
     masks = [metrics.dormant_mask(a) for a in acts.values()]
     assert out["plasticity/critic/dormant_ratio"] == pytest.approx(sum(int(m.sum()) for m in masks) / 14)
-    feats = record({"f": q1[2]}, lambda: q1(x), use_input=True)["f"]
-    assert out["plasticity/critic/feature_norm"] == pytest.approx(float(metrics.feature_norm(feats)))
+    # features per member (the input of each one's last Linear) and pooled: per sample [f_0(x), f_1(x)], 14 wide
+    f0 = record({"f": q0[2]}, lambda: q0(x), use_input=True)["f"]
+    f1 = record({"f": q1[2]}, lambda: q1(x), use_input=True)["f"]
+    assert out["plasticity/critic/0/feature_norm"] == pytest.approx(float(f0.norm(dim=1).mean()))
+    assert out["plasticity/critic/1/feature_norm"] == pytest.approx(float(f1.norm(dim=1).mean()))
+    assert out["plasticity/critic/1/srank"] == float(metrics.srank(f1))
+    pooled = torch.cat([f0, f1], dim=1)
+    pooled_norm = (f0.pow(2).sum(1) + f1.pow(2).sum(1)).sqrt().mean()
+    assert out["plasticity/critic/feature_norm"] == pytest.approx(float(pooled_norm))
+    assert out["plasticity/critic/srank"] == float(metrics.srank(pooled))
+    assert out["plasticity/critic/srank"] > out["plasticity/critic/1/srank"]
     expected_w = math.sqrt(float(metrics.weight_norm(q0)) ** 2 + float(metrics.weight_norm(q1)) ** 2)
     assert out["plasticity/critic/weight_norm"] == pytest.approx(expected_w, rel=1e-6)
 
