@@ -337,3 +337,46 @@ def test_cuda_metrics_stay_on_device_without_sync() -> None:
     assert all(o.is_cuda for o in outs)
     ranks = [srank(f), effective_rank(f)]  # svdvals itself may sync inside torch
     assert all(r.is_cuda for r in ranks)
+
+
+def test_fau_of_a_list_pools_entries_over_layers() -> None:
+    a = torch.tensor([[1.0, -1.0], [0.0, 2.0]])  # 2 of 4 entries > 0
+    b = torch.tensor([[3.0, -2.0, 0.0]])  # 1 of 3
+    assert fau([a, b]).tolist() == pytest.approx(3 / 7)  # not the mean of the layers' FAUs, (1/2 + 1/3) / 2
+    assert fau((a, b)).tolist() == pytest.approx(3 / 7)
+    assert fau([a]).tolist() == fau(a).tolist() == 0.5
+    conv = torch.zeros(2, 2, 2, 2)
+    conv[0, 0] = 1.0  # 4 of 16 entries
+    assert fau([conv, b]).tolist() == pytest.approx(5 / 19)
+
+
+def test_dormant_of_a_list_scores_each_layer_on_its_own_and_counts_units_together() -> None:
+    a = _layer_with_unit_means([0.05, 2.0])  # layer mean 1.025: scores 0.0488, 1.951, none dormant
+    b = _layer_with_unit_means([10.0, 10.0, 10.0])  # scores 1, 1, 1
+    torch.testing.assert_close(dormant_scores([a, b]), torch.tensor([0.05 / 1.025, 2.0 / 1.025, 1.0, 1.0, 1.0]))
+    assert dormant_mask([a, b]).tolist() == [False] * 5
+    assert dormant_ratio([a, b]).tolist() == 0.0
+    # as one layer of 5 units, unit 0 would be dormant: 0.05 / 6.41 <= 0.025
+    assert dormant_ratio(torch.cat([a, b], dim=1)).tolist() == pytest.approx(1 / 5)
+    dead = torch.zeros(4, 3)
+    assert dormant_ratio([a, dead]).tolist() == pytest.approx(3 / 5)  # 0 of a's 2 units and all 3 of dead's
+
+
+def test_list_arguments_are_checked() -> None:
+    with pytest.raises(ValueError, match="empty"):
+        fau([])
+    with pytest.raises(TypeError):
+        dormant_ratio([torch.ones(2, 2), [1.0]])
+
+
+def test_list_metrics_do_not_sync(monkeypatch: pytest.MonkeyPatch) -> None:
+    layers = [torch.relu(torch.randn(8, 4, 3, 3)), torch.relu(torch.randn(8, 5))]
+
+    def forbidden(*args: object, **kwargs: object) -> None:
+        raise AssertionError("host sync")
+
+    for name in _SYNC_METHODS:
+        monkeypatch.setattr(torch.Tensor, name, forbidden)
+    outs = [fau(layers), dormant_ratio(layers), dormant_scores(layers), dormant_mask(layers)]
+    monkeypatch.undo()
+    assert [o.shape for o in outs] == [(), (), (9,), (9,)]
