@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from plasticrl import metrics
@@ -351,3 +353,205 @@ def test_probe_on_cuda() -> None:
     assert out.keys() == cpu_out.keys()
     for k in out:
         assert out[k] == pytest.approx(cpu_out[k], rel=1e-3, abs=1e-4), k
+
+
+# ---- networks plasticrl did not write: functional activations, reused modules, odd declaration orders ----------
+
+
+class CleanRLQ(nn.Module):
+    """CleanRL's DQN/SAC Q-network shape: F.relu between Linear layers."""
+
+    def __init__(self, i: int = 4, h: int = 8) -> None:
+        super().__init__()
+        self.fc1, self.fc2, self.fc3 = nn.Linear(i, h), nn.Linear(h, h), nn.Linear(h, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc3(F.relu(self.fc2(F.relu(self.fc1(x)))))
+
+
+def relu_layers(q: CleanRLQ, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The two hidden ReLU outputs, computed without the network's forward."""
+    h1 = torch.clamp(x @ q.fc1.weight.T + q.fc1.bias, min=0)
+    return h1, torch.clamp(h1 @ q.fc2.weight.T + q.fc2.bias, min=0)
+
+
+def dormant_by_hand(h: torch.Tensor, tau: float = 0.025) -> float:
+    per_unit = h.abs().mean(dim=[d for d in range(h.dim()) if d != 1])
+    return float((per_unit / per_unit.mean() <= tau).float().mean())
+
+
+def test_functional_relu_network_gets_every_key_against_hand_computation() -> None:
+    torch.manual_seed(10)
+    q, x = CleanRLQ(), obs()
+    with torch.no_grad():
+        q.fc2.bias[:3] = -50.0  # three dead units in layer 2
+        h1, h2 = relu_layers(q, x)
+    out = PlasticityMonitor({"q": q}).probe(lambda: q(x))
+    assert out["plasticity/q/relu_0/dormant_ratio"] == pytest.approx(dormant_by_hand(h1))
+    assert out["plasticity/q/relu_1/dormant_ratio"] == pytest.approx(dormant_by_hand(h2))
+    assert out["plasticity/q/relu_1/dormant_ratio"] >= 3 / 8
+    units = 16
+    dormant = dormant_by_hand(h1) * 8 + dormant_by_hand(h2) * 8
+    assert out["plasticity/q/dormant_ratio"] == pytest.approx(dormant / units)
+    assert out["plasticity/q/relu_0/fau"] == pytest.approx(float((h1 > 0).float().mean()))
+    assert out["plasticity/q/fau"] == pytest.approx(float(((h1 > 0).sum() + (h2 > 0).sum()) / (2 * h1.numel())))
+    assert out["plasticity/q/feature_norm"] == pytest.approx(float(h2.norm(dim=1).mean()))
+    assert out["plasticity/q/srank"] == float(metrics.srank(h2))
+
+
+def test_reused_activation_module_after_two_same_width_layers_is_measured_per_call() -> None:
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.l1, self.l2, self.out = nn.Linear(4, 8), nn.Linear(8, 8), nn.Linear(8, 1)
+            self.act = nn.ReLU()
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.out(self.act(self.l2(self.act(self.l1(x)))))
+
+    torch.manual_seed(11)
+    net, x = Net(), obs()
+    with torch.no_grad():
+        net.l1.bias[:4] = -50.0  # half of layer 1 is dead, layer 2 is not
+        h1 = torch.clamp(x @ net.l1.weight.T + net.l1.bias, min=0)
+        h2 = torch.clamp(h1 @ net.l2.weight.T + net.l2.bias, min=0)
+    out = PlasticityMonitor({"net": net}).probe(lambda: net(x))
+    assert out["plasticity/net/act#0/dormant_ratio"] == pytest.approx(dormant_by_hand(h1))
+    assert dormant_by_hand(h1) >= 0.5
+    assert out["plasticity/net/act#1/dormant_ratio"] == pytest.approx(dormant_by_hand(h2))
+    assert out["plasticity/net/act#1/dormant_ratio"] < 0.5
+    assert "plasticity/net/act/dormant_ratio" not in out  # not the two layers merged along the batch
+    assert out["plasticity/net/act#1/fau"] == pytest.approx(float((h2 > 0).float().mean()))
+
+
+def test_activation_modules_declared_after_the_last_linear() -> None:
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc1, self.fc2, self.fc3 = nn.Linear(4, 16), nn.Linear(16, 16), nn.Linear(16, 1)
+            self.relu = nn.ReLU()  # registered last: the old monitor took the network's output as its features
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.fc3(self.relu(self.fc2(self.relu(self.fc1(x)))))
+
+    torch.manual_seed(12)
+    net, x = Net(), obs()
+    out = PlasticityMonitor({"net": net}).probe(lambda: net(x))
+    with torch.no_grad():
+        h2 = net.relu(net.fc2(net.relu(net.fc1(x))))
+        q = net(x)
+    assert out["plasticity/net/srank"] == float(metrics.srank(h2)) > 1
+    assert out["plasticity/net/feature_norm"] == pytest.approx(float(h2.norm(dim=1).mean()))
+    assert out["plasticity/net/feature_norm"] != pytest.approx(float(q.abs().mean()))
+
+
+def test_tanh_ended_actor_features_are_the_input_of_its_last_linear() -> None:
+    torch.manual_seed(13)
+    actor = nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 1), nn.Tanh())
+    x = obs()
+    out = PlasticityMonitor({"actor": actor}).probe(lambda: actor(x))
+    with torch.no_grad():
+        h2 = actor[:4](x)
+        h1 = actor[:2](x)
+    assert out["plasticity/actor/srank"] == float(metrics.srank(h2)) > 1  # not 1, the rank of the actions
+    assert "plasticity/actor/5/dormant_ratio" not in out  # the action squash is an output, not a layer
+    units_dormant = dormant_by_hand(h1) * 16 + dormant_by_hand(h2) * 16
+    assert out["plasticity/actor/dormant_ratio"] == pytest.approx(units_dormant / 32)
+
+
+def test_layernorm_gelu_sigmoid_tanh_network_fau_only_where_defined() -> None:
+    torch.manual_seed(14)
+    net = nn.Sequential(nn.Linear(4, 8), nn.LayerNorm(8), nn.GELU(), nn.Linear(8, 8), nn.Sigmoid(),
+                        nn.Linear(8, 8), nn.Tanh(), nn.Linear(8, 8), nn.Softplus(), nn.Linear(8, 1))
+    x = obs()
+    out = PlasticityMonitor({"net": net}).probe(lambda: net(x))
+    with torch.no_grad():
+        g, s, t, p = net[:3](x), net[:5](x), net[:7](x), net[:9](x)
+    assert out["plasticity/net/2/fau"] == pytest.approx(float((g > 0).float().mean()))
+    for layer in ("4", "6", "8"):  # Sigmoid, Tanh, Softplus: no FAU, not in the group's
+        assert f"plasticity/net/{layer}/fau" not in out
+        assert f"plasticity/net/{layer}/dormant_ratio" in out
+    assert float((s > 0).float().mean()) == 1.0  # what a sigmoid would have reported
+    assert out["plasticity/net/fau"] == pytest.approx(float((g > 0).float().mean()))
+    dormant = sum(dormant_by_hand(h) * 8 for h in (g, s, t, p))
+    assert out["plasticity/net/dormant_ratio"] == pytest.approx(dormant / 32)
+    assert out["plasticity/net/feature_norm"] == pytest.approx(float(p.norm(dim=1).mean()))
+
+
+def test_twin_functional_critics_as_a_list() -> None:
+    torch.manual_seed(15)
+    q1, q2 = CleanRLQ(4, 8), CleanRLQ(4, 8)
+    x = obs()
+    with torch.no_grad():
+        q2.fc1.bias.fill_(-50.0)  # q2's first layer is dead, its second sees only biases
+    out = PlasticityMonitor({"critic": [q1, q2]}).probe(lambda: (q1(x), q2(x)))
+    with torch.no_grad():
+        a1, a2 = relu_layers(q1, x)
+        b1, b2 = relu_layers(q2, x)
+    assert out["plasticity/critic/1.relu_0/dormant_ratio"] == 1.0
+    assert out["plasticity/critic/0/fau"] == pytest.approx(float(((a1 > 0).sum() + (a2 > 0).sum()) / 1024))
+    assert out["plasticity/critic/1/fau"] == pytest.approx(float((b2 > 0).sum() / 1024))
+    all_active = sum(int((h > 0).sum()) for h in (a1, a2, b1, b2))
+    assert out["plasticity/critic/fau"] == pytest.approx(all_active / 2048)
+    assert out["plasticity/critic/0/srank"] == float(metrics.srank(a2))
+    assert out["plasticity/critic/1/srank"] == float(metrics.srank(b2)) == 1  # bias only: one direction
+    assert out["plasticity/critic/srank"] == float(metrics.srank(torch.cat([a2, b2], dim=1)))
+    assert out["plasticity/critic/1/weight_norm"] == pytest.approx(float(metrics.weight_norm(q2)))
+
+
+def test_dict_group_members_are_named_by_key() -> None:
+    torch.manual_seed(16)
+    q1, q2 = CleanRLQ(), CleanRLQ()
+    x = obs()
+    out = PlasticityMonitor({"critic": {"q1": q1, "q2": q2}}).probe(lambda: (q1(x), q2(x)))
+    with torch.no_grad():
+        h1, _ = relu_layers(q2, x)
+    assert out["plasticity/critic/q2.relu_0/fau"] == pytest.approx(float((h1 > 0).float().mean()))
+    assert "plasticity/critic/q1/srank" in out and "plasticity/critic/q2/feature_norm" in out
+
+
+def test_small_conv_net_with_functional_relus() -> None:
+    class Conv(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.c1, self.c2 = nn.Conv2d(3, 4, 3), nn.Conv2d(4, 4, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return F.relu(self.c2(F.relu(self.c1(x)))).flatten(1)  # an encoder: its output is the feature
+
+    torch.manual_seed(17)
+    enc, img = Conv(), images()
+    with torch.no_grad():
+        enc.c1.bias[2] = -100.0
+        h1 = torch.clamp(F.conv2d(img, enc.c1.weight, enc.c1.bias), min=0)
+        h2 = torch.clamp(F.conv2d(h1, enc.c2.weight, enc.c2.bias), min=0)
+    out = PlasticityMonitor({"enc": enc}).probe(lambda: enc(img))
+    assert out["plasticity/enc/relu_0/dormant_ratio"] == pytest.approx(dormant_by_hand(h1))
+    assert dormant_by_hand(h1) >= 0.25  # channel 2 of 4
+    assert out["plasticity/enc/relu_1/dormant_ratio"] == pytest.approx(dormant_by_hand(h2))
+    active = int((h1 > 0).sum()) + int((h2 > 0).sum())
+    assert out["plasticity/enc/fau"] == pytest.approx(active / (h1.numel() + h2.numel()))
+    assert out["plasticity/enc/feature_norm"] == pytest.approx(float(h2.flatten(1).norm(dim=1).mean()))
+
+
+def test_group_without_measurable_activation_warns_once() -> None:
+    class Clamped(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.l1, self.l2 = nn.Linear(4, 8), nn.Linear(8, 1)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.l2(self.l1(x).clamp(min=0))  # a ReLU the monitor cannot see
+
+    net, other, x = Clamped(), make_mlp(), obs()
+    monitor = PlasticityMonitor({"clamped": net, "idle": other})
+    with pytest.warns(RuntimeWarning) as record:
+        out = monitor.probe(lambda: net(x))
+    messages = sorted(str(w.message) for w in record)
+    assert len(messages) == 2
+    assert "'clamped'" in messages[0] and "x.clamp(min=0)" in messages[0]
+    assert "'idle'" in messages[1] and "none of its modules ran" in messages[1]
+    assert "plasticity/clamped/fau" not in out and "plasticity/clamped/srank" in out
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        monitor.probe(lambda: net(x))  # warned once per group
