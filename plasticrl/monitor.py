@@ -6,7 +6,7 @@ Usage::
     logs = monitor.probe(lambda: (actor(obs), q0(obs, act), q1(obs, act)))
 
 Keys (``<layer>`` is an activation call site as ``plasticrl.capture`` names it: the dotted module name of an
-activation module, ``e.g. 1`` or ``convnet.1``, ``act#0``/``act#1`` for one module called at two places of a
+activation module, e.g. ``1`` or ``convnet.1``, ``act#0``/``act#1`` for one module called at two places of a
 forward, ``relu_0``/``q1.relu_1`` for functional calls; for a list group prefixed by the list index, ``0.net.1``,
 for a dict group by its key)::
 
