@@ -51,7 +51,7 @@ fau, and a RuntimeWarning (once per monitor and group) that says why.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -92,6 +92,8 @@ class PlasticityMonitor:
         histograms: if True, :attr:`last_histograms` holds per-unit dormancy
             scores per layer (CPU float32 ``(units,)``), keyed
             ``plasticity/<group>/<layer>/dormant_score``.
+        linear_groups: groups with no nonlinearity by design (e.g. linear modulators): their weight and feature
+            metrics only, and no warning that they have no activations.
     """
 
     def __init__(
@@ -100,6 +102,7 @@ class PlasticityMonitor:
         tau: float = 0.025,
         delta: float = 0.01,
         histograms: bool = False,
+        linear_groups: Iterable[str] = (),
     ) -> None:
         self.tau = tau
         self.delta = delta
@@ -108,7 +111,7 @@ class PlasticityMonitor:
         self.groups: dict[str, nn.Module] = {name: _wrap(g) for name, g in groups.items()}
         self._members: dict[str, list[tuple[str, nn.Module]]] = {name: members(g) for name, g in groups.items()}
         self._is_single = {name: isinstance(g, nn.Module) for name, g in groups.items()}
-        self._warned: set[str] = set()
+        self._warned: set[str] = set(linear_groups)  # groups never warned about
 
     def probe(self, forward_fn: Callable[[], Any]) -> dict[str, float]:
         """Run ``forward_fn()`` once (eval mode, no grad) and return ``{key: value}``.

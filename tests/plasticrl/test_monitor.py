@@ -555,3 +555,17 @@ def test_group_without_measurable_activation_warns_once() -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         monitor.probe(lambda: net(x))  # warned once per group
+
+
+def test_linear_groups_are_measured_without_a_warning() -> None:
+    """A group with no nonlinearity by design (linear modulators) gets its weight and feature metrics, no warning;
+    the same group not named linear is warned about."""
+    lin = nn.Sequential(nn.Linear(4, 8), nn.Linear(8, 3))
+    x = obs()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        out = PlasticityMonitor({"lin": lin}, linear_groups=["lin"]).probe(lambda: lin(x))
+    assert "plasticity/lin/fau" not in out and "plasticity/lin/dormant_ratio" not in out
+    assert any(k.startswith("plasticity/lin/") for k in out)
+    with pytest.warns(RuntimeWarning, match="'lin'"):
+        PlasticityMonitor({"lin": lin}).probe(lambda: lin(x))

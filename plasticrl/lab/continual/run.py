@@ -103,7 +103,8 @@ class ContinualRun:
             torch.manual_seed(cfg.run.seed)  # dropout masks and the pool's keys draw from torch's global generator
             self.agent = self.pretrained_agent()
             self.method: Method = make_method(method_name, self.agent, cfg, self.n)
-            self.monitor = PlasticityMonitor(self.method.modules())
+            modules = self.method.modules()  # the pool's modulators are linear by design
+            self.monitor = PlasticityMonitor(modules, linear_groups=[g for g in modules if g == "pool"])
             self.train_sequence()
             summary = self.save_reference() if self.method.isolated_tasks else self.save_sequence()
         finally:
