@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from plasticrl.capture import capture
 from plasticrl.metrics import fau
 from plasticrl.monitor import PlasticityMonitor
 from plasticrl.replay_ratio import AdaptiveReplayRatio
@@ -39,7 +40,6 @@ def run(steps: int = 20_000, check_every: int = 5, probe_every: int = 1000, seed
     # --- the plasticrl pieces --------------------------------------------------------------------------------
     controller = AdaptiveReplayRatio(low=0.5, high=2.0, check_every=check_every, unit="episodes")
     monitor = PlasticityMonitor({"actor": actor, "critic": critic})
-    critic_relus = [m for m in critic if isinstance(m, nn.ReLU)]
     # ------------------------------------------------------------------------------------------------------------
 
     obs, _ = env.reset(seed=seed)
@@ -62,12 +62,9 @@ def run(steps: int = 20_000, check_every: int = 5, probe_every: int = 1000, seed
             o, a, r, o2, d = (torch.as_tensor(buf[k][idx]) for k in ("o", "a", "r", "o2", "d"))
             with torch.no_grad():
                 y = r + 0.99 * (1 - d) * critic_target(torch.cat([o2, actor(o2)], 1))
-            acts: list[torch.Tensor] = []
-            hooks = [m.register_forward_hook(lambda _m, _i, out: acts.append(out)) for m in critic_relus]
-            q = critic(torch.cat([o, a], 1))
-            for h in hooks:
-                h.remove()
-            controller.observe(fau(torch.cat([x.flatten() for x in acts])))  # critic FAU of this batch
+            with capture(critic, clone=False) as acts:  # every activation call inside critic's forward
+                q = critic(torch.cat([o, a], 1))
+            controller.observe(fau(acts.outputs(fau_only=True)))  # critic FAU of this batch, pooled over layers
             c_opt.zero_grad()
             ((q - y) ** 2).mean().backward()
             c_opt.step()
