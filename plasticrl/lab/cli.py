@@ -11,7 +11,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from plasticrl.lab.config.base import ConfigError
+from plasticrl.lab.errors import ConfigError, missing_dependency
 
 # Each command imports its module when it runs, so that `plasticrl --help` does not load torch, SB3 and MuJoCo.
 
@@ -137,6 +137,12 @@ def main(argv: list[str] | None = None) -> int:
     except FloatingPointError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 3
+    except ModuleNotFoundError as exc:  # a core install (torch only) running a lab command
+        fix = missing_dependency(exc)
+        if fix is None:
+            raise
+        print(f"error: {fix}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

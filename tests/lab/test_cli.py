@@ -155,3 +155,16 @@ def test_saved_checkpoint_loads_and_evaluates(smoke_run):
                            "--device", "cpu"], capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "return" in proc.stdout
+
+
+def test_a_missing_lab_dependency_is_one_line_naming_the_extra(tmp_path):
+    """A core install (torch only) runs `plasticrl --help`; a lab command then says which package is missing and
+    the install line, instead of a traceback. (pydantic is made unimportable in a subprocess.)"""
+    code = ("import sys; sys.modules['pydantic'] = None; from plasticrl.lab.cli import main; "
+            "sys.exit(main(sys.argv[1:]))")
+    helped = subprocess.run([sys.executable, "-c", code, "--help"], capture_output=True, text=True, cwd=ROOT)
+    assert helped.returncode == 0 and "continual" in helped.stdout
+    proc = subprocess.run([sys.executable, "-c", code, "train", SMOKE], capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "pydantic is not installed" in lines[0] and 'pip install "plasticrl[lab]"' in lines[0]

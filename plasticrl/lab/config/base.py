@@ -13,6 +13,8 @@ from typing import Any, Literal, TypeVar
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from plasticrl.lab.errors import ConfigError
+
 M = TypeVar("M", bound=BaseModel)
 
 
@@ -46,10 +48,6 @@ def wandb_settings(w: WandbConfig, run_name: str, seed: int, default_tags: list[
     name (seeds group together), name = ``<run name>-s<seed>``, tags = ``default_tags``."""
     return {"mode": w.mode, "project": w.project, "entity": w.entity, "group": w.group or run_name,
             "tags": w.tags or default_tags, "name": w.name or f"{run_name}-s{seed}"}
-
-
-class ConfigError(ValueError):
-    """A config that can't be used: the message lists every problem, one per line."""
 
 
 def _section_fields(root: type[BaseModel], path: tuple[str | int, ...]) -> list[str]:
