@@ -59,7 +59,7 @@ class JsonlSink:
 class WandbSink:
     """A W&B run in ``<run_dir>/wandb``; every metric uses ``env_step`` as its x-axis."""
 
-    def __init__(self, run_dir: Path, config: dict[str, Any], mode: str = "offline", project: str = "plasticrl",
+    def __init__(self, run_dir: Path, config: dict[str, Any] | None, mode: str = "offline", project: str = "plasticrl",
                  entity: str | None = None, group: str | None = None, tags: list[str] | None = None,
                  name: str | None = None):
         import wandb  # imported here: W&B is optional at run time (mode: disabled never imports it)
@@ -88,14 +88,23 @@ class WandbSink:
 
 
 class RunLogger:
-    """Fans records out to the JSONL sink and, when enabled, to W&B; prints nothing itself.
+    """The run log: fans records out to ``<run_dir>/metrics.jsonl`` and, when enabled, to W&B; prints nothing itself.
 
-    :param run_dir: the run folder; ``metrics.jsonl`` and ``wandb/`` go there.
-    :param wandb_settings: keyword arguments of ``WandbSink`` (``mode`` ``disabled`` skips W&B entirely).
+    The public logging helper for custom loops as for ``plasticrl train`` and the SB3 callbacks (``run_logger=``):
+    ``log(metrics, step)`` per record, ``close()`` at the end. ``plasticrl plot <run_dir>`` draws its PNG dashboard
+    from ``metrics.jsonl``.
+
+    :param run_dir: the run folder, created with its parents if missing; ``metrics.jsonl`` (appended to) and
+        ``wandb/`` go there.
+    :param config: the run's config, as W&B's run config (``None``: none).
+    :param wandb_settings: keyword arguments of ``WandbSink`` (default W&B ``mode`` ``offline``; ``disabled`` skips
+        W&B entirely and never imports it).
     """
 
-    def __init__(self, run_dir: str | Path, config: dict[str, Any], wandb_settings: dict[str, Any] | None = None):
+    def __init__(self, run_dir: str | Path, config: dict[str, Any] | None = None,
+                 wandb_settings: dict[str, Any] | None = None):
         self.run_dir = Path(run_dir)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
         self.jsonl = JsonlSink(self.run_dir / "metrics.jsonl")
         self.wandb: WandbSink | None = None
         self.started = time.time()

@@ -36,15 +36,11 @@ def test_plasticity_callback_logs_every_n_steps_with_all_keys(tiny_pixel_env, ti
 
 
 def expected_updates(total, learning_starts, switch=None, low=0.5, high=2.0):
-    """Updates SB3 performs when train() runs after every transition t > learning_starts with floor-accumulated
-    ratio ``low`` up to ``switch`` and ``high`` after it (hand-derived, independent of the controller)."""
-
-    def due(t):
-        if switch is None or t <= switch:
-            return math.floor(low * t)
-        return math.floor(low * switch + high * (t - switch))
-
-    return due(total) - due(learning_starts)
+    """Updates SB3 performs when train() runs after every transition t > learning_starts (SB3's warm-up trains
+    nothing) with the ratio accumulated over those transitions, floored: ``low`` up to env step ``switch``, ``high``
+    after it (hand-derived, independent of the controller)."""
+    switch = total if switch is None else switch
+    return math.floor(low * (switch - learning_starts) + high * (total - switch))
 
 
 @pytest.mark.parametrize("n_envs", [1, 2])
@@ -52,10 +48,12 @@ def test_static_ratio_sets_gradient_steps_and_update_count(n_envs, tiny_pixel_en
     env = tiny_pixel_env(n_envs)
     model = tiny_drq(env, **RR_DRQ)
     controller = StaticReplayRatio(0.5)
-    model.learn(200, callback=ReplayRatioCallback(controller))
+    callback = ReplayRatioCallback(controller)
+    model.learn(200, callback=callback)
     assert model.num_timesteps == 200
     assert model._n_updates == expected_updates(200, 40) == 80
-    assert controller.updates == 100  # due over all 200 transitions, including the warm-up ones SB3 skips
+    # the controller sees only the 160 transitions SB3 trains after, and counts the updates SB3 performed
+    assert controller.updates == 80 and controller.env_step == 160 and callback.warmup_steps == 40
     env.close()
 
 
@@ -64,10 +62,12 @@ def test_adaptive_switch_raises_gradient_steps(tiny_pixel_env, tiny_drq):
     model = tiny_drq(env, **RR_DRQ)
     # check after every episode; tolerance 1 means the first check (end of episode 1) switches
     controller = AdaptiveReplayRatio(low=0.5, high=2.0, check_every=1, tolerance=1.0)
-    model.learn(2 * EPISODE + 10, callback=ReplayRatioCallback(controller))
-    assert controller.switched_at == EPISODE
+    callback = ReplayRatioCallback(controller)
+    model.learn(2 * EPISODE + 10, callback=callback)
+    # the controller's clock starts after the 40 warm-up transitions: it switched at SB3's env step 125
+    assert controller.switched_at == EPISODE - 40 and controller.switched_at + callback.warmup_steps == EPISODE
     assert controller.ratio == 2.0 and model.gradient_steps == 2
-    assert model._n_updates == expected_updates(2 * EPISODE + 10, 40, switch=EPISODE)
+    assert model._n_updates == expected_updates(2 * EPISODE + 10, 40, switch=EPISODE) == controller.updates
     # the FAU averages came from DrQ's training batches: one history entry per check, values in (0, 1]
     assert len(controller.history) == 2 and all(0 < fau <= 1 for _, fau, _ in controller.history)
     env.close()
@@ -89,7 +89,7 @@ def test_stock_sb3_agent_gets_critic_fau_from_probe():
                 policy_kwargs={"net_arch": [32, 32]}, device="cpu")
     controller = AdaptiveReplayRatio(check_every=1, tolerance=1.0)
     model.learn(EPISODE + 5, callback=ReplayRatioCallback(controller, probe_batch_size=16))
-    assert controller.switched_at == EPISODE and len(controller.history) == 1
+    assert controller.switched_at == EPISODE - 20 and len(controller.history) == 1  # 20 warm-up transitions
     assert 0 < controller.history[0][1] <= 1
     assert model._n_updates == expected_updates(EPISODE + 5, 20, switch=EPISODE)
     env.close()
@@ -109,5 +109,6 @@ def test_adaptive_with_parallel_envs_checks_when_episodes_end_together(tiny_pixe
     controller = AdaptiveReplayRatio(check_every=2, tolerance=1.0)
     model.learn(2 * EPISODE + 20, callback=ReplayRatioCallback(controller))
     assert controller.episodes == 2 and len(controller.history) == 1
-    assert controller.switched_at == 2 * EPISODE and model.gradient_steps == 4  # RR 2 x 2 transitions per step
+    assert controller.switched_at == 2 * EPISODE - 40  # SB3's env step 250, after 40 warm-up transitions
+    assert model.gradient_steps == 4  # RR 2 x 2 transitions per step
     env.close()

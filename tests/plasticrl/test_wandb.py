@@ -191,6 +191,14 @@ def test_disabled_writes_no_wandb_files(tmp_path):
     assert [r["env_step"] for r in runlog.read_jsonl(tmp_path)] == [10, 20, 30]
 
 
+def test_run_logger_creates_its_folder_with_parents(tmp_path):
+    run_dir = tmp_path / "runs" / "my_loop" / "0"  # none of these exist yet
+    logger = runlog.RunLogger(run_dir, wandb_settings={"mode": "disabled"})  # no config: a custom loop's log
+    _log_three(logger)
+    logger.close()
+    assert [r["env_step"] for r in runlog.read_jsonl(run_dir)] == [10, 20, 30]
+
+
 def test_failing_wandb_init_warns_and_jsonl_goes_on(tmp_path, monkeypatch):
     import wandb
 
