@@ -117,12 +117,20 @@ class ReplayRatioController(ABC):
         _check_transitions(n_transitions)
         return self._advance(n_transitions)
 
-    def _advance(self, n: int) -> int:
-        """Add ``n`` transitions at the current ratio; return the whole updates due."""
+    def skip(self, n_transitions: int = 1) -> None:
+        """Advance by ``n_transitions`` env transitions that get no updates (a warm-up, e.g. SB3's
+        ``learning_starts``): ``env_step`` counts them; ``updates`` and the owed fraction of an update do not."""
+        _check_transitions(n_transitions)
+        self._advance(n_transitions, trained=False)
+
+    def _advance(self, n: int, trained: bool = True) -> int:
+        """Add ``n`` transitions, at the current ratio when ``trained``; return the whole updates due."""
+        self.env_step += n
+        if not trained:
+            return 0
         self._credit += self._ratio * n
         due = math.floor(self._credit)
         self._credit -= due
-        self.env_step += n
         self.updates += due
         return due
 
@@ -245,12 +253,20 @@ class AdaptiveReplayRatio(ReplayRatioController):
         a check runs whenever ``env_step`` reaches a multiple of ``check_every``;
         transitions after it use the new ratio."""
         _check_transitions(n_transitions)
+        return self._advance_checked(n_transitions, trained=True)
+
+    def skip(self, n_transitions: int = 1) -> None:
+        """Like ``step`` (checks included) for transitions that get no updates (a warm-up)."""
+        _check_transitions(n_transitions)
+        self._advance_checked(n_transitions, trained=False)
+
+    def _advance_checked(self, n_transitions: int, trained: bool) -> int:
         due = 0
         while n_transitions > 0:
             k = n_transitions
             if self.unit == "steps":
                 k = min(k, self.check_every - self.env_step % self.check_every)
-            due += self._advance(k)
+            due += self._advance(k, trained)
             n_transitions -= k
             if self.unit == "steps" and self.env_step % self.check_every == 0:
                 self._check()

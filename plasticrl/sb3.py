@@ -461,9 +461,9 @@ class ReplayRatioCallback(_LoggingCallback):
     ``dones``; after each vector step that SB3 trains after (``num_timesteps > learning_starts``) asks
     ``controller.step(new transitions)`` how many updates are due, and at ``_on_rollout_end`` sets
     ``model.gradient_steps`` to them, which SB3 applies to the next ``train()``. So the controller counts the updates
-    SB3 performs: ``controller.updates == model._n_updates`` after ``learn``. Its transition clock runs from the end of
-    SB3's warm-up: the ``warmup_steps`` transitions before it are not given to it (``controller.env_step`` and
-    ``switched_at`` + ``warmup_steps`` = SB3's ``num_timesteps``); its episodes and FAU values count from the start.
+    SB3 performs: ``controller.updates == model._n_updates`` after ``learn``. The warm-up's transitions go to
+    ``controller.skip`` (counted, no updates), so ``controller.env_step`` and ``switched_at`` are SB3's
+    ``num_timesteps``.
     Replay ratio stays per transition with ``n_envs > 1`` (SB3 counts a vector step as n_envs transitions). Logs
     ``replay_ratio/*`` (``replay_ratio/updates``: updates performed once this vector step's ``train()`` has run) at
     episode ends.
@@ -482,7 +482,6 @@ class ReplayRatioCallback(_LoggingCallback):
         self.controller = controller
         self.probe_batch_size = probe_batch_size
         self.fau_group = fau_group
-        self.warmup_steps = 0  # transitions of SB3's warm-up, not given to the controller
         self._last_steps = 0
         self._due = 0  # updates due for the current rollout
         self._probe_monitor: PlasticityMonitor | None = None
@@ -523,7 +522,7 @@ class ReplayRatioCallback(_LoggingCallback):
         if self.num_timesteps > self.model.learning_starts:
             self._due += int(self.controller.step(new))
         else:
-            self.warmup_steps += new
+            self.controller.skip(new)
         n_done = sum(bool(d) for d in self.locals.get("dones", []))
         if n_done:
             if self._probe_monitor is not None:

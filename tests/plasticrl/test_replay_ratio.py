@@ -379,3 +379,21 @@ def test_episodes_ending_together_share_one_window_and_cross_the_check():
     assert c.switched_at == 0 and c.ratio == 2.0
     with pytest.raises(ValueError, match="episodes that ended"):
         c.end_episode(0)
+
+
+def test_skip_counts_transitions_without_owing_updates():
+    """A warm-up of 3 transitions at ratio 0.5, then 5 trained ones: env_step 8, updates floor(0.5 * 5) = 2 (not
+    floor(0.5 * 8) = 4); with unit="steps" a check still falls on a multiple crossed during the warm-up, and the
+    4 transitions after it owe 2 x 4 updates."""
+    ctrl = StaticReplayRatio(0.5)
+    ctrl.skip(3)
+    assert (ctrl.env_step, ctrl.updates) == (3, 0)
+    assert [ctrl.step(1) for _ in range(5)] == [0, 1, 0, 1, 0]
+    assert (ctrl.env_step, ctrl.updates) == (8, 2)
+    adaptive = AdaptiveReplayRatio(low=0.5, high=2.0, check_every=4, unit="steps", tolerance=1.0)
+    adaptive.observe(0.5)
+    adaptive.skip(4)  # the check at env step 4 runs during the warm-up (within tolerance: switch to 2)
+    assert adaptive.switched_at == 4 and adaptive.updates == 0
+    assert adaptive.step(4) == 8 and adaptive.updates == 8
+    with pytest.raises(ValueError, match="n_transitions must be an int >= 0"):
+        ctrl.skip(-1)

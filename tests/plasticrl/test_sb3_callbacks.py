@@ -52,8 +52,8 @@ def test_static_ratio_sets_gradient_steps_and_update_count(n_envs, tiny_pixel_en
     model.learn(200, callback=callback)
     assert model.num_timesteps == 200
     assert model._n_updates == expected_updates(200, 40) == 80
-    # the controller sees only the 160 transitions SB3 trains after, and counts the updates SB3 performed
-    assert controller.updates == 80 and controller.env_step == 160 and callback.warmup_steps == 40
+    # the 40 warm-up transitions are counted but owe no updates: the controller counts the updates SB3 performed
+    assert controller.updates == 80 and controller.env_step == 200
     env.close()
 
 
@@ -64,8 +64,7 @@ def test_adaptive_switch_raises_gradient_steps(tiny_pixel_env, tiny_drq):
     controller = AdaptiveReplayRatio(low=0.5, high=2.0, check_every=1, tolerance=1.0)
     callback = ReplayRatioCallback(controller)
     model.learn(2 * EPISODE + 10, callback=callback)
-    # the controller's clock starts after the 40 warm-up transitions: it switched at SB3's env step 125
-    assert controller.switched_at == EPISODE - 40 and controller.switched_at + callback.warmup_steps == EPISODE
+    assert controller.switched_at == EPISODE  # the controller's clock is SB3's num_timesteps
     assert controller.ratio == 2.0 and model.gradient_steps == 2
     assert model._n_updates == expected_updates(2 * EPISODE + 10, 40, switch=EPISODE) == controller.updates
     # the FAU averages came from DrQ's training batches: one history entry per check, values in (0, 1]
@@ -89,7 +88,7 @@ def test_stock_sb3_agent_gets_critic_fau_from_probe():
                 policy_kwargs={"net_arch": [32, 32]}, device="cpu")
     controller = AdaptiveReplayRatio(check_every=1, tolerance=1.0)
     model.learn(EPISODE + 5, callback=ReplayRatioCallback(controller, probe_batch_size=16))
-    assert controller.switched_at == EPISODE - 20 and len(controller.history) == 1  # 20 warm-up transitions
+    assert controller.switched_at == EPISODE and len(controller.history) == 1
     assert 0 < controller.history[0][1] <= 1
     assert model._n_updates == expected_updates(EPISODE + 5, 20, switch=EPISODE)
     env.close()
@@ -109,6 +108,6 @@ def test_adaptive_with_parallel_envs_checks_when_episodes_end_together(tiny_pixe
     controller = AdaptiveReplayRatio(check_every=2, tolerance=1.0)
     model.learn(2 * EPISODE + 20, callback=ReplayRatioCallback(controller))
     assert controller.episodes == 2 and len(controller.history) == 1
-    assert controller.switched_at == 2 * EPISODE - 40  # SB3's env step 250, after 40 warm-up transitions
+    assert controller.switched_at == 2 * EPISODE
     assert model.gradient_steps == 4  # RR 2 x 2 transitions per step
     env.close()
