@@ -1,4 +1,4 @@
-"""Gradient steps per second of the L2M Decision Transformer (``agents.l2m.L2MAgent.train_step``): precision x
+"""Gradient steps per second of the L2M Decision Transformer (``plasticrl.agents.l2m.L2MAgent.train_step``): precision x
 CUDA graph, on random Meta-World-shaped episodes (39-dim states, 4-dim actions, 200 steps). Default sizes are the
 CW10 configs' (d_model 256, 4 layers, 4 heads, context 5, batch 256); ``steps/s`` gives the pre-training time of
 ``pretrain.steps`` as steps / rate.
@@ -13,7 +13,7 @@ import time
 import numpy as np
 import torch
 
-from agents.l2m import DTConfig, L2MAgent
+from plasticrl.agents.l2m import DTConfig, L2MAgent
 
 
 def steps_per_s(agent: L2MAgent, data, steps: int, warmup: int = 10) -> float:

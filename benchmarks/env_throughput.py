@@ -15,7 +15,7 @@ def throughput(env_id: str, n_envs: int, seconds: float) -> float:
     from stable_baselines3.common.env_util import make_vec_env
     from stable_baselines3.common.vec_env import SubprocVecEnv
 
-    import envs
+    from plasticrl import envs
 
     venv = make_vec_env(lambda: envs.make(env_id), n_envs=n_envs, seed=0, vec_env_cls=SubprocVecEnv)
     rng = np.random.default_rng(0)
@@ -36,7 +36,7 @@ def gpu_load(seconds: float) -> None:
     """Replays graphed DrQ updates (bf16, batch 256) for ``seconds``: the GPU work of training, without envs."""
     import torch
 
-    from agents import DrQ
+    from plasticrl.agents import DrQ
     from plasticrl.lab.bench import _pixel_venv, synthetic_batch
     from plasticrl.lab.runtime import configure_torch
 

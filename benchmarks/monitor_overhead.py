@@ -19,8 +19,8 @@ import torch
 from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.vec_env import SubprocVecEnv
 
-import envs
-from agents import DrQ
+from plasticrl import envs
+from plasticrl.agents import DrQ
 from plasticrl.lab.runtime import configure_torch
 from plasticrl.replay_ratio import StaticReplayRatio
 from plasticrl.sb3 import PlasticityCallback, ReplayRatioCallback

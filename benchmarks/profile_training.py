@@ -1,5 +1,5 @@
 """Where the wall time of end-to-end DrQ training goes (host side): ``cProfile`` of a short walker-walk run with
-``agents.bench.bench_training``; prints frames/s and the functions with the most cumulative and own time. Time
+``plasticrl.agents.bench.bench_training``; prints frames/s and the functions with the most cumulative and own time. Time
 spent waiting shows up in the call that waits: ``step_wait`` (the envs), a ``.cpu()``/``copy_`` (the GPU queue).
 
     python benchmarks/profile_training.py --n-envs 16 --steps 8000 --precision bf16 --async-env-step [--compile]

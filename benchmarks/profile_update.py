@@ -8,7 +8,7 @@ import argparse
 
 import torch
 
-from agents import DrQ
+from plasticrl.agents import DrQ
 from plasticrl.lab.bench import _pixel_venv, _time, synthetic_batch
 from plasticrl.lab.runtime import configure_torch
 

@@ -13,7 +13,7 @@ import json
 import numpy as np
 import torch
 
-from agents import DrQ
+from plasticrl.agents import DrQ
 from plasticrl.lab.bench import _fill, _pixel_venv, _quiet_logger, _time, synthetic_batch
 from plasticrl.lab.runtime import configure_torch
 

@@ -9,7 +9,7 @@ set -euo pipefail
 py=${PYTHON:-python}
 episodes=${1:-100}
 shift || true
-tasks=$($py -c 'import envs; print(" ".join(envs.sequence("dmc10") + envs.sequence("dmc6")))')
+tasks=$($py -c 'from plasticrl import envs; print(" ".join(envs.sequence("dmc10") + envs.sequence("dmc6")))')
 mkdir -p runs/sac_state
 export OMP_NUM_THREADS=1
 

@@ -21,7 +21,7 @@ def make_tiny_pixel_env(n_envs: int = 1, seed: int = 0, wrap: Callable[[Any], An
     e.g. ``lambda e: TimeLimit(e, 20)``) is applied to each env. The caller closes it."""
     from stable_baselines3.common.env_util import make_vec_env
 
-    import envs
+    from plasticrl import envs
 
     def make() -> Any:
         env = envs.make("dmc:cartpole-swingup", **TINY_PIXELS)
@@ -32,7 +32,7 @@ def make_tiny_pixel_env(n_envs: int = 1, seed: int = 0, wrap: Callable[[Any], An
 
 def make_tiny_drq(env: Any, **overrides: Any) -> Any:
     """``DrQ("CnnPolicy", env, **TINY_DRQ)`` with ``overrides`` replacing (not merging into) its arguments."""
-    from agents import DrQ
+    from plasticrl.agents import DrQ
 
     return DrQ("CnnPolicy", env, **{**TINY_DRQ, **overrides})
 

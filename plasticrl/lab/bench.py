@@ -20,9 +20,9 @@ from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.logger import configure
 from stable_baselines3.common.vec_env import SubprocVecEnv
 
-import envs
-from agents import DrQ
-from agents.drq.replay import PixelBatch
+from plasticrl import envs
+from plasticrl.agents import DrQ
+from plasticrl.agents.drq.replay import PixelBatch
 from plasticrl.lab.runtime import configure_torch, resolve_device
 from plasticrl.replay_ratio import StaticReplayRatio
 from plasticrl.sb3 import ReplayRatioCallback

@@ -24,8 +24,8 @@ import numpy as np
 from minari.data_collector import EpisodeBuffer
 from minari.data_collector.callbacks import EpisodeMetadataCallback
 
-import envs
-from envs import metaworld_env
+from plasticrl import envs
+from plasticrl.envs import metaworld_env
 from plasticrl.lab.config.base import ConfigError
 from plasticrl.lab.config.train import load as load_train_config
 from plasticrl.lab.runtime import resolve_device
@@ -51,8 +51,8 @@ def datasets_path(out_dir: str | Path) -> Iterator[Path]:
 
 
 def resolve_tasks(spec: str) -> list[str]:
-    """Env ids of ``spec`` (``envs.task_ids``: sequence names and env ids, comma-separated, e.g. ``mt40,dmc10``);
-    duplicates dropped, order kept.
+    """Env ids of ``spec`` (``plasticrl.envs.task_ids``: sequence names and env ids, comma-separated, e.g.
+    ``mt40,dmc10``); duplicates dropped, order kept.
 
     Raises ValueError (the registry's message, with close matches) for an unknown part.
     """
@@ -231,7 +231,7 @@ def run_config(checkpoint: str | Path) -> Any:
 
 def agent_env_options(env_id: str, checkpoint: str | Path) -> dict[str, Any]:
     """Env options the agent was trained with: from ``<run>/config.yaml`` when the checkpoint sits in
-    ``<run>/checkpoints/``, else ``envs.make``'s defaults."""
+    ``<run>/checkpoints/``, else ``plasticrl.envs.make``'s defaults."""
     cfg = run_config(checkpoint) if env_id.startswith("dmc:") else None
     if cfg is None:
         return {}

@@ -15,9 +15,9 @@ from stable_baselines3.common.env_util import make_vec_env as sb3_make_vec_env
 from stable_baselines3.common.evaluation import evaluate_policy
 from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv
 
-import envs
-from agents import DrQ
+from plasticrl import envs
 from plasticrl import sb3 as adapters
+from plasticrl.agents import DrQ
 from plasticrl.lab.config.base import ConfigError, dump, wandb_settings
 from plasticrl.lab.config.train import Config, load
 from plasticrl.lab.plots import plot_runs
@@ -25,11 +25,11 @@ from plasticrl.lab.runtime import configure_torch, resolve_device
 from plasticrl.replay_ratio import AdaptiveReplayRatio, StaticReplayRatio
 from plasticrl.runlog import RunLogger, make_run_dir
 
-AGENTS = ("drq", "sac")  # agent.kind and collect --agent: plasticrl's agents.DrQ, stable-baselines3's SAC
+AGENTS = ("drq", "sac")  # agent.kind and collect --agent: plasticrl.agents.DrQ, stable-baselines3's SAC
 
 
 def env_options(cfg: Config) -> dict[str, Any]:
-    """``envs.make`` options of ``cfg.env`` (Meta-World takes none of them: state only, no action repeat)."""
+    """``plasticrl.envs.make`` options of ``cfg.env`` (Meta-World takes none of them: state only, no action repeat)."""
     e = cfg.env
     if e.id.startswith("metaworld:"):
         return {}
@@ -39,7 +39,7 @@ def env_options(cfg: Config) -> dict[str, Any]:
 
 
 def make_vec_env(cfg: Config, seed: int, n_envs: int | None = None) -> Any:
-    """SB3 VecEnv of ``n_envs`` monitored ``envs.make`` envs; seeds seed, seed+1, ..."""
+    """SB3 VecEnv of ``n_envs`` monitored ``plasticrl.envs.make`` envs; seeds seed, seed+1, ..."""
     n = n_envs or cfg.env.n_envs
     kind = cfg.env.vec_env if cfg.env.vec_env != "auto" else ("subproc" if n > 1 else "dummy")
     options = env_options(cfg)
@@ -57,8 +57,8 @@ def build_controller(cfg: Config) -> Any:
 
 
 def build_agent(cfg: Config, env: Any, device: str) -> Any:
-    """``agents.DrQ("CnnPolicy")`` or ``stable_baselines3.SAC("MlpPolicy")`` (``agent.kind``); ``gradient_steps=0``:
-    the replay-ratio callback sets the updates after each step."""
+    """``plasticrl.agents.DrQ("CnnPolicy")`` or ``stable_baselines3.SAC("MlpPolicy")`` (``agent.kind``);
+    ``gradient_steps=0``: the replay-ratio callback sets the updates after each step."""
     a = cfg.agent
     # A buffer larger than the run's transitions never fills: allocate only what the run can use.
     buffer_size = min(a.buffer_size, cfg.run.total_steps)
@@ -79,8 +79,8 @@ def build_agent(cfg: Config, env: Any, device: str) -> Any:
 
 
 def load_agent(agent: str, checkpoint: str | Path, device: str = "auto") -> Any:
-    """Loads an SB3-format checkpoint: ``drq`` with ``agents.DrQ.load``, ``sac`` with ``stable_baselines3.SAC.load``;
-    replay is allocated at 100 transitions (unused)."""
+    """Loads an SB3-format checkpoint: ``drq`` with ``plasticrl.agents.DrQ.load``, ``sac`` with
+    ``stable_baselines3.SAC.load``; replay is allocated at 100 transitions (unused)."""
     if agent not in AGENTS:
         raise ValueError(f"unknown agent {agent!r}; allowed: {', '.join(AGENTS)}")
     if not Path(checkpoint).is_file():

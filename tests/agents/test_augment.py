@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from agents.drq.augment import random_shift
+from plasticrl.agents.drq.augment import random_shift
 
 
 def distinct_images(b: int, c: int, h: int, w: int, seed: int = 0, dtype=torch.uint8) -> torch.Tensor:

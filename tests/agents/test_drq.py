@@ -5,8 +5,8 @@ import pytest
 import torch
 from stable_baselines3.common.evaluation import evaluate_policy
 
-from agents import DrQ
-from agents.drq import Encoder
+from plasticrl.agents import DrQ
+from plasticrl.agents.drq import Encoder
 
 
 def test_encoder_shape_matches_drqv2():
@@ -84,7 +84,7 @@ def test_save_load_round_trip_gives_identical_actions(trained, tmp_path):
 def mark_captured(model):
     """Gives ``model`` (a CPU DrQ, which never captures) an update graph and a step graph marked as captured, as a
     CUDA DrQ has after its first updates; returns them (update graph, step graph)."""
-    from agents.accel import GraphedUpdate
+    from plasticrl.agents.accel import GraphedUpdate
 
     model._update_fn, model._step_graph = GraphedUpdate(model._update_vector), GraphedUpdate(model._update_vector)
     model._step_graph_key = (8, 0)
@@ -143,7 +143,7 @@ def test_update_count_follows_train_freq_and_gradient_steps(tiny_pixel_env, tiny
 
 
 def test_log_prob_matches_torch_distribution():
-    from agents.drq import Actor
+    from plasticrl.agents.drq import Actor
 
     torch.manual_seed(0)
     actor = Actor(repr_dim=6, action_dim=3, feature_dim=4, hidden_dim=8)
@@ -222,7 +222,7 @@ def test_update_matches_a_straightforward_sac_step(tiny_pixel_env, tiny_drq):
 
     import torch.nn.functional as F
 
-    from agents.drq.augment import random_shift
+    from plasticrl.agents.drq.augment import random_shift
 
     env = tiny_pixel_env()
     model = tiny_drq(env, learning_starts=10)
@@ -263,7 +263,7 @@ def test_update_matches_a_straightforward_sac_step(tiny_pixel_env, tiny_drq):
 def test_async_env_step_stores_the_actions_the_env_executed(tiny_pixel_env, tiny_drq):
     import gymnasium as gym
 
-    from agents.drq.prefetch import PrefetchVecEnv
+    from plasticrl.agents.drq.prefetch import PrefetchVecEnv
     from plasticrl.replay_ratio import StaticReplayRatio
     from plasticrl.sb3 import ReplayRatioCallback
 
@@ -373,9 +373,9 @@ def test_gpu_speed_options_are_checked_and_left_off_on_cpu(tiny_pixel_env, tiny_
 
 
 def test_compile_update_wraps_the_function_in_each_mode():
-    """agents.accel.compile_update: the function itself when off, a (lazily) compiled wrapper in the other modes;
-    a mode that is not in COMPILE_MODES is refused, naming them."""
-    from agents.accel import COMPILE_MODES, compile_update
+    """plasticrl.agents.accel.compile_update: the function itself when off, a (lazily) compiled wrapper in the other
+    modes; a mode that is not in COMPILE_MODES is refused, naming them."""
+    from plasticrl.agents.accel import COMPILE_MODES, compile_update
 
     def fn(x):
         return x + 1
@@ -446,11 +446,11 @@ def test_bench_quick_on_cpu_writes_the_update_times_and_their_ratio(tmp_path):
 
 
 def test_networks_module_imports_torch_only():
-    """agents/drq/networks.py is plain torch (plus the standard library): no SB3, no gymnasium."""
+    """plasticrl/agents/drq/networks.py is plain torch (plus the standard library): no SB3, no gymnasium."""
     import ast
     import sys
 
-    import agents.drq.networks as networks
+    import plasticrl.agents.drq.networks as networks
 
     tree = ast.parse(open(networks.__file__).read())
     roots = set()

@@ -4,8 +4,8 @@ FAU, gradients and updates, keep the flag through save/load, and leave the plast
 import pytest
 import torch
 
-from agents import DrQ
-from agents.drq import Critic
+from plasticrl.agents import DrQ
+from plasticrl.agents.drq import Critic
 from plasticrl.lab.bench import synthetic_batch
 from plasticrl.monitor import PlasticityMonitor
 from plasticrl.sb3 import default_groups, probe_forward

@@ -1,4 +1,4 @@
-"""agents.l2m: the multi-domain Decision Transformer of L2M and its offline agent."""
+"""plasticrl.agents.l2m: the multi-domain Decision Transformer of L2M and its offline agent."""
 
 import contextlib
 import subprocess
@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-import envs
-from agents.l2m import DecisionTransformer, DTConfig, L2MAgent, bin_centers, discretize
+from plasticrl import envs
+from plasticrl.agents.l2m import DecisionTransformer, DTConfig, L2MAgent, bin_centers, discretize
 from plasticrl.lab.collect import collect_scripted, datasets_path
 from plasticrl.modulation import ModulationPool
 
@@ -327,7 +327,7 @@ def test_pool_oracle_per_sample_task_ids():
 
 
 def test_importing_agents_l2m_does_not_import_sb3():
-    code = "import agents.l2m, sys; assert 'stable_baselines3' not in sys.modules"
+    code = "import plasticrl.agents.l2m, sys; assert 'stable_baselines3' not in sys.modules"
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
 

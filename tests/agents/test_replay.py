@@ -16,7 +16,7 @@ import pytest
 import torch
 from gymnasium import spaces
 
-from agents.drq.replay import FrameReplayBuffer
+from plasticrl.agents.drq.replay import FrameReplayBuffer
 
 H, W, FC = 5, 4, 3  # tiny frames, non-square to catch H/W mix-ups
 ACTION_SPACE = spaces.Box(-1e7, 1e7, (2,), np.float32)
@@ -88,7 +88,7 @@ class SyntheticVecEnv:
         self.t_left[e] = int(self.rng.choice(self.env_lengths[e]))
         self.ending[e] = "trunc" if self.rng.random() < 0.5 else "term"
         f = self._frame(e)
-        if self.reset_pad == "repeat":  # like envs/dmc.py: the first frame repeated
+        if self.reset_pad == "repeat":  # like plasticrl/envs/dmc.py: the first frame repeated
             return [f] * self.k
         return [np.zeros_like(f)] * (self.k - 1) + [f]  # like SB3's VecFrameStack: zero padding
 

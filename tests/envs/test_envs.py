@@ -7,7 +7,7 @@ import sys
 import numpy as np
 import pytest
 
-import envs
+from plasticrl import envs
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -201,7 +201,7 @@ def test_dmc_sequence_ids_make(name):
 
 def test_import_is_lazy_and_gl_backend_is_chosen():
     code = (
-        "import os, sys, envs\n"
+        "import os, sys\nfrom plasticrl import envs\n"
         "assert 'dm_control' not in sys.modules and 'metaworld' not in sys.modules\n"
         "envs.make('dmc:walker-walk', pixels=False)\n"  # state env first
         "env = envs.make('dmc:walker-walk', size=32)\n"

@@ -4,8 +4,8 @@ import mujoco
 import numpy as np
 import pytest
 
-import envs
-from envs import metaworld_env
+from plasticrl import envs
+from plasticrl.envs import metaworld_env
 
 SEED = 0
 

@@ -46,13 +46,13 @@ def walker_env():
     or step it from a reset (``learn``), never depend on its state."""
     from stable_baselines3.common.env_util import make_vec_env
 
-    import envs
+    from plasticrl import envs
 
     return make_vec_env(lambda: envs.make("dmc:walker-walk", size=84), n_envs=1, seed=0)
 
 
 def make_agent(cuda_graph, seed=0, **kw):
-    from agents import DrQ
+    from plasticrl.agents import DrQ
 
     return DrQ("CnnPolicy", walker_env(), buffer_size=2000, batch_size=64, seed=seed, device="cuda",
                cuda_graph=cuda_graph, **kw)
@@ -66,7 +66,7 @@ def test_graphed_update_equals_eager_update():
     """Two agents with the same seed and init, one replaying CUDA graphs, one eager, three updates on the same
     batches: equal stats and parameters. The update is made deterministic so the RNG streams don't matter: no
     shift (pad 0), a fixed entropy coefficient of 0, and a policy std of e^-30 (actions = tanh(mean))."""
-    from agents.accel import GraphedUpdate
+    from plasticrl.agents.accel import GraphedUpdate
     from plasticrl.lab.bench import synthetic_batch
 
     kw = {"augment_pad": 0, "ent_coef": 0.0, "policy_kwargs": {"log_std_bounds": (-30.0, -30.0)}}
@@ -161,7 +161,7 @@ def test_graph_captured_sampling_reads_the_current_buffer():
     import numpy as np
     from gymnasium import spaces
 
-    from agents.drq.replay import FrameReplayBuffer
+    from plasticrl.agents.drq.replay import FrameReplayBuffer
 
     obs_space = spaces.Box(0, 255, (3, 8, 8), np.uint8)
     buf = FrameReplayBuffer(1000, obs_space, spaces.Box(-1, 1, (1,)), device="cuda", n_step=1)
@@ -191,7 +191,7 @@ def test_decision_transformer_bf16_loss_is_close_to_fp32():
     """L2MAgent(precision="bf16") runs the DT in bf16 autocast: same loss as fp32 to bf16 accuracy, fp32 logits."""
     import numpy as np
 
-    from agents.l2m import DTConfig, L2MAgent
+    from plasticrl.agents.l2m import DTConfig, L2MAgent
 
     rng = np.random.default_rng(0)
     episodes = [{"observations": rng.normal(size=(31, 39)), "actions": rng.uniform(-1, 1, (30, 4)),
@@ -281,7 +281,7 @@ def _dt_episodes(n=8, steps=30, state_dim=39, action_dim=4):
 def test_decision_transformer_graphed_train_step_equals_eager():
     """L2MAgent(cuda_graph=True) replays one CUDA graph per train_step: same losses and parameters as eager steps
     on the same batches (dropout 0, fp32), and a new batch shape gets its own graph."""
-    from agents.l2m import DTConfig, L2MAgent
+    from plasticrl.agents.l2m import DTConfig, L2MAgent
 
     cfg = DTConfig(d_model=64, n_layers=2, n_heads=4, context=5, dropout=0.0)
     a = L2MAgent(cfg, device="cuda", batch_size=32, cuda_graph=True)
@@ -340,7 +340,7 @@ def test_gpu_replay_adds_equal_cpu_replay_adds():
     import numpy as np
     from gymnasium import spaces
 
-    from agents.drq.replay import FrameReplayBuffer
+    from plasticrl.agents.drq.replay import FrameReplayBuffer
 
     obs_space = spaces.Box(0, 255, (9, 8, 8), np.uint8)
     act_space = spaces.Box(-1, 1, (3,), np.float32)

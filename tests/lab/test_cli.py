@@ -168,3 +168,19 @@ def test_a_missing_lab_dependency_is_one_line_naming_the_extra(tmp_path):
     assert proc.returncode == 2, proc.stderr[-2000:]
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "pydantic is not installed" in lines[0] and 'pip install "plasticrl[lab]"' in lines[0]
+
+
+def test_a_projects_own_envs_and_agents_packages_do_not_shadow_plasticrls(tmp_path):
+    """From a project folder with its own ``envs/`` and ``agents/`` packages (first on sys.path with ``python -m``),
+    the lab still gets plasticrl's: they are installed as ``plasticrl.envs`` and ``plasticrl.agents``."""
+    for name in ("envs", "agents"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "__init__.py").write_text("MINE = True\n")
+    code = ("import envs, agents; assert envs.MINE and agents.MINE; import plasticrl.lab.train as t; "
+            "t.envs.check_id('dmc:walker-walk'); print(t.envs.__name__, t.DrQ.__module__)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.split() == ["plasticrl.envs", "plasticrl.agents.drq.algorithm"]
+    helped = subprocess.run([sys.executable, "-m", "plasticrl", "train", "--help"], capture_output=True, text=True,
+                            cwd=tmp_path)
+    assert helped.returncode == 0, helped.stderr[-2000:]

@@ -62,7 +62,7 @@ def test_bad_task_errors_before_writing(tmp_path, capsys, tasks, message):
 def test_agent_checkpoint_dataset(tmp_path):
     from stable_baselines3 import SAC
 
-    import envs
+    from plasticrl import envs
 
     model = SAC("MlpPolicy", envs.make(PUSH), buffer_size=100, seed=0)
     model.save(tmp_path / "sac.zip")

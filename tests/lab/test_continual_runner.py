@@ -11,9 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-import envs
-from agents.l2m import L2MAgent
-from plasticrl import continual_metrics
+from plasticrl import continual_metrics, envs
+from plasticrl.agents.l2m import L2MAgent
 from plasticrl.lab import continual
 from plasticrl.lab.config import continual as cc
 from plasticrl.lab.config.train import ConfigError

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import yaml
 
-import envs
+from plasticrl import envs
 from plasticrl.lab import collect, continual
 from plasticrl.lab.cli import main
 from plasticrl.lab.config import continual as continual_config

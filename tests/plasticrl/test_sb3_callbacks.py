@@ -6,7 +6,7 @@ import pytest
 from stable_baselines3 import SAC
 from stable_baselines3.common.env_util import make_vec_env
 
-import envs
+from plasticrl import envs
 from plasticrl.replay_ratio import AdaptiveReplayRatio, StaticReplayRatio
 from plasticrl.sb3 import PlasticityCallback, ReplayRatioCallback
 

@@ -41,7 +41,7 @@ class EnvConfig(Section):
 
 class AgentConfig(Section):
     kind: Literal["drq", "sac"] = Field(
-        "drq", description="drq: agents.DrQ on pixels; sac: stable_baselines3.SAC('MlpPolicy') on state")
+        "drq", description="drq: plasticrl.agents.DrQ on pixels; sac: stable_baselines3.SAC('MlpPolicy') on state")
     learning_rate: float = Field(
         1e-4, gt=0, lt=1, description="Adam learning rate of actor, critic + encoder and temperature")
     batch_size: int = Field(256, ge=1, description="transitions per update")

@@ -9,8 +9,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import envs
-from agents.l2m import DTConfig, L2MAgent
+from plasticrl import envs
+from plasticrl.agents.l2m import DTConfig, L2MAgent
 from plasticrl.lab.config.base import ConfigError
 from plasticrl.lab.continual.evaluation import score_kinds
 from plasticrl.lab.continual.methods import METHODS, REGISTRY
@@ -29,7 +29,7 @@ class RunInputs:
 
 
 def resolve_task_list(spec: str | list[str], key: str) -> list[str]:
-    """Env ids of ``spec`` (``envs.task_ids``: sequence names and env ids, comma-separated or a list, e.g.
+    """Env ids of ``spec`` (``plasticrl.envs.task_ids``: sequence names and env ids, comma-separated or a list, e.g.
     ``"mt40,dmc10"``); duplicates kept (cw20 repeats tasks).
 
     Raises ``plasticrl.lab.config.ConfigError`` naming ``key`` for an unknown sequence or id."""
@@ -41,7 +41,7 @@ def resolve_task_list(spec: str | list[str], key: str) -> list[str]:
 
 
 def dt_config(cfg: Any) -> DTConfig:
-    """The ``agents.l2m.DTConfig`` of a config's ``model`` section (other sizes at their defaults)."""
+    """The ``plasticrl.agents.l2m.DTConfig`` of a config's ``model`` section (other sizes at their defaults)."""
     m = cfg.model
     return DTConfig(d_model=m.d_model, n_layers=m.n_layers, n_heads=m.n_heads, context=m.context, dropout=m.dropout)
 

@@ -13,7 +13,7 @@ from typing import Any
 import minari
 import numpy as np
 
-import envs
+from plasticrl import envs
 from plasticrl.lab.collect import collect_scripted, datasets_path, scripted_dataset_id
 from plasticrl.lab.config.base import ConfigError
 from plasticrl.lab.continual.evaluation import MAX_EPISODE_STEPS, env_options, score_kinds

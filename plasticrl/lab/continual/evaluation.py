@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-import envs
+from plasticrl import envs
 from plasticrl.continual_metrics import data_normalized_score
 
 MAX_EPISODE_STEPS = 10_000  # a hard cap on any episode the runner plays (an env without a time limit ends here)
@@ -17,7 +17,7 @@ Select = Callable[[Any, np.ndarray], Any]  # (context states (n, T, state_dim), 
 
 
 def env_options(env_id: str, seed: int, max_episode_steps: int) -> dict[str, Any]:
-    """``envs.make`` options of an evaluation env: Meta-World truncated after ``max_episode_steps``; DMC from
+    """``plasticrl.envs.make`` options of an evaluation env: Meta-World truncated after ``max_episode_steps``; DMC from
     states, at the suite's episode length."""
     if env_id.startswith("metaworld:"):
         return {"seed": seed, "max_episode_steps": max_episode_steps}

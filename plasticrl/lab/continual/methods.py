@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from agents.l2m import EpisodeData, L2MAgent
+from plasticrl.agents.l2m import EpisodeData, L2MAgent
 from plasticrl.lab.config.base import ConfigError
 from plasticrl.modulation import ModulationPool
 

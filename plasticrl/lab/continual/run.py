@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from agents.l2m import L2MAgent
+from plasticrl.agents.l2m import L2MAgent
 from plasticrl.continual_metrics import (
     average_performance,
     average_performance_per_task,
@@ -297,7 +297,7 @@ class ContinualRun:
 def run_sequence(cfg: Any, out_dir: str | Path | None = None) -> Path:
     """Runs one continual-learning experiment from a validated ``ContinualConfig``; returns its run folder.
 
-    Data (scripted Meta-World datasets, collected if missing) -> pre-training of an ``agents.l2m.L2MAgent`` on
+    Data (scripted Meta-World datasets, collected if missing) -> pre-training of an ``plasticrl.agents.l2m.L2MAgent`` on
     ``pretrain.tasks`` (or the agent of ``pretrain.checkpoint``) -> ``sequence.steps_per_task`` gradient steps per
     task with ``sequence.method`` (``methods.METHODS``: l2m, l2m_oracle, lora, finetune, ewc, reference; each class
     there says what it does).

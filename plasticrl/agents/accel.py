@@ -1,5 +1,5 @@
-"""The acceleration seam that DrQ (``agents.drq``), the Decision Transformer (``agents.l2m``) and the continual
-methods share: an update function is made fast by wrapping it, never by flags inside it.
+"""The acceleration seam that DrQ (``plasticrl.agents.drq``), the Decision Transformer (``plasticrl.agents.l2m``) and
+the continual methods share: an update function is made fast by wrapping it, never by flags inside it.
 
 - ``compile_update(fn, mode)``: ``torch.compile`` of the update (Inductor fuses its elementwise work), or ``fn``
   itself when ``mode`` is False.

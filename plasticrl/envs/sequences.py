@@ -1,4 +1,4 @@
-"""Named task sequences for continual RL (lists of `envs.make` ids).
+"""Named task sequences for continual RL (lists of `plasticrl.envs.make` ids).
 
 Meta-World sequences follow Continual World (CW10/CW20); MT40 is the rest of MT50.
 DMC sequences are meant to be used with state observations (`pixels=False`).

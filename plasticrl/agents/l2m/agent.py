@@ -1,5 +1,5 @@
-"""The offline agent of L2M's Decision Transformer (``agents.l2m.model``): episode data, batched acting, training,
-and one checkpoint format (``L2MAgent.save``/``load``) that also holds an attached ``ModulationPool`` and a
+"""The offline agent of L2M's Decision Transformer (``plasticrl.agents.l2m.model``): episode data, batched acting,
+training, and one checkpoint format (``L2MAgent.save``/``load``) that also holds an attached ``ModulationPool`` and a
 method's extra state."""
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from agents.accel import GraphedUpdate, keep_own_optimizer_flags
-from agents.l2m.model import DecisionTransformer, DTConfig
+from plasticrl.agents.accel import GraphedUpdate, keep_own_optimizer_flags
+from plasticrl.agents.l2m.model import DecisionTransformer, DTConfig
 from plasticrl.modulation import ModulationPool
 
 __all__ = ["EpisodeBatch", "EpisodeData", "L2MAgent"]
@@ -194,7 +194,7 @@ class L2MAgent:
     # ---- training ----------------------------------------------------------------------
     def train_step(self, batch: tuple[Tensor, ...]) -> Tensor:
         """One AdamW step (grad-norm clipping) of the DT loss on ``batch`` (``sample_batch``'s tuple); returns the
-        loss tensor (no host sync). With ``cuda_graph`` the step is a graph replay (see ``agents.accel``)."""
+        loss tensor (no host sync). With ``cuda_graph`` the step is a graph replay (see ``plasticrl.agents.accel``)."""
         self.model.train()
         if self.uses_graphs:
             key = tuple(tuple(t.shape) for t in batch)
@@ -233,7 +233,8 @@ class L2MAgent:
                     params: list[nn.Parameter]) -> Callable[[Batch], Tensor]:
         """A gradient step ``update(batch) -> stats``: ``loss_fn(batch)`` returns scalar tensors (loss, *others);
         the step backpropagates the loss through ``params`` (``optimizer_step``) and returns all of them as one
-        float vector on the device (no host sync). With ``uses_graphs`` the step is an ``agents.accel.GraphedUpdate``
+        float vector on the device (no host sync). With ``uses_graphs`` the step is a
+        ``plasticrl.agents.accel.GraphedUpdate``
         (captured at its first call for that batch shape; ``loss_fn``'s constants are baked in, so build one per
         optimizer and loss; ``invalidate()`` it when parameters or optimizer state are replaced)."""
 

@@ -1,5 +1,5 @@
 """The multi-domain Decision Transformer of L2M (Schmied et al., "Learning to Modulate pre-trained Models in RL",
-NeurIPS 2023): the network, torch only (its offline agent is ``agents.l2m.agent``).
+NeurIPS 2023): the network, torch only (its offline agent is ``plasticrl.agents.l2m.agent``).
 
 Token layout (per timestep ``t``, ``A = max_action_dim``)::
 

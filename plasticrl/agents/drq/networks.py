@@ -6,7 +6,7 @@ stride 2). Actor and critic each start with a trunk Linear -> LayerNorm -> Tanh 
 MLPs of ``hidden_dim`` (DrQ-v2: 1024). Actions are (B, A) in [-1, 1]; Q values (B, 1). With bf16 features (``Encoder.
 autocast_dtype``, CUDA only) trunks and hidden layers run in bf16 autocast and output layers in fp32.
 
-torch only: the SB3 policy and algorithm that use these live in ``agents.drq.algorithm``.
+torch only: the SB3 policy and algorithm that use these live in ``plasticrl.agents.drq.algorithm``.
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
-"""DrQ as SB3 classes: ``DrQPolicy`` (the networks of ``agents.drq.networks`` with their optimizers, and acting)
-and ``DrQ`` (soft actor-critic from pixels with random-shift augmentation: the SB3 glue and the update).
+"""DrQ as SB3 classes: ``DrQPolicy`` (the networks of ``plasticrl.agents.drq.networks`` with their optimizers, and
+acting) and ``DrQ`` (soft actor-critic from pixels with random-shift augmentation: the SB3 glue and the update).
 
 The encoder is trained by the critic loss only and is detached for the actor. Every sampled batch is augmented on
 the training device (random shift, pad 4) for both ``obs`` and ``next_obs``. The learning rule is SAC (Haarnoja et
@@ -27,11 +27,11 @@ from stable_baselines3.common.policies import BasePolicy
 from stable_baselines3.common.save_util import load_from_pkl, load_from_zip_file, recursive_getattr
 from stable_baselines3.common.type_aliases import Schedule
 
-from agents.accel import COMPILE_MODES, GraphedUpdate, compile_update, keep_own_optimizer_flags
-from agents.drq.augment import random_shift
-from agents.drq.networks import Actor, Critic, Encoder
-from agents.drq.prefetch import PrefetchVecEnv
-from agents.drq.replay import FrameReplayBuffer, PixelBatch
+from plasticrl.agents.accel import COMPILE_MODES, GraphedUpdate, compile_update, keep_own_optimizer_flags
+from plasticrl.agents.drq.augment import random_shift
+from plasticrl.agents.drq.networks import Actor, Critic, Encoder
+from plasticrl.agents.drq.prefetch import PrefetchVecEnv
+from plasticrl.agents.drq.replay import FrameReplayBuffer, PixelBatch
 
 STAT_KEYS = ("critic_loss", "actor_loss", "ent_coef", "ent_coef_loss", "critic_fau", "q")
 
@@ -109,7 +109,7 @@ class DrQ(SAC):
     4000 seed frames (2000 agent steps at action repeat 2), 3-step returns, target tau 0.01, update every second
     transition (replay ratio 0.5).
 
-    On CUDA the update ``update`` runs wrapped by ``agents.accel``: compiled (``compile_update``, one of
+    On CUDA the update ``update`` runs wrapped by ``plasticrl.agents.accel``: compiled (``compile_update``, one of
     ``COMPILE_MODES``) and replayed as CUDA graphs (``cuda_graph``: "auto" with a constant learning rate). Building
     a DrQ sets no process-wide torch flag (cuDNN autotuning, TF32, dynamo's recompile limit are the caller's:
     ``plasticrl.lab.runtime.configure_torch``). ``seed=`` seeds the global RNGs of ``random``, NumPy and torch, as
@@ -171,7 +171,7 @@ class DrQ(SAC):
         )
         self._stats_sum: torch.Tensor | None = None  # sum over updates of the STAT_KEYS vector, on the device
         self._train_count = 0
-        # speed wraps the one update function (agents.accel): _update is DrQ.update, compiled on CUDA when
+        # speed wraps the one update function (plasticrl.agents.accel): _update is DrQ.update, compiled on CUDA when
         # compile_update is on; _update_fn its stats vector on a given batch, a GraphedUpdate on CUDA with graphs
         self._update: Callable[[PixelBatch], dict[str, torch.Tensor]] = self.update
         self._update_fn: Callable[[PixelBatch], torch.Tensor] = self._update_vector

@@ -1,0 +1,1 @@
+"""Interventions on plasticity (torch only): see ``plasticrl.interventions.base`` for the seam."""
