@@ -32,6 +32,7 @@ from stable_baselines3.common.policies import ActorCriticPolicy
 from torch import nn
 from tqdm import tqdm
 
+from plasticrl.interventions.base import Target
 from plasticrl.monitor import PlasticityMonitor
 from plasticrl.replay_ratio import ReplayRatioController
 from plasticrl.runlog import RunLogger
@@ -242,9 +243,9 @@ class ObservationBatch(NamedTuple):
 
 def probe_forward(model: BaseAlgorithm, batch: Any) -> Callable[[], None]:
     """A forward pass of every network of the model's family on a batch (``batch.observations``; off-policy
-    actor-critic also ``batch.actions``): DrQ's encoder -> actor and critic (and target); SAC/TD3/DDPG actor,
-    critic and their targets; DQN ``q_net`` and ``q_net_target``; PPO/A2C features -> ``mlp_extractor`` -> action
-    and value heads (no action sampled)."""
+    actor-critic also ``batch.actions``): DrQ's (DrQV2's) encoder -> actor networks and critic (and target);
+    SAC/TD3/DDPG actor, critic and their targets; DQN ``q_net`` and ``q_net_target``; PPO/A2C features ->
+    ``mlp_extractor`` -> action and value heads (no action sampled)."""
     policy, family = model.policy, _family(model)
     obs = batch.observations
 
@@ -261,7 +262,7 @@ def probe_forward(model: BaseAlgorithm, batch: Any) -> Callable[[], None]:
                 policy.q_net_target(obs)
         elif family == "drq":
             h = policy.encoder(obs)
-            policy.actor.action_log_prob(h)
+            policy.actor(h)  # the actor's networks, no action sampled (DrQ, DrQV2)
             policy.critic(h, batch.actions)
             policy.critic_target(h, batch.actions)
         else:  # stock SB3 SAC/TD3/DDPG-style policies
@@ -547,6 +548,116 @@ class ReplayRatioCallback(_LoggingCallback):
         self.model.gradient_steps, self._due = self._due, 0
 
 
+def optimizers_of(model: BaseAlgorithm) -> list[torch.optim.Optimizer]:
+    """Every optimizer of the model and its policy and its policy's modules (``actor.optimizer``,
+    ``critic.optimizer``, ``ent_coef_optimizer``, ``policy.optimizer``), each once."""
+    found: dict[int, torch.optim.Optimizer] = {}
+    holders = [model, model.policy, *model.policy.modules()]
+    for holder in holders:
+        for value in vars(holder).values():
+            if isinstance(value, torch.optim.Optimizer):
+                found.setdefault(id(value), value)
+    return list(found.values())
+
+
+# (online, target) attribute pairs of SB3 policies whose target copies follow the online networks
+_TARGET_PAIRS = (("critic", "critic_target"), ("actor", "actor_target"), ("q_net", "q_net_target"))
+
+
+def target_pairs_of(model: BaseAlgorithm) -> list[tuple[nn.Module, nn.Module]]:
+    """The policy's ``(online, target)`` module pairs: critic/critic_target (SAC, TD3, DDPG, DrQ), actor/actor_target
+    (TD3, DDPG), q_net/q_net_target (DQN)."""
+    policy = model.policy
+    pairs = [(getattr(policy, a, None), getattr(policy, b, None)) for a, b in _TARGET_PAIRS]
+    return [(a, b) for a, b in pairs if isinstance(a, nn.Module) and isinstance(b, nn.Module)]
+
+
+class InterventionCallback(_LoggingCallback):
+    """Applies scheduled interventions (``plasticrl.interventions``: reset, shrink & perturb, ReDo, plasticity
+    injection) to groups of an SB3 algorithm (DrQ, DrQV2, stock SAC, TD3, DDPG, DQN) during ``learn``.
+
+    After every vector step each ``ScheduledIntervention``'s schedule is asked whether it is due, given the env-step
+    count and, when ``plasticity`` (the run's ``PlasticityCallback``, placed before this one in the callback list)
+    probed in this step, that probe's metrics: a metric trigger is checked at each probe. A due intervention acts on
+    a ``Target`` of its group (``resolve_groups``) with every optimizer of the model (only the changed entries' state
+    is zeroed) and the policy's target networks (``target_pairs_of``: the changed entries are copied into them); ReDo
+    scores units on a fresh replay batch of ``batch_size`` through the family's probe forward. Interventions write
+    in place, so a captured CUDA graph of the update stays valid; one that rebuilds modules (injection) makes the
+    model drop its graphs (``invalidate_graphs()``, DrQ and DrQV2).
+
+    Logs ``intervention/<kind>/<group>/<key>`` (the mechanism's log, e.g. ``units_recycled``, ``layers_reset``) with
+    ``intervention/<kind>/<group>/count`` (applications so far) at the step it fired; with ``probe_after`` and a
+    ``plasticity`` callback, a probe right after the intervention, logged as usual (``plasticity/...``).
+
+    :param interventions: the schedule (``plasticrl.interventions.ScheduledIntervention``, each an intervention, a
+        group name or module path, and a ``Schedule``).
+    :param plasticity: the run's monitor callback, for metric triggers and ``probe_after``.
+    :param batch_size: the replay batch that ReDo scores units on.
+    :param probe_after: probe the monitor again right after each intervention.
+    """
+
+    def __init__(self, interventions: Sequence[Any], run_logger: RunLogger | None = None,
+                 plasticity: PlasticityCallback | None = None, batch_size: int = 256, probe_after: bool = True,
+                 sb3_logger: bool = True):
+        super().__init__(run_logger, sb3_logger)
+        self.interventions = list(interventions)
+        self.plasticity, self.batch_size, self.probe_after = plasticity, batch_size, probe_after
+        self.groups: dict[str, Any] = {}
+        self.counts: dict[tuple[str, str], int] = {}
+        self.history: list[tuple[int, str, str, dict[str, float]]] = []  # (env step, kind, group, log)
+        self._seen_probes = 0
+
+    def _init_callback(self) -> None:  # at learn()'s start: a wrong group fails before any env step
+        names = sorted({item.group for item in self.interventions})
+        self.groups = resolve_groups(self.model, {name: name for name in names})
+        needs_metrics = [item for item in self.interventions if item.schedule.when is not None]
+        if needs_metrics and self.plasticity is None:
+            raise ValueError(f"InterventionCallback: {needs_metrics[0].intervention.kind} on "
+                             f"{needs_metrics[0].group!r} fires on a monitored metric; pass plasticity= the run's "
+                             "PlasticityCallback (listed before this callback)")
+
+    def _new_metrics(self) -> dict[str, float] | None:
+        """The metrics of a probe made since the last call, or None."""
+        if self.plasticity is None or self.plasticity.probes == self._seen_probes:
+            return None
+        self._seen_probes = self.plasticity.probes
+        return self.plasticity.history[-1][1]
+
+    def _on_step(self) -> bool:
+        metrics = self._new_metrics()
+        for item in self.interventions:
+            if item.schedule.due(self.num_timesteps, metrics):
+                self.apply(item)
+        return True
+
+    def target(self, group: str) -> Target:
+        """The ``Target`` of a group of the model: its modules, every optimizer, the policy's target networks, and
+        the model's layer init (``reinit_layer``, DrQ/DrQV2) where it has one."""
+        return Target(self.groups[group], optimizers_of(self.model), target_pairs_of(self.model),
+                      init_fn=getattr(self.model, "reinit_layer", None))
+
+    def apply(self, item: Any) -> dict[str, float]:
+        """Applies one scheduled intervention now and logs it; returns its log."""
+        batch = replay_batch(self.model, self.batch_size)
+        forward_fn = probe_forward(self.model, batch) if batch is not None else None
+        outcome = item.intervention.apply(self.target(item.group), forward_fn)
+        if outcome.rebuilt and hasattr(self.model, "invalidate_graphs"):
+            self.model.invalidate_graphs()
+        key = (item.intervention.kind, item.group)
+        self.counts[key] = self.counts.get(key, 0) + 1
+        prefix = f"intervention/{item.intervention.kind}/{item.group}"
+        record = {f"{prefix}/{k}": float(v) for k, v in outcome.log.items()}
+        record[f"{prefix}/count"] = self.counts[key]
+        self.history.append((self.num_timesteps, *key, dict(outcome.log)))
+        self._log(record)
+        tqdm.write(f"step {self.num_timesteps:>9,d}  {item.intervention.kind} on {item.group}: "
+                   + ", ".join(f"{k} {v:g}" for k, v in outcome.log.items() if "/" not in k))
+        if self.probe_after and self.plasticity is not None:
+            self.plasticity.probe()
+            self._seen_probes = self.plasticity.probes  # a probe of our own is no trigger
+        return record
+
+
 class PeriodicEvalCallback(_LoggingCallback):
     """Every ``every`` env steps (and at the end of training): ``episodes`` deterministic episodes on ``eval_env``,
     logged as ``eval/return_mean``, ``eval/return_std``, ``eval/episodes`` (not SB3's ``EvalCallback``: no best-model
@@ -593,8 +704,7 @@ class PeriodicCheckpointCallback(BaseCallback):
         return True
 
 
-__all__ = ["EpisodeLogCallback", "ObservationBatch", "OffPolicyAgent", "PeriodicCheckpointCallback",
-           "PeriodicEvalCallback", "PlasticityCallback", "ReplayRatioCallback", "TrainStatsAgent", "available_groups",
-           "default_group_names", "default_groups", "module_at", "probe_forward", "replay_batch", "resolve_groups",
-           "rollout_batch"]
-
+__all__ = ["EpisodeLogCallback", "InterventionCallback", "ObservationBatch", "OffPolicyAgent",
+           "PeriodicCheckpointCallback", "PeriodicEvalCallback", "PlasticityCallback", "ReplayRatioCallback",
+           "TrainStatsAgent", "available_groups", "default_group_names", "default_groups", "module_at",
+           "optimizers_of", "probe_forward", "replay_batch", "resolve_groups", "rollout_batch", "target_pairs_of"]

@@ -19,7 +19,7 @@ from plasticrl import envs
 from plasticrl import sb3 as adapters
 from plasticrl.agents import DrQ
 from plasticrl.lab.config.base import ConfigError, dump, wandb_settings
-from plasticrl.lab.config.train import Config, load
+from plasticrl.lab.config.train import WHEN, Config, InterventionSpec, load
 from plasticrl.lab.plots import plot_runs
 from plasticrl.lab.runtime import configure_torch, resolve_device
 from plasticrl.replay_ratio import AdaptiveReplayRatio, StaticReplayRatio
@@ -89,6 +89,37 @@ def load_agent(agent: str, checkpoint: str | Path, device: str = "auto") -> Any:
     return cls.load(checkpoint, device=device, buffer_size=100)
 
 
+def build_intervention(spec: InterventionSpec) -> Any:
+    """The mechanism object of one ``interventions`` entry (``plasticrl.interventions``)."""
+    from plasticrl import interventions as iv
+
+    if spec.kind == "reset":
+        return iv.Reset(layers=spec.layers)
+    if spec.kind == "shrink_perturb":
+        return iv.ShrinkPerturb(alpha=spec.alpha, layers=spec.layers, towards=spec.towards)
+    if spec.kind == "redo":
+        return iv.ReDo(tau=spec.tau, sites=spec.sites)
+    return iv.Inject(heads=spec.heads)
+
+
+def build_interventions(cfg: Config) -> list[Any]:
+    """``plasticrl.interventions.ScheduledIntervention`` per (``interventions`` entry, group): each with its own
+    mechanism and schedule object (both keep state: ReDo's last dormant units, a schedule's last firing)."""
+    from plasticrl import interventions as iv
+
+    scheduled = []
+    for spec in cfg.interventions:
+        trigger = None
+        if spec.when is not None:
+            metric, op, threshold = WHEN.match(spec.when).groups()  # type: ignore[union-attr]  # schema-checked
+            trigger = iv.Trigger(metric, op, float(threshold))
+        for group in spec.groups:
+            schedule = iv.Schedule(every=spec.every, at=tuple(spec.at), start=spec.start, stop=spec.stop,
+                                   when=trigger, min_gap=spec.min_gap)
+            scheduled.append(iv.ScheduledIntervention(build_intervention(spec), group, schedule))
+    return scheduled
+
+
 def check_config(cfg: Config) -> None:
     """Checks that need the registries (env id, agent/env fit); raises ConfigError before anything is written."""
     try:
@@ -124,10 +155,15 @@ def train(cfg: Config) -> Path:
                                         on_save=(lambda: _plot_quietly(run_dir)) if cfg.logging.plots else None),
         ]
         m = cfg.monitor
+        plasticity = None
         if m.enabled:
-            callbacks.insert(1, adapters.PlasticityCallback(run_logger, every=m.every, batch_size=m.batch_size,
-                                                            tau=m.tau, delta=m.delta, groups=m.groups,
-                                                            histograms_every=m.histograms_every))
+            plasticity = adapters.PlasticityCallback(run_logger, every=m.every, batch_size=m.batch_size, tau=m.tau,
+                                                     delta=m.delta, groups=m.groups,
+                                                     histograms_every=m.histograms_every)
+            callbacks.insert(1, plasticity)
+        if cfg.interventions:  # after the monitor: a metric trigger reads the probe of the same step
+            callbacks.insert(2 if plasticity else 1, adapters.InterventionCallback(
+                build_interventions(cfg), run_logger, plasticity=plasticity, batch_size=m.batch_size))
         try:
             model.learn(cfg.run.total_steps, callback=callbacks, progress_bar=cfg.run.progress_bar)
         except KeyboardInterrupt:

@@ -7,8 +7,9 @@ names the key path, the bad value, what is allowed, and a close match for a miss
 from __future__ import annotations
 
 import difflib
+import types
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar, Union, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -50,24 +51,47 @@ def wandb_settings(w: WandbConfig, run_name: str, seed: int, default_tags: list[
             "tags": w.tags or default_tags, "name": w.name or f"{run_name}-s{seed}"}
 
 
-def _section_fields(root: type[BaseModel], path: tuple[str | int, ...]) -> list[str]:
-    model: Any = root
+def _step(annotation: Any, part: str | int) -> tuple[Any, bool]:
+    """The annotation that ``part`` of an error location leads into, and whether ``part`` was a discriminated
+    union's tag (pydantic puts the tag, e.g. ``redo`` of ``interventions.0.redo.tau``, into the location)."""
+    origin = get_origin(annotation)
+    if origin is Annotated:
+        return _step(get_args(annotation)[0], part)
+    if origin in (list, tuple) and isinstance(part, int):
+        return get_args(annotation)[0], False
+    if origin in (Union, types.UnionType) and isinstance(part, str):
+        for member in get_args(annotation):
+            kind = getattr(member, "model_fields", {}).get("kind")
+            if kind is not None and part in get_args(kind.annotation):
+                return member, True
+        return None, False
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel) and isinstance(part, str):
+        field = annotation.model_fields.get(part)
+        return (field.annotation if field is not None else None), False
+    return None, False
+
+
+def _walk(root: type[BaseModel], path: tuple[str | int, ...]) -> tuple[list[str], tuple[str | int, ...]]:
+    """The keys allowed in the section at ``path`` ([] if it is not a section) and ``path`` without union tags."""
+    annotation: Any = root
+    shown: list[str | int] = []
     for part in path:
-        field = model.model_fields.get(part) if isinstance(part, str) else None
-        if field is None or not (isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)):
-            return []
-        model = field.annotation
-    return list(model.model_fields)
+        annotation, is_tag = _step(annotation, part)
+        if not is_tag:
+            shown.append(part)
+    fields = list(annotation.model_fields) if isinstance(annotation, type) and issubclass(annotation, BaseModel) \
+        else []
+    return fields, tuple(shown)
 
 
 def _describe(root: type[BaseModel], error: dict[str, Any]) -> str:
     loc = tuple(error["loc"])
-    key = ".".join(str(p) for p in loc)
     value = error.get("input")
+    allowed, parent = _walk(root, loc[:-1])
+    key = ".".join(str(p) for p in _walk(root, loc)[1]) or "config"
     if error["type"] == "extra_forbidden":
-        allowed = _section_fields(root, loc[:-1])
         close = difflib.get_close_matches(str(loc[-1]), allowed, n=1)
-        hint = f" Did you mean '{'.'.join(str(p) for p in loc[:-1] + (close[0],))}'?" if close else ""
+        hint = f" Did you mean '{'.'.join(str(p) for p in parent + (close[0],))}'?" if close else ""
         return f"{key}: unknown key.{hint} Allowed here: {', '.join(allowed)}."
     return f"{key}: {value!r} is not allowed: {error['msg']}."
 

@@ -1,4 +1,5 @@
-"""The config of ``plasticrl train``: sections run, env, agent, replay_ratio, eval, monitor, logging.
+"""The config of ``plasticrl train``: sections run, env, agent, replay_ratio, interventions, eval, monitor,
+logging.
 
 pydantic does the type checking and coercion; ``plasticrl.lab.config.base`` turns its errors into one message per
 problem that names the key path, the bad value, what is allowed, and a close match for a misspelt key.
@@ -6,8 +7,10 @@ problem that names the key path, the bad value, what is allowed, and a close mat
 
 from __future__ import annotations
 
+import difflib
+import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, model_validator
 
@@ -81,6 +84,70 @@ class ReplayRatioConfig(Section):
     tolerance: float = Field(1e-3, ge=0, description="adaptive: |delta critic FAU| that counts as settled")
 
 
+# A metric trigger: "<metric> <op> <threshold>", e.g. "plasticity/critic/dormant_ratio > 0.1"
+WHEN = re.compile(r"^\s*(\S+)\s*(>=|<=|>|<)\s*([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)\s*$")
+
+
+class InterventionBase(Section):
+    """When an intervention fires and what it acts on (the keys every kind shares)."""
+
+    groups: list[str] = Field(min_length=1, description="module groups to act on, one application each: encoder, "
+                                                        "actor, critic (agent.kind=sac: actor, critic)")
+    every: int | None = Field(None, gt=0, description="fire at every multiple of N agent steps")
+    at: list[Annotated[int, Field(gt=0)]] = Field(default_factory=list,
+                                                  description="fire once at each of these agent steps")
+    start: int = Field(0, ge=0, description="never fire before this agent step")
+    stop: int | None = Field(None, gt=0, description="never fire after this agent step (null: no end)")
+    when: str | None = Field(None, description='fire when a monitored metric crosses a threshold, checked at each '
+                                               'probe: "<metric> <op> <value>", op one of > >= < <=, e.g. '
+                                               '"plasticity/critic/dormant_ratio > 0.1"')
+    min_gap: int = Field(0, ge=0, description="agent steps between two firings, at least")
+
+    @model_validator(mode="after")
+    def _fires(self) -> InterventionBase:
+        if self.every is None and not self.at and self.when is None:
+            raise ValueError("give at least one of every, at or when (else it never fires)")
+        if self.stop is not None and self.stop <= self.start:
+            raise ValueError(f"stop ({self.stop}) must be after start ({self.start})")
+        if self.when is not None and WHEN.match(self.when) is None:
+            raise ValueError(f"when: {self.when!r} is not '<metric> <op> <number>' with op one of > >= < <=, e.g. "
+                             "'plasticity/critic/dormant_ratio > 0.1'")
+        return self
+
+
+class ResetSpec(InterventionBase):
+    kind: Literal["reset"] = Field(description="re-initialise layers (Nikishin et al. 2022)")
+    layers: str | list[str] = Field("last2", description="all, last<k> (the last k Linear/Conv layers of each head) "
+                                                         "or a list of module-name globs, e.g. [q1.4, q2.4]")
+
+
+class ShrinkPerturbSpec(InterventionBase):
+    kind: Literal["shrink_perturb"] = Field(description="theta <- alpha theta + (1 - alpha) theta_fresh (Ash & Adams "
+                                                        "2020)")
+    alpha: float = Field(0.8, gt=0, lt=1, description="shrink factor: the share of the current weights kept")
+    layers: str | list[str] = Field("all", description="as for reset")
+    towards: Literal["fresh", "initial"] = Field("fresh", description="fresh: a new init draw; initial: the "
+                                                                      "weights at the start of training")
+
+
+class ReDoSpec(InterventionBase):
+    kind: Literal["redo"] = Field(description="recycle tau-dormant units (Sokar et al. 2023)")
+    tau: float = Field(0.1, ge=0, description="dormancy threshold of the normalised unit score")
+    sites: list[str] | None = Field(None, description="activation sites to recycle (globs on the monitor's layer "
+                                                      "names; null: every rectifier layer)")
+
+
+class InjectSpec(InterventionBase):
+    kind: Literal["inject"] = Field(description="plasticity injection (Nikishin et al. 2023): frozen head + new head "
+                                                "- frozen copy of it")
+    heads: list[str] = Field(min_length=1, description="head modules in the group, e.g. [q1, q2] (critic) or "
+                                                       "[policy] (actor)")
+
+
+InterventionSpec = Annotated[ResetSpec | ShrinkPerturbSpec | ReDoSpec | InjectSpec, Field(discriminator="kind")]
+INTERVENTION_KINDS = ("reset", "shrink_perturb", "redo", "inject")
+
+
 class EvalConfig(Section):
     every: int = Field(10_000, ge=0, description="evaluate every N agent steps (0: only at the end)")
     episodes: int = Field(10, ge=1, description="deterministic episodes per evaluation")
@@ -120,6 +187,7 @@ class Config(Section):
     env: EnvConfig = Field(default_factory=EnvConfig)
     agent: AgentConfig = Field(default_factory=AgentConfig)
     replay_ratio: ReplayRatioConfig = Field(default_factory=ReplayRatioConfig)
+    interventions: list[InterventionSpec] = Field(default_factory=list)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     monitor: MonitorConfig = Field(default_factory=MonitorConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
@@ -162,11 +230,37 @@ def agent_problems(cfg: Config) -> list[str]:
     return problems
 
 
+def intervention_problems(cfg: Config) -> list[str]:
+    """Interventions that name a group the agent lacks, or a metric trigger that the monitor does not produce."""
+    groups = ["encoder", "actor", "critic"] if cfg.agent.kind != "sac" else ["actor", "critic"]
+    problems = []
+    for i, spec in enumerate(cfg.interventions):
+        key = f"interventions.{i}"
+        for group in spec.groups:
+            if group not in groups:
+                close = difflib.get_close_matches(group, groups, n=1)
+                hint = f" Did you mean {close[0]!r}?" if close else ""
+                problems.append(f"{key}.groups: {group!r} is not a group of agent.kind={cfg.agent.kind}.{hint} "
+                                f"Allowed: {', '.join(groups)}")
+        if spec.when is None:
+            continue
+        metric = WHEN.match(spec.when).group(1)  # type: ignore[union-attr]  # checked by the schema
+        parts = metric.split("/")
+        if not cfg.monitor.enabled:
+            problems.append(f"{key}.when: {metric!r} is a monitor metric, but monitor.enabled is false; set "
+                            "monitor.enabled=true or drop the trigger")
+        elif len(parts) < 3 or parts[0] != "plasticity" or parts[1] not in cfg.monitor.groups:
+            problems.append(f"{key}.when: {metric!r} is not a metric the monitor logs; it logs "
+                            f"plasticity/<group>/<metric> for monitor.groups ({', '.join(cfg.monitor.groups)}), e.g. "
+                            "plasticity/critic/dormant_ratio, plasticity/critic/fau, plasticity/critic/srank")
+    return problems
+
+
 def validate(data: dict[str, Any], source: str = "config") -> Config:
     """A Config from plain data, or ConfigError listing each bad key with its value and what is allowed, and each
     key that doesn't fit ``agent.kind`` (see ``agent_problems``)."""
     cfg = validate_model(Config, data, source)
-    problems = agent_problems(cfg)
+    problems = agent_problems(cfg) + intervention_problems(cfg)
     check_problems(problems, source)
     return cfg
 
