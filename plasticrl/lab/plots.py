@@ -1,7 +1,8 @@
 """PNG dashboards from run folders' ``metrics.jsonl`` (no W&B needed), and continual runs' success matrices.
 
 Panels: episode and evaluation return (continual runs: mean score), replay ratio in force, and for each monitored
-group its dormant ratio, FAU and srank, all over env steps (continual runs: gradient steps). Runs are grouped by
+group its dormant ratio, FAU and srank, all over env steps (continual runs: gradient steps); interventions
+(``intervention/<kind>/<group>/count`` records) are dotted vertical lines in every panel. Runs are grouped by
 config (the run folder's parent, ``runs/<name>/``); a group of several seeds is drawn as its mean with a shaded band
 of one standard deviation, groups side by side in colour. ``plot_success_matrix`` draws a continual run's task x task
 success matrix; ``plasticrl plot`` redraws it for continual run folders (``plot_success_matrix_of_run``).
@@ -44,6 +45,17 @@ def panel_keys(runs: list[list[dict]]) -> list[tuple[str, list[str]]]:
             if key in keys:
                 panels.append((f"{group} {metric}", [key]))
     return [(title, ks) for title, ks in panels if ks]
+
+
+def interventions(records: list[dict]) -> list[tuple[float, str]]:
+    """(env step, "<kind> <group>") of every intervention a run logged (its ``intervention/<kind>/<group>/count``)."""
+    found = []
+    for r in records:
+        for key in r:
+            parts = key.split("/")
+            if parts[0] == "intervention" and len(parts) == 4 and parts[3] == "count":
+                found.append((float(r[STEP_KEY]), f"{parts[1]} {parts[2]}"))
+    return found
 
 
 def _mean_band(curves: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -89,7 +101,14 @@ def plot_runs(run_dirs: list[Path], out: Path | None = None) -> Path:
                         marker="o" if len(steps) <= 20 else None, ms=3)
                 if len(curves) > 1:
                     ax.fill_between(steps, mean - std, mean + std, color=colors[ci % len(colors)], alpha=0.2)
+        for ci, (config, runs) in enumerate(sorted(by_config.items())):
+            labelled: set[str] = set()
+            for step, what in (m for r in runs for m in interventions(r)):
+                ax.axvline(step, color=colors[ci % len(colors)], ls=":", lw=1,
+                           label=None if what in labelled else f"{config} {what}")
+                labelled.add(what)
         ax.set_title(title)
+        ax.set_ylabel(title)
         ax.set_xlabel("steps (env; continual runs: gradient)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)

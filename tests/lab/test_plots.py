@@ -131,3 +131,24 @@ def test_runs_with_nothing_to_plot_are_a_clear_error(tmp_path):
     run = write_run(tmp_path / "runs", "static", 0, [{"env_step": 0, "time/wall_s": 0.1}])
     with pytest.raises(ValueError, match="nothing to plot"):
         plot_runs([run], tmp_path / "x.png")
+
+
+def test_interventions_are_vertical_lines_in_every_panel(tmp_path, monkeypatch):
+    """Two ReDo applications on the critic (at 6,000 and 14,000 steps) are dotted vertical lines at those steps in
+    every panel, labelled once per panel."""
+    from matplotlib.figure import Figure
+
+    figures = []
+    save = Figure.savefig
+    monkeypatch.setattr(Figure, "savefig", lambda fig, *a, **k: (figures.append(fig), save(fig, *a, **k)))
+    records = fake_records("redo", 0)
+    records += [{"env_step": 6000, "intervention/redo/critic/units_recycled": 12, "intervention/redo/critic/count": 1},
+                {"env_step": 14000, "intervention/redo/critic/units_recycled": 3, "intervention/redo/critic/count": 2}]
+    plot_runs([write_run(tmp_path / "runs", "redo", 0, records)], tmp_path / "redo.png")
+    (fig,) = figures
+    drawn = [ax for ax in fig.axes if ax.get_lines()]
+    assert len(drawn) == len(panel_keys([records]))
+    for ax in drawn:
+        marks = [line for line in ax.get_lines() if line.get_linestyle() == ":"]
+        assert sorted(line.get_xdata()[0] for line in marks) == [6000.0, 14000.0]
+        assert [line.get_label() for line in marks].count("redo redo critic") == 1
