@@ -20,6 +20,7 @@ from plasticrl import sb3 as adapters
 from plasticrl.agents import DrQ
 from plasticrl.lab.config.base import ConfigError, dump, wandb_settings
 from plasticrl.lab.config.train import WHEN, Config, InterventionSpec, load
+from plasticrl.lab.fast_path import resolve_auto
 from plasticrl.lab.plots import plot_runs
 from plasticrl.lab.runtime import configure_torch, resolve_device
 from plasticrl.replay_ratio import AdaptiveReplayRatio, StaticReplayRatio
@@ -40,7 +41,7 @@ def env_options(cfg: Config) -> dict[str, Any]:
 
 def make_vec_env(cfg: Config, seed: int, n_envs: int | None = None) -> Any:
     """SB3 VecEnv of ``n_envs`` monitored ``plasticrl.envs.make`` envs; seeds seed, seed+1, ..."""
-    n = n_envs or cfg.env.n_envs
+    n = n_envs or (cfg.env.n_envs if cfg.env.n_envs != "auto" else 1)  # auto: see lab.fast_path
     kind = cfg.env.vec_env if cfg.env.vec_env != "auto" else ("subproc" if n > 1 else "dummy")
     options = env_options(cfg)
     env_id = cfg.env.id
@@ -136,6 +137,9 @@ def train(cfg: Config) -> Path:
     check_config(cfg)
     device = resolve_device(cfg.run.device)
     configure_torch(device)
+    cfg, chosen = resolve_auto(cfg, device)  # config.yaml records what ran
+    if chosen:
+        print(chosen, flush=True)
     run_dir = make_run_dir(cfg.run.out_dir, cfg.run.name, cfg.run.seed)
     (run_dir / "config.yaml").write_text(dump(cfg))
     tags = [cfg.agent.kind, cfg.env.id, f"rr-{cfg.replay_ratio.kind}"]

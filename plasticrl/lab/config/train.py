@@ -37,7 +37,8 @@ class EnvConfig(Section):
     size: int = Field(84, ge=16, le=256, description="image height = width in pixels")
     frame_stack: int = Field(3, ge=1, le=16, description="frames stacked per observation")
     action_repeat: int = Field(2, ge=1, le=16, description="simulator steps per agent step")
-    n_envs: int = Field(1, ge=1, le=256, description="parallel environments")
+    n_envs: Annotated[int, Field(ge=1, le=256)] | Literal["auto"] = Field(
+        "auto", description="parallel environments (auto: min(16, cores) on CUDA with agent.kind=drq, else 1)")
     vec_env: Literal["auto", "dummy", "subproc"] = Field(
         "auto", description="auto: subproc when n_envs > 1, else dummy")
 
@@ -58,15 +59,18 @@ class AgentConfig(Section):
     init_temperature: float = Field(0.1, gt=0, description="initial SAC entropy coefficient (learned)")
     augment_pad: int = Field(4, ge=0, le=16, description="random-shift padding in pixels")
     buffer_device: Literal["auto", "cuda", "cpu"] = Field("auto", description="where replay frames live")
-    async_env_step: bool = Field(
-        False, description="step the envs while the GPU updates (actions one update round stale)")
-    precision: Literal["fp32", "bf16"] = Field(
-        "fp32", description="CUDA: bf16 autocast of encoder, trunks, hidden MLP layers (fp32 outputs, weights, losses)")
-    compile: bool | Literal["default", "max-autotune-no-cudagraphs"] = Field(
-        False, description="torch.compile the update (CUDA only; about a minute of compiling at the first update); "
-                           "max-autotune-no-cudagraphs: Inductor also benchmarks Triton GEMM/conv kernels (minutes)")
-    fused_q_heads: bool = Field(False, description="critic: both Q heads as batched matmuls instead of two MLPs "
-                                                   "(same parameters; equal up to float rounding)")
+    async_env_step: bool | Literal["auto"] = Field(
+        "auto", description="step the envs while the GPU updates (actions one update round stale; auto: on CUDA)")
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        "auto", description="auto: bf16 on CUDA, fp32 on the CPU. CUDA: bf16 autocast of encoder, trunks, hidden "
+                            "MLP layers (fp32 outputs, weights, losses)")
+    compile: bool | Literal["auto", "default", "max-autotune-no-cudagraphs"] = Field(
+        "auto", description="torch.compile the update (auto: on CUDA; CUDA only; about a minute of compiling at the "
+                            "first update); max-autotune-no-cudagraphs: Inductor also benchmarks Triton GEMM/conv "
+                            "kernels (minutes)")
+    fused_q_heads: bool | Literal["auto"] = Field(
+        "auto", description="critic: both Q heads as batched matmuls instead of two MLPs (same parameters; equal up "
+                            "to float rounding; auto: on CUDA)")
     cuda_graph: Literal["auto"] | bool = Field(
         "auto", description="replay each update as one CUDA graph (auto: on CUDA with a constant learning rate)")
 
