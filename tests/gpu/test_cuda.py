@@ -407,3 +407,54 @@ def test_queued_action_on_cuda_is_read_before_the_updates_run():
     action, buffer_action = finish()
     np.testing.assert_allclose(action, expected[0], rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(buffer_action, expected[1], rtol=1e-5, atol=1e-6)
+
+
+def _intervene(model, intervention, batch, seed):
+    """``intervention`` on the critic of ``model`` as ``plasticrl.sb3.InterventionCallback`` applies it (every
+    optimizer, the target critic, the probe forward on ``batch``), its fresh weights drawn after ``seed``."""
+    from plasticrl.interventions.base import Target
+    from plasticrl.sb3 import optimizers_of, probe_forward, resolve_groups, target_pairs_of
+
+    target = Target(resolve_groups(model, ["critic"])["critic"], optimizers_of(model), target_pairs_of(model))
+    torch.manual_seed(seed)
+    outcome = intervention.apply(target, probe_forward(model, batch))
+    if outcome.rebuilt:
+        model.invalidate_graphs()
+    return outcome
+
+
+@pytest.mark.parametrize("kind", ["reset", "shrink_perturb", "redo", "inject"])
+def test_update_after_an_intervention_in_graph_equals_eager_update(kind, monkeypatch):
+    """Two agents, one replaying its update as a CUDA graph, one eager, same seed, updates and batches; the same
+    intervention on both critics (same fresh draws); then more updates: equal stats, parameters and Adam moments.
+    Reset, shrink & perturb and ReDo write in place, so the graph captured before them is replayed as it is (not
+    re-captured) and must see the new weights and zeroed moments; injection rebuilds the heads and the graph is
+    captured anew (invalidate_graphs)."""
+    from plasticrl import interventions as iv
+    from plasticrl.lab.bench import synthetic_batch
+
+    a, b = make_agent(True, **DETERMINISTIC), make_agent(False, **DETERMINISTIC)
+    exact_fp32(monkeypatch)
+    shape, adim = a.observation_space.shape, a.action_space.shape[0]
+    batches = [synthetic_batch(64, shape, adim, torch.device("cuda"), s) for s in range(5)]
+    for batch in batches[:2]:
+        a._update_fn(batch), b._update_fn(batch)
+    graph = a._update_fn.graph
+    make = {"reset": lambda: iv.Reset(layers="last2"), "shrink_perturb": lambda: iv.ShrinkPerturb(alpha=0.5),
+            "redo": lambda: iv.ReDo(tau=0.5), "inject": lambda: iv.Inject(heads=["q1", "q2"])}[kind]
+    before = [p.detach().clone() for p in a.critic.parameters()]
+    out_a, out_b = _intervene(a, make(), batches[2], 7), _intervene(b, make(), batches[2], 7)
+    assert out_a.log == out_b.log
+    if kind != "inject":
+        assert any(not torch.equal(p, q) for p, q in zip(a.critic.parameters(), before)), "nothing changed"
+    for batch in batches[2:]:
+        torch.testing.assert_close(a._update_fn(batch), b._update_fn(batch), rtol=1e-5, atol=1e-6)
+    assert (a._update_fn.graph is graph) == (kind != "inject")
+    for (name, pa), pb in zip(a.policy.named_parameters(), b.policy.parameters()):
+        torch.testing.assert_close(pa, pb, rtol=1e-5, atol=1e-6, msg=name)
+    for opt_a, opt_b in ((a.actor.optimizer, b.actor.optimizer), (a.critic.optimizer, b.critic.optimizer)):
+        for group_a, group_b in zip(opt_a.param_groups, opt_b.param_groups):
+            for pa, pb in zip(group_a["params"], group_b["params"]):
+                if pa in opt_a.state:
+                    torch.testing.assert_close(opt_a.state[pa]["exp_avg"], opt_b.state[pb]["exp_avg"], rtol=1e-4,
+                                               atol=1e-7)
