@@ -32,11 +32,39 @@ def _is_section(annotation: Any) -> bool:
     return isinstance(annotation, type) and issubclass(annotation, BaseModel)
 
 
+def _tagged_members(annotation: Any) -> list[type[BaseModel]]:
+    """The member schemas of a list of a kind-tagged union (``interventions``), else []."""
+    if typing.get_origin(annotation) is not list:
+        return []
+    (item,) = typing.get_args(annotation)
+    if typing.get_origin(item) is typing.Annotated:
+        item = typing.get_args(item)[0]
+    members = [a for a in typing.get_args(item) if _is_section(a)]
+    return members if members and all("kind" in m.model_fields for m in members) else []
+
+
+def _kind(member: type[BaseModel]) -> str:
+    return typing.get_args(member.model_fields["kind"].annotation)[0]
+
+
 def leaf_fields(model: type[BaseModel], prefix: str = "") -> list[tuple[str, FieldInfo]]:
-    """``(dotted key, field)`` of every leaf field of a schema, in declaration order (``agent.fused_q_heads``)."""
+    """``(dotted key, field)`` of every leaf field of a schema, in declaration order (``agent.fused_q_heads``). A
+    list of kind-tagged sections (``interventions``) gives ``interventions[].kind``, the keys every kind has, then
+    each kind's own keys as ``interventions[kind=redo].tau``."""
     out: list[tuple[str, FieldInfo]] = []
     for name, field in model.model_fields.items():
-        if _is_section(field.annotation):
+        members = _tagged_members(field.annotation)
+        if members:
+            shared = [k for k in members[0].model_fields if all(k in m.model_fields for m in members)]
+            kinds = FieldInfo(annotation=typing.Literal[tuple(_kind(m) for m in members)], default=PydanticUndefined,
+                              description="; ".join(f"{_kind(m)}: {m.model_fields['kind'].description}"
+                                                    for m in members))
+            out.append((f"{prefix}{name}[].kind", kinds))
+            out += [(f"{prefix}{name}[].{k}", members[0].model_fields[k]) for k in shared if k != "kind"]
+            for m in members:
+                out += [(f"{prefix}{name}[kind={_kind(m)}].{k}", f) for k, f in m.model_fields.items()
+                        if k not in shared]
+        elif _is_section(field.annotation):
             out += leaf_fields(field.annotation, f"{prefix}{name}.")
         else:
             out.append((f"{prefix}{name}", field))
@@ -48,6 +76,8 @@ def type_name(annotation: Any) -> str:
     origin, args = typing.get_origin(annotation), typing.get_args(annotation)
     if annotation is type(None):
         return "None"
+    if origin is typing.Annotated:
+        return type_name(args[0])
     if origin is typing.Literal:
         return " | ".join(repr(a) for a in args)
     if origin in (typing.Union, types.UnionType):
