@@ -8,6 +8,11 @@ encoder's features (as DrQ-v2 does).
 
 ``DrQ`` is a ``stable_baselines3.SAC`` subclass, so ``learn``, ``save``, ``load``, ``predict``, callbacks and
 ``evaluate_policy`` work as in SB3. Replay ratio = ``gradient_steps / (train_freq * n_envs)``.
+
+Remedies against plasticity loss, all off by default: the policy's ``hidden_norm``, ``activation`` and ``init``
+(architecture and initialisation, ``DrQPolicy``), and DrQ's ``l2_init`` (L2 towards the initial weights, Kumar et al.
+2023) and ``nap`` (Normalize-and-Project, Lyle et al. 2024), both inside the update (``plasticrl.interventions.
+regularizers``).
 """
 
 from __future__ import annotations
@@ -26,12 +31,15 @@ from stable_baselines3 import SAC
 from stable_baselines3.common.policies import BasePolicy
 from stable_baselines3.common.save_util import load_from_pkl, load_from_zip_file, recursive_getattr
 from stable_baselines3.common.type_aliases import Schedule
+from torch import nn
 
 from plasticrl.agents.accel import COMPILE_MODES, GraphedUpdate, compile_update, keep_own_optimizer_flags
 from plasticrl.agents.drq.augment import random_shift
 from plasticrl.agents.drq.networks import Actor, Critic, Encoder
 from plasticrl.agents.drq.prefetch import PrefetchVecEnv
 from plasticrl.agents.drq.replay import FrameReplayBuffer, PixelBatch
+from plasticrl.agents.init import INITS, layer_init_fn, orthogonal_init
+from plasticrl.interventions.regularizers import Anchors, l2_init_penalty, project_to_norms, weight_norms
 
 STAT_KEYS = ("critic_loss", "actor_loss", "ent_coef", "ent_coef_loss", "critic_fau", "q")
 
@@ -40,6 +48,13 @@ class DrQPolicy(BasePolicy):
     """SB3 policy holding the shared encoder, actor, critic and target critic of DrQ.
 
     Optimizers: ``actor.optimizer`` (actor only) and ``critic.optimizer`` (encoder + critic), as SB3's SAC names them.
+
+    :param hidden_norm: ``"none"`` (DrQ-v2) or ``"layernorm"``: a LayerNorm after each hidden Linear of the actor's and
+        critic's MLPs, before the activation (Lyle et al. 2023, 2024).
+    :param activation: ``"relu"`` (DrQ-v2) or ``"crelu"``: the MLPs' hidden activation; CReLU (Abbas et al. 2023)
+        doubles the width the next Linear sees (``hidden_dim`` units, 2 x ``hidden_dim`` outputs).
+    :param init: ``"default"`` (PyTorch's layer init) or ``"orthogonal"`` (DrQ-v2's ``weight_init``:
+        ``plasticrl.agents.init.orthogonal_init``) for encoder, actor and critic; the target critic is a copy.
     """
 
     def __init__(
@@ -54,18 +69,29 @@ class DrQPolicy(BasePolicy):
         optimizer_class: type[torch.optim.Optimizer] = torch.optim.Adam,
         optimizer_kwargs: dict[str, Any] | None = None,
         use_sde: bool = False,
+        hidden_norm: str = "none",
+        activation: str = "relu",
+        init: str = "default",
     ):
         if use_sde:
             raise ValueError("DrQPolicy does not support gSDE (use_sde=True); use the default Gaussian exploration")
+        if init not in INITS:
+            raise ValueError(f"init={init!r}: allowed are {', '.join(map(repr, INITS))}")
         super().__init__(observation_space, action_space, optimizer_class=optimizer_class,
                          optimizer_kwargs=optimizer_kwargs, normalize_images=False, squash_output=True)
         self.feature_dim, self.hidden_dim = feature_dim, hidden_dim
         self.encoder_channels, self.log_std_bounds = encoder_channels, tuple(log_std_bounds)
+        self.hidden_norm, self.activation, self.init = hidden_norm, activation, init
         action_dim = int(action_space.shape[0])
         self.encoder = Encoder(observation_space.shape, encoder_channels)
         repr_dim = self.encoder.repr_dim
-        self.actor = Actor(repr_dim, action_dim, feature_dim, hidden_dim, self.log_std_bounds)
-        self.critic = Critic(repr_dim, action_dim, feature_dim, hidden_dim)
+        self.actor = Actor(repr_dim, action_dim, feature_dim, hidden_dim, self.log_std_bounds,
+                           hidden_norm=hidden_norm, activation=activation)
+        self.critic = Critic(repr_dim, action_dim, feature_dim, hidden_dim, hidden_norm=hidden_norm,
+                             activation=activation)
+        if init == "orthogonal":
+            for module in (self.encoder, self.actor, self.critic):
+                module.apply(orthogonal_init)
         self.critic_target = copy.deepcopy(self.critic)
         self.critic_target.requires_grad_(False)
         self.actor.optimizer = optimizer_class(self.actor.parameters(), lr=lr_schedule(1), **self.optimizer_kwargs)
@@ -77,7 +103,8 @@ class DrQPolicy(BasePolicy):
         data = super()._get_constructor_parameters()
         data.update(feature_dim=self.feature_dim, hidden_dim=self.hidden_dim, encoder_channels=self.encoder_channels,
                     log_std_bounds=self.log_std_bounds, optimizer_class=self.optimizer_class,
-                    optimizer_kwargs=self.optimizer_kwargs)
+                    optimizer_kwargs=self.optimizer_kwargs, hidden_norm=self.hidden_norm, activation=self.activation,
+                    init=self.init)
         return data
 
     def forward(self, obs: torch.Tensor, deterministic: bool = False) -> torch.Tensor:
@@ -115,6 +142,16 @@ class DrQ(SAC):
     ``plasticrl.lab.runtime.configure_torch``). ``seed=`` seeds the global RNGs of ``random``, NumPy and torch, as
     every SB3 algorithm does; with ``seed=None`` the initial weights come from fresh entropy and the global torch RNG
     is left as it was.
+
+    :param l2_init: regenerative regularisation (Kumar et al. 2023): ``l2_init * sum ||theta - theta_0||^2`` added to
+        the critic loss over the encoder's and critic's parameters and to the actor loss over the actor's, theta_0
+        their values at construction (``policy.l2_anchors``, saved with the policy); 0 (default) turns it off. The
+        reported ``critic_loss`` and ``actor_loss`` include it.
+    :param nap: Normalize-and-Project (Lyle et al. 2024): a LayerNorm before each hidden activation of the actor's and
+        critic's MLPs (sets ``policy_kwargs["hidden_norm"] = "layernorm"``) and, after every optimizer step, each
+        weight matrix of a Linear/Conv2d of the encoder, actor and critic rescaled in place to its norm at
+        construction (``policy.nap_norms``, saved with the policy). Biases and LayerNorm gains and offsets are left
+        free; the target critic follows by its Polyak update, unprojected.
     """
 
     policy_aliases = {"CnnPolicy": DrQPolicy, "DrQPolicy": DrQPolicy}  # noqa: RUF012
@@ -142,6 +179,8 @@ class DrQ(SAC):
         precision: str = "fp32",
         async_env_step: bool = False,
         fused_q_heads: bool = False,
+        l2_init: float = 0.0,
+        nap: bool = False,
         policy_kwargs: dict[str, Any] | None = None,
         verbose: int = 0,
         seed: int | None = None,
@@ -161,6 +200,22 @@ class DrQ(SAC):
         self.precision = precision
         self.async_env_step = async_env_step
         self.fused_q_heads = fused_q_heads  # the critics' two Q heads as batched matmuls (Critic.fused_heads)
+        if isinstance(l2_init, bool) or not isinstance(l2_init, (int, float)) or not l2_init >= 0:
+            raise ValueError(f"l2_init={l2_init!r}: give a coefficient >= 0 (0 turns the L2-to-init penalty off)")
+        self.l2_init = float(l2_init)
+        if not isinstance(nap, bool):
+            raise TypeError(f"nap={nap!r}: give True or False")
+        self.nap = nap
+        if nap:
+            policy_kwargs = dict(policy_kwargs or {})
+            if policy_kwargs.setdefault("hidden_norm", "layernorm") != "layernorm":
+                raise ValueError(f"nap=True puts a LayerNorm before each hidden activation, but policy_kwargs has "
+                                 f"hidden_norm={policy_kwargs['hidden_norm']!r}; drop that key or set it to "
+                                 "'layernorm'")
+        # (parameters, initial values) of the L2-to-init penalty and (weights, initial norms) of NaP's projection,
+        # per optimizer ("critic": encoder + critic, "actor"); built in _setup_model
+        self._l2_pairs: dict[str, tuple[list[nn.Parameter], list[torch.Tensor]]] = {}
+        self._nap_pairs: dict[str, tuple[list[nn.Parameter], list[torch.Tensor]]] = {}
         super().__init__(
             policy, env, learning_rate=learning_rate, buffer_size=buffer_size, learning_starts=learning_starts,
             batch_size=batch_size, tau=tau, gamma=gamma, train_freq=train_freq, gradient_steps=gradient_steps,
@@ -197,10 +252,12 @@ class DrQ(SAC):
         if self.async_env_step and self.env is not None and not isinstance(self.env, PrefetchVecEnv):
             self.env = PrefetchVecEnv(self.env)
         if self.device.type != "cuda":
+            self._setup_regularisers()
             return
         # GPU: fused, graph-capturable Adam; NHWC convolutions; the update as one CUDA graph. Process-wide flags
         # (cuDNN autotuning, TF32, dynamo's recompile limit) are the caller's: plasticrl.lab.runtime.configure_torch.
         self.policy.encoder.to(memory_format=torch.channels_last)
+        self._setup_regularisers()  # after the layout change: the anchors copy the NHWC conv weights
         self.policy.encoder.autocast_dtype = torch.bfloat16 if self.precision == "bf16" else None
         lr = self.lr_schedule(1)
         extra = {"fused": True, "capturable": True}
@@ -217,13 +274,53 @@ class DrQ(SAC):
             self._update_fn = GraphedUpdate(self._update_vector)
             self.policy.act_graphs = {}
 
+    def _setup_regularisers(self) -> None:
+        """The reference values of ``l2_init`` and ``nap``, taken from the policy as built (its initial weights), as
+        buffers of the policy (``l2_anchors``, ``nap_norms``: saved and loaded with it, so that a loaded agent keeps
+        its anchors), and the (tensors, references) pairs the update reads."""
+        groups = {"critic": ("encoder", "critic"), "actor": ("actor",)}
+        self._l2_pairs, self._nap_pairs = {}, {}
+        if self.l2_init > 0:
+            params = {f"{prefix}.{name}": p for prefix in ("encoder", "critic", "actor")
+                      for name, p in getattr(self.policy, prefix).named_parameters()}
+            self.policy.l2_anchors = Anchors({name: p for name, p in params.items()})
+            initial = dict(zip(self.policy.l2_anchors.names, self.policy.l2_anchors.tensors()))
+            for group, prefixes in groups.items():
+                names = [n for n in params if n.split(".")[0] in prefixes]
+                self._l2_pairs[group] = ([params[n] for n in names], [initial[n] for n in names])
+        if self.nap:
+            weights = {f"{prefix}.{name}.weight": m.weight for prefix in ("encoder", "critic", "actor")
+                       for name, m in getattr(self.policy, prefix).named_modules()
+                       if isinstance(m, (nn.Linear, nn.Conv2d))}
+            self.policy.nap_norms = Anchors(dict(zip(weights, weight_norms(list(weights.values())))))
+            norms = dict(zip(self.policy.nap_norms.names, self.policy.nap_norms.tensors()))
+            for group, prefixes in groups.items():
+                names = [n for n in weights if n.split(".")[0] in prefixes]
+                self._nap_pairs[group] = ([weights[n] for n in names], [norms[n] for n in names])
+
+    def reinit_layer(self, module: nn.Module) -> None:
+        """Re-initialises one layer in place as this agent's ``init`` did (``plasticrl.agents.init.layer_init_fn``),
+        for interventions that reset layers (``plasticrl.sb3.InterventionCallback`` passes it as ``init_fn``)."""
+        layer_init_fn(self.policy.init)(module)
+
+    def invalidate_graphs(self) -> None:
+        """Drops the captured CUDA graphs: the update's (``_update_fn``, ``_step_graph``) and the acting graphs
+        (``policy.act_graphs``), so that the next update and action capture anew. Call it after modules, parameters
+        or optimizer states were replaced by new objects (plasticity injection, a load); in-place writes keep the
+        graphs valid. A no-op where nothing was captured (CPU)."""
+        for graph in (self._update_fn, self._step_graph):
+            if isinstance(graph, GraphedUpdate):
+                graph.invalidate()
+        if self.policy.act_graphs is not None:
+            self.policy.act_graphs = {}
+
     def _create_aliases(self) -> None:
         super()._create_aliases()
         self.encoder = self.policy.encoder
 
     def _excluded_save_params(self) -> list[str]:
         return [*super()._excluded_save_params(), "encoder", "_stats_sum", "_update", "_update_fn",
-                "_step_graph", "_step_graph_key", "critic_fau_log", "_prefetched"]
+                "_step_graph", "_step_graph_key", "critic_fau_log", "_prefetched", "_l2_pairs", "_nap_pairs"]
 
     def set_parameters(self, load_path_or_dict: Any, exact_match: bool = True, device: torch.device | str = "auto"
                        ) -> None:
@@ -241,9 +338,7 @@ class DrQ(SAC):
                 keep_own_optimizer_flags(state, own)
         super().set_parameters(params, exact_match=exact_match, device=device)
         # loaded optimizer states are new tensors: graphs captured before would keep stepping the old ones
-        for graph in (self._update_fn, self._step_graph):
-            if isinstance(graph, GraphedUpdate):
-                graph.invalidate()
+        self.invalidate_graphs()
 
     def load_replay_buffer(self, path: Any, truncate_last_traj: bool = True) -> None:
         """Loads a buffer written by ``save_replay_buffer`` (a pickled ``FrameReplayBuffer``); batches then go to
@@ -272,9 +367,13 @@ class DrQ(SAC):
         h = self.encoder(obs)
         q1, q2, critic_fau = self.critic.forward_with_fau(h, batch.actions)
         critic_loss = F.mse_loss(q1, target_q) + F.mse_loss(q2, target_q)
+        if self.l2_init > 0:
+            critic_loss = critic_loss + self.l2_init * l2_init_penalty(*self._l2_pairs["critic"])
         self.critic.optimizer.zero_grad(set_to_none=True)
         critic_loss.backward()
         self.critic.optimizer.step()
+        if self.nap:
+            project_to_norms(*self._nap_pairs["critic"])
 
         h_actor = h.detach()
         action, log_prob = self.actor.action_log_prob(h_actor)
@@ -285,9 +384,13 @@ class DrQ(SAC):
         for p in trainable:
             p.requires_grad_(True)
         actor_loss = (alpha * log_prob - torch.min(aq1, aq2)).mean()
+        if self.l2_init > 0:
+            actor_loss = actor_loss + self.l2_init * l2_init_penalty(*self._l2_pairs["actor"])
         self.actor.optimizer.zero_grad(set_to_none=True)
         actor_loss.backward()
         self.actor.optimizer.step()
+        if self.nap:
+            project_to_norms(*self._nap_pairs["actor"])
 
         if log_alpha is not None and self.ent_coef_optimizer is not None:
             ent_coef_loss = -(log_alpha * (log_prob.detach() + self.target_entropy)).mean()
