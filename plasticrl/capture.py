@@ -28,7 +28,16 @@ after which only squashing activations ran (``tanh``, ``sigmoid``, ``softplus``,
 log-std squash) is a *head*: those trailing squashes are its outputs (``ActivationCall.is_output``, left out of
 :meth:`Captured.outputs` and :meth:`Captured.layers`) and its features are the input of that last weight layer (the
 penultimate features of Kumar et al. 2021). Any other forward (an encoder ending in a ReLU, a one-Linear
-projection) has its output as features, and all its activations are hidden layers.
+projection) has its output as features, and all its activations are hidden layers. Every weight-layer call is
+listed in :attr:`Captured.weight_calls` (a :class:`Layer`: the innermost captured module running it), in execution
+order.
+
+Wiring (``trace=True``, for mechanisms that edit units, such as ReDo): the tensors the group's weight layers and
+activations produce are followed by identity (weakly referenced, so nothing is kept alive) through unit-preserving
+copies (dtype and device casts, ``contiguous``, ``clone``, dropout, padding) and flattens to ``(batch, -1)``, so that
+each activation call gets a :class:`Flow`: the weight layer whose output was its input (through normalisations such
+as LayerNorm), the weight layers that read its output, and anything else that read either (an add, a cat, a layer
+outside the group). One dict lookup per torch call and captured tensor argument while the block runs.
 
 torch and the standard library only.
 """
@@ -36,6 +45,7 @@ torch and the standard library only.
 from __future__ import annotations
 
 import warnings
+import weakref
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -52,6 +62,8 @@ __all__ = [
     "FAU_KINDS",
     "ActivationCall",
     "Captured",
+    "Flow",
+    "Layer",
     "Site",
     "capture",
     "capture_groups",
@@ -130,6 +142,21 @@ _FUNCTION_KINDS = _functions()
 _WEIGHT_FUNCTIONS: dict[Any, str] = {F.linear: "linear"}
 _WEIGHT_FUNCTIONS.update({getattr(F, n): "conv" for n in ("conv1d", "conv2d", "conv3d", "conv_transpose1d",
                                                            "conv_transpose2d", "conv_transpose3d")})
+# Traced with trace=True. Normalisations: a weight layer's output passes through them to the activation.
+_NORM_FUNCTIONS: dict[Any, str] = {getattr(F, n): n for n in ("layer_norm", "rms_norm", "batch_norm", "group_norm",
+                                                              "instance_norm", "local_response_norm") if hasattr(F, n)}
+# Copies that keep every unit at its place (same shape): casts, copies, dropout (identity in eval mode).
+_COPY_FUNCTIONS: frozenset[Any] = frozenset(
+    [getattr(torch.Tensor, n) for n in ("float", "double", "half", "bfloat16", "to", "type", "type_as", "contiguous",
+                                        "clone", "detach", "cpu", "cuda", "requires_grad_")]
+    + [torch.clone, torch.detach]
+    + [getattr(F, n) for n in ("dropout", "dropout1d", "dropout2d", "dropout3d", "alpha_dropout",
+                               "feature_alpha_dropout") if hasattr(F, n)]
+)
+# Reshapes: the same shape, or a (batch, C, *spatial) map flattened to (batch, C * prod(spatial)), channel-major.
+_RESHAPE_FUNCTIONS: frozenset[Any] = frozenset(
+    [torch.Tensor.flatten, torch.flatten, torch.Tensor.reshape, torch.reshape, torch.Tensor.view]
+)
 
 
 def module_kind(module: nn.Module) -> str | None:
@@ -139,6 +166,60 @@ def module_kind(module: nn.Module) -> str | None:
         if kind is not None:
             return kind
     return None
+
+
+def _lookup(table: Mapping[Any, Any], func: Any) -> Any:
+    """``table.get(func)``; None for an unhashable callable."""
+    try:
+        return table.get(func)
+    except TypeError:
+        return None
+
+
+@dataclass(frozen=True)
+class Layer:
+    """One call of a weight layer (``F.linear``, ``F.conv*``) or, in a :class:`Flow`, of a normalisation.
+
+    Attributes:
+        name: the dotted name of the innermost captured module running the call, as site names are built
+            (``"q1.0"``, ``"0.fc1"``).
+        module: that module.
+        kind: ``"linear"`` or ``"conv"``; for a normalisation its function's name (``"layer_norm"``, ...).
+        own_weight: the call read the module's own ``weight`` and ``bias`` parameters (False for a parametrised or
+            noisy layer, or an ``F.linear`` on weights computed in the forward).
+        member: the member the call ran in (as :attr:`ActivationCall.member`).
+    """
+
+    name: str
+    module: nn.Module
+    kind: str
+    own_weight: bool
+    member: str | None
+
+
+@dataclass
+class Flow:
+    """Where one activation call's input came from and where its output went (``capture(..., trace=True)``).
+
+    Attributes:
+        source: the weight layer whose output was the call's input, directly or through ``norms`` and
+            unit-preserving copies; None when the input was anything else (an add, a cat, another activation, the
+            forward's input).
+        norms: the normalisation calls between ``source`` and the activation, in order.
+        source_reads: every read of ``source``'s output (through those norms and copies): this activation's kind
+            and the name of any other function that read it; one entry when this activation was its only reader.
+        consumers: ``(layer, flat)`` for each weight-layer call of the group that read the output, directly or
+            through copies (``flat=False``), or through a flatten of ``(batch, C, *spatial)`` to ``(batch, -1)``
+            (``flat=True``: unit c is the columns ``c * S .. (c + 1) * S``, ``S = prod(spatial)``).
+        reads: every other read of the output: function names, with `` outside the group`` when the call ran
+            outside the group's forwards (a layer of another network).
+    """
+
+    source: Layer | None = None
+    norms: tuple[Layer, ...] = ()
+    source_reads: list[str] = field(default_factory=list)
+    consumers: list[tuple[Layer, bool]] = field(default_factory=list)
+    reads: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -156,6 +237,7 @@ class ActivationCall:
         member: the member the call ran in (``""`` for a single module, ``"0"``/``"1"`` for a list, the key of a
             dict); ``None`` when a submodule was called directly rather than through a member's forward.
         is_output: a squash after a head's last weight layer (see the module docstring): an output, not a layer.
+        flow: its wiring, with ``trace=True`` (else None).
     """
 
     name: str
@@ -163,16 +245,19 @@ class ActivationCall:
     output: Tensor
     member: str | None
     is_output: bool = False
+    flow: Flow | None = None
 
 
 @dataclass
 class Site:
-    """A call site of the hidden activations: its calls' outputs concatenated along the batch dim."""
+    """A call site of the hidden activations: its calls' outputs concatenated along the batch dim, and with
+    ``trace=True`` the calls' flows (one per call, in order)."""
 
     name: str
     kind: str
     member: str | None
     activations: Tensor
+    flows: list[Flow] = field(default_factory=list)
 
 
 @dataclass
@@ -184,11 +269,13 @@ class Captured:
         features: member -> its features (with ``features=True``), the forwards of a member concatenated along the
             batch dim: the input of a head's last weight layer, else the member's output.
         ran: whether a forward of a member (or of any captured submodule) ran.
+        weight_calls: every weight-layer call made inside a forward of the group, in execution order.
     """
 
     calls: list[ActivationCall] = field(default_factory=list)
     features: dict[str, Tensor] = field(default_factory=dict)
     ran: bool = False
+    weight_calls: list[Layer] = field(default_factory=list)
 
     def outputs(self, fau_only: bool = False) -> list[Tensor]:
         """The outputs of the hidden activation calls, in execution order; with ``fau_only`` only those of kinds in
@@ -204,13 +291,15 @@ class Captured:
                 order.setdefault(c.name, []).append(c)
         sites: list[Site] = []
         for name, calls in order.items():
-            by_shape: dict[tuple[int, ...], list[Tensor]] = {}
+            by_shape: dict[tuple[int, ...], list[ActivationCall]] = {}
             for c in calls:
-                by_shape.setdefault(tuple(c.output.shape[1:]), []).append(c.output)
+                by_shape.setdefault(tuple(c.output.shape[1:]), []).append(c)
             split = len(by_shape) > 1
-            for j, tensors in enumerate(by_shape.values()):
+            for j, same in enumerate(by_shape.values()):
+                tensors = [c.output for c in same]
                 acts = tensors[0] if len(tensors) == 1 else torch.cat(tensors)
-                sites.append(Site(f"{name}@{j}" if split else name, calls[0].kind, calls[0].member, acts))
+                flows = [c.flow for c in same if c.flow is not None]
+                sites.append(Site(f"{name}@{j}" if split else name, calls[0].kind, calls[0].member, acts, flows))
         return sites
 
     def layers(self, fau_only: bool = False) -> dict[str, Tensor]:
@@ -226,6 +315,7 @@ class _Event:
     kind: str
     output: Tensor
     is_output: bool = False
+    flow: Flow | None = None
 
 
 class _Invocation:
@@ -253,12 +343,123 @@ def _keep(t: Tensor) -> tuple[Tensor, int | None]:
         return t.clone(), None
 
 
+def _tensors(args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> Iterator[Tensor]:
+    """The tensors among a call's arguments, and inside list or tuple arguments (``torch.cat([a, b])``)."""
+    for a in (*args, *kwargs.values()):
+        if isinstance(a, Tensor):
+            yield a
+        elif isinstance(a, (list, tuple)):
+            yield from (t for t in a if isinstance(t, Tensor))
+
+
+def _returns_tensor(out: Any) -> bool:
+    """A call that returned tensor data (not ``x.shape``, ``x.dim()``, ...): a read of its inputs' values."""
+    return isinstance(out, Tensor) or (isinstance(out, (list, tuple)) and any(isinstance(o, Tensor) for o in out))
+
+
+@dataclass
+class _Source:
+    """A tensor that is a weight layer's output (through ``norms`` and copies); ``reads`` shared along the chain."""
+
+    layer: Layer
+    norms: tuple[Layer, ...]
+    reads: list[str]
+
+
+@dataclass
+class _Output:
+    """A tensor that is an activation's output, through copies (``flat``: and a flatten to ``(batch, -1)``)."""
+
+    flow: Flow
+    flat: bool
+
+
+class _Tracer:
+    """Follows the tensors one group's weight layers and activations produce, by identity, to fill each activation
+    call's :class:`Flow`. Tensors are weakly referenced: a dead one's id, reused by a new tensor, is not mistaken."""
+
+    def __init__(self) -> None:
+        self.nodes: dict[int, tuple[weakref.ref[Tensor], _Source | _Output]] = {}
+
+    def get(self, t: Any) -> _Source | _Output | None:
+        entry = self.nodes.get(id(t)) if isinstance(t, Tensor) else None
+        return entry[1] if entry is not None and entry[0]() is t else None
+
+    def put(self, t: Tensor, node: _Source | _Output) -> None:
+        self.nodes[id(t)] = (weakref.ref(t), node)
+
+    @staticmethod
+    def read(node: _Source | _Output, what: str) -> None:
+        (node.reads if isinstance(node, _Source) else node.flow.reads).append(what)
+
+    def weight(self, x: Any, layer: Layer, args: tuple[Any, ...], kwargs: Mapping[str, Any], out: Any) -> None:
+        """A weight-layer call of the group: a consumer of the activation output ``x``; its output a new source."""
+        for t in _tensors(args, kwargs):
+            node = self.get(t)
+            if isinstance(node, _Output) and t is x:
+                node.flow.consumers.append((layer, node.flat))
+            elif node is not None:
+                self.read(node, f"{layer.kind} {layer.name}")
+        if isinstance(out, Tensor):
+            self.put(out, _Source(layer, (), []))
+
+    def activation(self, kind: str, x: Any, out: Tensor) -> Flow:
+        """An activation call of the group on ``x``: its flow, and its output followed from now on."""
+        node = self.get(x)
+        flow = Flow()
+        if isinstance(node, _Source):
+            node.reads.append(kind)
+            flow = Flow(node.layer, node.norms, node.reads)
+        elif node is not None:
+            self.read(node, kind)
+        self.put(out, _Output(flow, False))
+        return flow
+
+    def other(self, func: Any, args: tuple[Any, ...], kwargs: Mapping[str, Any], out: Any, norm: Layer | None,
+              where: str) -> None:
+        """Any other torch call: a copy, flatten or normalisation passes a followed tensor on; anything else that
+        returns tensor data is a read of it."""
+        tracked = [(t, node) for t in _tensors(args, kwargs) if (node := self.get(t)) is not None]
+        if not tracked:
+            return
+        x = args[0] if args else None
+        if len(tracked) == 1 and tracked[0][0] is x and isinstance(out, Tensor):
+            node = tracked[0][1]
+            passed = self._passed(func, node, x, out, norm)
+            if passed is not None:
+                if out is not x:
+                    self.put(out, passed)
+                return
+        if _returns_tensor(out):
+            what = getattr(func, "__name__", type(func).__name__) + where
+            for _, node in tracked:
+                self.read(node, what)
+
+    @staticmethod
+    def _passed(func: Any, node: _Source | _Output, x: Tensor, out: Tensor,
+                norm: Layer | None) -> _Source | _Output | None:
+        """What ``out`` is when ``func(x)`` keeps the units of ``x`` at known places, else None."""
+        if norm is not None:
+            return _Source(node.layer, (*node.norms, norm), node.reads) if isinstance(node, _Source) else None
+        copy, reshape = func in _COPY_FUNCTIONS, func in _RESHAPE_FUNCTIONS
+        if (copy or reshape) and out.shape == x.shape:
+            return node
+        if reshape and isinstance(node, _Output) and not node.flat and x.dim() > 2 and out.dim() == 2 \
+                and out.shape[0] == x.shape[0]:
+            return _Output(node.flow, True)
+        if func is F.pad and out.dim() == x.dim() > 2 and out.shape[:2] == x.shape[:2]:
+            return node  # spatial padding (a conv's padding_mode): channels stay
+        return None
+
+
 class _Group:
     """The capture state of one group: hooks on its modules, the running stack, the finished calls."""
 
     def __init__(self, name: str, members: list[tuple[str, nn.Module]], clone: bool, features: bool,
-                 active: list[_Group]) -> None:
+                 active: list[_Group], trace: bool = False) -> None:
         self.name, self.clone, self.want_features, self.active = name, clone, features, active
+        self.tracer = _Tracer() if trace else None
+        self.weight_calls: list[Layer] = []
         self.names: dict[int, str] = {}
         self.modules: list[nn.Module] = []
         memo: set[nn.Module] = set()
@@ -294,7 +495,9 @@ class _Group:
     def _post(self, module: nn.Module, args: Any, output: Any) -> None:
         kind = module_kind(module)
         if kind is not None and isinstance(output, Tensor):
-            self._record(self.names[id(module)], True, kind, output)
+            event = self._record(self.names[id(module)], True, kind, output)
+            if self.tracer is not None:
+                event.flow = self.tracer.activation(kind, args[0] if args else None, output)
         self.stack.pop()
         if not self.stack and self.invocation is not None:
             self.invocation.output = output
@@ -302,27 +505,60 @@ class _Group:
             self.invocation = None
             self.active.remove(self)
 
-    def _record(self, base: str, is_module: bool, kind: str, output: Tensor) -> None:
+    def _record(self, base: str, is_module: bool, kind: str, output: Tensor) -> _Event:
         inv = self.invocation
         assert inv is not None
         k = inv.counts.get((base, is_module), 0)
         inv.counts[(base, is_module)] = k + 1
-        inv.events.append(_Event(base, k, is_module, kind, self._copy(output)))
+        event = _Event(base, k, is_module, kind, self._copy(output))
+        inv.events.append(event)
+        return event
 
-    def on_activation(self, kind: str, output: Any) -> None:
-        """A functional activation call (those inside an activation module are recorded by the module)."""
+    def on_activation(self, kind: str, output: Any, x: Any = None) -> None:
+        """A functional activation call on ``x`` (those inside an activation module are recorded by the module)."""
         inner = self.stack[-1]
         if module_kind(inner) is not None or not isinstance(output, Tensor):
             return
         path = self.names[id(inner)]
-        self._record(f"{path}.{kind}" if path else kind, False, kind, output)
+        event = self._record(f"{path}.{kind}" if path else kind, False, kind, output)
+        if self.tracer is not None:
+            event.flow = self.tracer.activation(kind, x, output)
 
-    def on_weight(self, x: Any) -> None:
+    def _layer(self, kind: str, args: tuple[Any, ...], kwargs: Mapping[str, Any], weight_call: bool) -> Layer:
+        """The innermost running module as the :class:`Layer` of this call."""
+        inner = self.stack[-1]
+        params = inner._parameters  # not getattr: a parametrised weight would be recomputed
+        if weight_call:
+            w = args[1] if len(args) > 1 else kwargs.get("weight")
+            b = args[2] if len(args) > 2 else kwargs.get("bias")
+            own = w is not None and w is params.get("weight") and b is params.get("bias")
+        else:
+            given = (*args, *kwargs.values())
+            own = all(any(a is p for a in given) for p in (params.get("weight"), params.get("bias")) if p is not None)
+        inv = self.invocation
+        return Layer(self.names[id(inner)], inner, kind, own, inv.member if inv is not None else None)
+
+    def on_weight(self, x: Any, kind: str, args: tuple[Any, ...], kwargs: Mapping[str, Any], out: Any) -> None:
+        """A weight-layer call ``func(*args, **kwargs) -> out`` on ``x`` (``kind``: linear or conv)."""
         inv = self.invocation
         assert inv is not None
         inv.n_weight += 1
         inv.tail = len(inv.events)
         inv.last_weight = _keep(x) if self.want_features and isinstance(x, Tensor) else None
+        layer = self._layer(kind, args, kwargs, weight_call=True)
+        self.weight_calls.append(layer)
+        if self.tracer is not None:
+            self.tracer.weight(x, layer, args, kwargs, out)
+
+    def on_call(self, func: Any, args: tuple[Any, ...], kwargs: Mapping[str, Any], out: Any) -> None:
+        """Any torch call while a traced capture runs, except the group's own activation and weight-layer calls."""
+        assert self.tracer is not None
+        if not self.stack:
+            self.tracer.other(func, args, kwargs, out, None, " outside the group")
+        elif module_kind(self.stack[-1]) is None:  # inside an activation module: its hook records the call
+            norm = _lookup(_NORM_FUNCTIONS, func)
+            layer = self._layer(norm, args, kwargs, weight_call=False) if norm is not None else None
+            self.tracer.other(func, args, kwargs, out, layer, "")
 
     def _finish(self, inv: _Invocation) -> None:
         tail = inv.events[inv.tail:]
@@ -354,7 +590,7 @@ class _Group:
                     name = f"{e.base}#{e.k}" if e.base in repeated else e.base
                 else:
                     name = f"{e.base}_{e.k}"
-                calls.append(ActivationCall(name, e.kind, e.output, inv.member, e.is_output))
+                calls.append(ActivationCall(name, e.kind, e.output, inv.member, e.is_output, e.flow))
         features = {}
         for member, tensors in self.features.items():
             if len({tuple(t.shape[1:]) for t in tensors}) > 1:
@@ -365,31 +601,35 @@ class _Group:
         if self.mutated:
             warnings.warn(f"capture: group {self.name!r}: the input of a last weight layer was changed in place "
                           "after the layer read it; those features are left out", RuntimeWarning, stacklevel=4)
-        return Captured(calls, features, self.ran)
+        return Captured(calls, features, self.ran, self.weight_calls)
 
 
 class _Mode(TorchFunctionMode):
-    """Sees every torch function call; reports activations and weight layers to the running groups."""
+    """Sees every torch function call; reports activations and weight layers to the running groups, and every call
+    to the traced groups."""
 
-    def __init__(self, active: list[_Group]) -> None:
+    def __init__(self, active: list[_Group], traced: Sequence[_Group] = ()) -> None:
         super().__init__()
         self.active = active
+        self.traced = list(traced)
 
     def __torch_function__(self, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: Any = None) -> Any:
-        out = func(*args, **(kwargs or {}))
-        if self.active:
-            try:
-                kind = _FUNCTION_KINDS.get(func)
-                weight = kind is None and func in _WEIGHT_FUNCTIONS
-            except TypeError:  # an unhashable callable
-                return out
-            if kind is not None:
-                for group in self.active:
-                    group.on_activation(kind, out)
-            elif weight:
-                x = args[0] if args else (kwargs or {}).get("input")
-                for group in self.active:
-                    group.on_weight(x)
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        if not self.active and not self.traced:
+            return out
+        kind = _lookup(_FUNCTION_KINDS, func)
+        weight = _lookup(_WEIGHT_FUNCTIONS, func) if kind is None else None
+        x = args[0] if args else kwargs.get("input")
+        if kind is not None:
+            for group in self.active:
+                group.on_activation(kind, out, x)
+        elif weight is not None:
+            for group in self.active:
+                group.on_weight(x, weight, args, kwargs, out)
+        for group in self.traced:
+            if not group.stack or (kind is None and weight is None):
+                group.on_call(func, args, kwargs, out)
         return out
 
 
@@ -411,6 +651,7 @@ def capture_groups(
     *,
     clone: bool = True,
     features: bool = False,
+    trace: bool = False,
 ) -> Iterator[dict[str, Captured]]:
     """Capture several groups during one block; yields ``{group: Captured}``, filled when the block ends.
 
@@ -420,18 +661,19 @@ def capture_groups(
         clone: clone recorded tensors, so that a later in-place op (``ReLU(inplace=True)``, ``h += skip``) cannot
             change them; ``False`` keeps detached references (cheaper in a training loop).
         features: also record each member's features (see the module docstring).
+        trace: also record each activation call's :class:`Flow` (see the module docstring).
 
     The hooks and the function mode exist only inside the block and are removed even if it raises. Gradients flow
     as without capture; recorded tensors are detached.
     """
     active: list[_Group] = []
-    states = {name: _Group(name, members(g), clone, features, active) for name, g in groups.items()}
+    states = {name: _Group(name, members(g), clone, features, active, trace) for name, g in groups.items()}
     out: dict[str, Captured] = {name: Captured() for name in groups}
     handles = []
     try:
         for state in states.values():
             handles.extend(state.hook())
-        with _Mode(active):
+        with _Mode(active, [s for s in states.values() if trace]):
             yield out
     finally:
         for handle in handles:
@@ -439,6 +681,7 @@ def capture_groups(
     for name, state in states.items():
         result = state.result()
         out[name].calls, out[name].features, out[name].ran = result.calls, result.features, result.ran
+        out[name].weight_calls = result.weight_calls
 
 
 @contextmanager
@@ -447,6 +690,7 @@ def capture(
     *,
     clone: bool = True,
     features: bool = False,
+    trace: bool = False,
 ) -> Iterator[Captured]:
     """Record the activation calls made inside ``module``'s forwards (or its members') during the block.
 
@@ -456,7 +700,7 @@ def capture(
             q = critic(torch.cat([obs, act], 1))
         critic_fau = metrics.fau(acts.outputs(fau_only=True))
 
-    See :func:`capture_groups` for ``clone`` and ``features``.
+    See :func:`capture_groups` for ``clone``, ``features`` and ``trace``.
     """
-    with capture_groups({"": module}, clone=clone, features=features) as out:
+    with capture_groups({"": module}, clone=clone, features=features, trace=trace) as out:
         yield out[""]
