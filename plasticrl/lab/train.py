@@ -75,7 +75,9 @@ def build_agent(cfg: Config, env: Any, device: str) -> Any:
                augment_pad=a.augment_pad, buffer_device=a.buffer_device,
                cuda_graph=a.cuda_graph, compile_update=a.compile, precision=a.precision,
                async_env_step=a.async_env_step, fused_q_heads=a.fused_q_heads,
-               policy_kwargs={"feature_dim": a.feature_dim, "hidden_dim": a.hidden_dim},
+               l2_init=a.l2_init, nap=a.nap,
+               policy_kwargs={"feature_dim": a.feature_dim, "hidden_dim": a.hidden_dim, "activation": a.activation,
+                              "init": a.init, **({} if a.nap else {"hidden_norm": a.hidden_norm})},
                seed=cfg.run.seed, device=device, verbose=0)
 
 

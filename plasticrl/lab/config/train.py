@@ -73,6 +73,20 @@ class AgentConfig(Section):
                             "to float rounding; auto: on CUDA)")
     cuda_graph: Literal["auto"] | bool = Field(
         "auto", description="replay each update as one CUDA graph (auto: on CUDA with a constant learning rate)")
+    hidden_norm: Literal["none", "layernorm"] = Field(
+        "none", description="layernorm: a LayerNorm after each hidden Linear of the actor's and critic's MLPs, before "
+                            "the activation (Lyle et al. 2023, 2024)")
+    activation: Literal["relu", "crelu"] = Field(
+        "relu", description="hidden activation of the actor's and critic's MLPs; crelu: concat(relu(x), relu(-x)) "
+                            "(Abbas et al. 2023), the next layer sees twice the width")
+    init: Literal["default", "orthogonal"] = Field(
+        "default", description="weight init of encoder, actor, critic: PyTorch's layer default, or DrQ-v2's "
+                               "orthogonal weights with zero biases")
+    l2_init: float = Field(0.0, ge=0, description="L2 towards the initial weights, coefficient of sum ||theta - "
+                                                  "theta_0||^2 in the critic and actor losses (Kumar et al. 2023)")
+    nap: bool = Field(False, description="Normalize-and-Project (Lyle et al. 2024): LayerNorm before each hidden "
+                                         "activation and every weight matrix projected back to its initial norm "
+                                         "after each step")
 
 
 class ReplayRatioConfig(Section):
@@ -183,7 +197,7 @@ SAC_DEFAULTS: dict[str, dict[str, Any]] = {
 }
 # DrQ's keys that stock SB3 SAC has no use for: with agent.kind=sac they must keep these defaults.
 DRQ_ONLY = ("feature_dim", "augment_pad", "buffer_device", "async_env_step", "precision", "cuda_graph", "compile",
-            "fused_q_heads")
+            "fused_q_heads", "hidden_norm", "activation", "init", "l2_init", "nap")
 
 
 class Config(Section):
