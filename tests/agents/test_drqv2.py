@@ -122,9 +122,12 @@ def test_orthogonal_init_and_zero_biases(tiny_pixel_env):
 # ---------------------------------------------------------------- the update
 def plain_drqv2_update(nets, optimizers, batch, std, clip, tau):
     """One DrQ-v2 update as facebookresearch/drqv2 writes it (``DrQV2Agent.update``), in plain torch on the given
-    modules: ``nets`` (encoder, actor, critic, target critic), ``optimizers`` (encoder, critic, actor Adams)."""
+    modules: ``nets`` (encoder, actor, critic, target critic), ``optimizers`` (encoder, critic, actor Adams).
+    Returns the critic loss, the actor loss, the mean Q1 and, for the actor loss's batch, the share of samples with
+    Q1 < Q2 and the share of action entries the clamp changed."""
     encoder, actor, critic, target = nets
     encoder_opt, critic_opt, actor_opt = optimizers
+    clamped: list[float] = []  # share of clamped entries of each noisy action batch (target, actor loss)
 
     def mean_action(h):
         return torch.tanh(actor.policy(actor.trunk(h)))
@@ -132,6 +135,7 @@ def plain_drqv2_update(nets, optimizers, batch, std, clip, tau):
     def noisy(mean):
         noise = (torch.randn_like(mean) * std).clamp(-clip, clip)
         x = mean + noise
+        clamped.append(float((x.abs() > 1 - EPS).float().mean()))
         return x - x.detach() + x.clamp(-1 + EPS, 1 - EPS).detach()
 
     def twin_q(net, h, a):
@@ -160,17 +164,27 @@ def plain_drqv2_update(nets, optimizers, batch, std, clip, tau):
     with torch.no_grad():
         for p, t in zip(critic.parameters(), target.parameters()):
             t.copy_(tau * p + (1 - tau) * t)
-    return critic_loss.detach(), actor_loss.detach(), q1.detach().mean()
+    branches = {"q1_below_q2": float((aq1 < aq2).float().mean()), "clamped": clamped[1]}
+    return critic_loss.detach(), actor_loss.detach(), q1.detach().mean(), branches
 
 
 def test_two_updates_equal_a_plain_drqv2_implementation(tiny_pixel_env):
     """DrQV2.update and the plain update above, from the same weights on the same batches and RNG, with the std
     given as a tensor (0.6, then 0.25): the same losses, mean Q and std; every parameter (encoder, actor, critic,
-    target critic) equal after each update, the target moved by tau toward the updated critic."""
+    target critic) equal after each update, the target moved by tau toward the updated critic. The weights are set
+    so that both Q heads give the minimum on some samples and the clamp of noisy actions is active."""
     env = tiny_pixel_env()
     model = tiny_drqv2(env, learning_starts=1000)
     model.learn(40)  # fills replay, no update yet
     assert model._n_updates == 0
+    p = model.policy
+    with torch.no_grad():  # at init Q1 < Q2 everywhere and |tanh(mu)| < 0.3: make min and clamp matter
+        p.actor.policy[4].weight.mul_(8.0)
+        batch = model.replay_buffer.sample(8)
+        h = p.encoder(batch.observations)
+        q1, q2 = p.critic(h, p.actor(h))
+        for critic in (p.critic, p.critic_target):
+            critic.q2[4].bias.add_((q1 - q2).median())
     ref = copy.deepcopy(model.policy)
     nets = (ref.encoder, ref.actor, ref.critic, ref.critic_target)
     optimizers = [torch.optim.Adam(net.parameters(), lr=1e-4) for net in (ref.encoder, ref.critic, ref.actor)]
@@ -179,7 +193,8 @@ def test_two_updates_equal_a_plain_drqv2_implementation(tiny_pixel_env):
         torch.manual_seed(100 + k)
         got = model.update(batch, torch.tensor(std))
         torch.manual_seed(100 + k)
-        critic_loss, actor_loss, q = plain_drqv2_update(nets, optimizers, batch, std, clip=0.3, tau=0.01)
+        critic_loss, actor_loss, q, branches = plain_drqv2_update(nets, optimizers, batch, std, clip=0.3, tau=0.01)
+        assert 0 < branches["q1_below_q2"] < 1 and branches["clamped"] > 0, branches  # both sides of min, clamp
         torch.testing.assert_close(got["critic_loss"], critic_loss)
         torch.testing.assert_close(got["actor_loss"], actor_loss)
         torch.testing.assert_close(got["q"], q)
