@@ -31,10 +31,11 @@ Log (``Outcome.log``): ``units_recycled``, ``units`` (units of the recycled site
 dopamine's ``dead_intersected_percent``: of the units dormant at the last application, the percentage dormant again
 now (pooled over sites, and ``<site>/dead_intersected_percent``; 0 when none was dormant then, as in dopamine).
 
-Default ``tau = 0.1``: the paper's threshold for the settings where ReDo is applied (DQN at replay ratio 1 and
-higher, Sokar et al. 2023, appendix hyper-parameters: 0.1, and 0.025 for the default replay ratio 0.25), the lab's
-ReDo default, and timoklein/redo's PyTorch default; plasticrl's continuous-control settings train at replay ratio 1
-or more. The monitor's 0.025 is the paper's threshold for *measuring* dormancy in its analysis.
+Default ``tau = 0.1``: the paper's ReDo threshold for its high replay-ratio settings (replay ratio 1 and more, where
+ReDo is shown to help; 0.025 for the default DQN replay ratio 0.25), as timoklein/redo's PyTorch port also sets it
+("0.025 for default, else 0.1"), and the lab's ReDo default; plasticrl's agents train at replay ratio 1 or more.
+Dopamine's ``dead_neurons_threshold`` class default is 0 (its experiment configs set the threshold). The monitor's
+0.025 measures dormancy at the paper's default-setting value.
 
 torch and the standard library only.
 """
