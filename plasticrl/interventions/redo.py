@@ -246,7 +246,8 @@ def _plan_of_call(acts: Tensor, kind: str, flow: Flow) -> _Plan | str:
             return (f"a {norm.kind} ({norm.name}) ran between its incoming layer {source.name} and the activation; "
                     "ReDo resets only an nn.LayerNorm over the units")
     if flow.reads:
-        return f"its output is also read by {', '.join(dict.fromkeys(flow.reads))}, not by weight layers of the group"
+        return (f"its output is also read by {', '.join(dict.fromkeys(flow.reads))} (only weight layers of the group "
+                "can have their outgoing weights zeroed)")
     if not flow.consumers:
         return "its output is read by no weight layer of the group"
     outgoing: dict[int, tuple[nn.Module, int]] = {}
