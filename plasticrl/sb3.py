@@ -639,6 +639,10 @@ class InterventionCallback(_LoggingCallback):
     def apply(self, item: Any) -> dict[str, float]:
         """Applies one scheduled intervention now and logs it; returns its log."""
         batch = replay_batch(self.model, self.batch_size)
+        if batch is None and item.intervention.kind == "redo":  # no units to score yet
+            tqdm.write(f"step {self.num_timesteps:>9,d}  redo on {item.group} skipped: the replay buffer holds fewer "
+                       "than 2 transitions")
+            return {}
         forward_fn = probe_forward(self.model, batch) if batch is not None else None
         outcome = item.intervention.apply(self.target(item.group), forward_fn)
         if outcome.rebuilt and hasattr(self.model, "invalidate_graphs"):
