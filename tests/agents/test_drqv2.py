@@ -94,6 +94,8 @@ def orthonormal(w, gain=1.0):
 
 
 def test_orthogonal_init_and_zero_biases(tiny_pixel_env):
+    """Encoder, actor and critic: orthogonal weights (gain sqrt(2) for convolutions), zero biases; the target critic
+    a copy; reinit_layer draws the same init; init="default" keeps PyTorch's own."""
     env = tiny_pixel_env()
     model = tiny_drqv2(env)
     layers = 0
@@ -113,6 +115,12 @@ def test_orthogonal_init_and_zero_biases(tiny_pixel_env):
     assert model.policy.critic.q1[0].weight.shape == (16, 9) and model.policy.actor.policy[4].weight.shape == (1, 16)
     for p, t in zip(model.policy.critic.parameters(), model.policy.critic_target.parameters()):
         assert torch.equal(p, t)
+    layer = model.policy.critic.q1[2]  # an intervention's reset of one layer draws DrQ-v2's init again
+    with torch.no_grad():
+        layer.weight.mul_(3.0)
+        layer.bias.fill_(0.5)
+    model.reinit_layer(layer)
+    assert orthonormal(layer.weight) and torch.count_nonzero(layer.bias) == 0
     default = tiny_drqv2(env, policy_kwargs={**TINY["policy_kwargs"], "init": "default"})
     assert torch.count_nonzero(default.policy.critic.q1[0].bias) > 0  # PyTorch's own init: non-zero biases
     assert not orthonormal(default.policy.critic.q1[0].weight)
@@ -356,6 +364,23 @@ def test_save_load_round_trip_keeps_predictions_and_the_schedule(trained, tmp_pa
     assert (loaded.stddev_clip, loaded.num_expl_steps) == (0.3, 10)
     assert loaded.policy.actor_std.item() == model.policy.actor_std.item() == 0.0  # step 300 > 200: final value
     assert loaded.set_actor_std() == 0.0
+
+
+def test_invalidate_graphs_drops_update_step_and_acting_graphs(trained):
+    """invalidate_graphs (called by interventions that rebuild modules) drops every captured graph. A CPU agent
+    never captures: graphs marked as captured stand in for those of a CUDA agent."""
+    from plasticrl.agents.accel import GraphedUpdate
+
+    model, _, _ = trained
+    saved = model._update_fn, model._step_graph, model.policy.act_graphs
+    model._update_fn, model._step_graph = GraphedUpdate(model._update_vector), GraphedUpdate(model._update_vector)
+    act = GraphedUpdate(lambda batch: batch[0])
+    for graph in (model._update_fn, model._step_graph, act):
+        graph.graph = "captured"
+    model.policy.act_graphs = {((1, 6, 32, 32), True): act}
+    model.invalidate_graphs()
+    assert model._update_fn.graph is None and model._step_graph.graph is None and model.policy.act_graphs == {}
+    model._update_fn, model._step_graph, model.policy.act_graphs = saved
 
 
 def test_bad_arguments_are_refused_with_the_fix(tiny_pixel_env):
