@@ -6,12 +6,21 @@ CUDA graph (``plasticrl.agents.accel.GraphedUpdate``) keeps reading the same ten
 that replaces modules or parameters (plasticity injection) says so in ``Outcome.rebuilt`` and the caller
 invalidates its graphs.
 
+Layer selection, shared by the mechanisms that act on layers (``select_layers``): ``"all"``, ``"last<k>"`` or a
+list of module-name globs (see ``select_layers``). Fresh weights come from ``fresh_layer``: the target's ``init_fn``
+(or the layer's own ``reset_parameters()``) run on a scratch copy of the layer, drawing from the global torch RNG,
+so that the live parameters are only ever written with ``copy_``/``mul_``/``add_`` (seed with ``torch.manual_seed``
+to reproduce a draw).
+
 torch and the standard library only.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import copy
+import fnmatch
+import re
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -129,3 +138,176 @@ def finish(target: Target, outcome: Outcome) -> Outcome:
     reset_optimizer_state(target.optimizers, outcome.changes)
     sync_targets(target.target_pairs, outcome.changes)
     return outcome
+
+
+# ----------------------------------------------------------------------------------------------- layer selection
+
+WEIGHT_LAYERS: tuple[type[nn.Module], ...] = (nn.Linear, nn.modules.conv._ConvNd)  # Linear, Conv*d, ConvTranspose*d
+_LAST = re.compile(r"last([1-9][0-9]*)")
+
+Layers = str | Sequence[str]  # "all" | "last<k>" | module-name globs
+
+
+def group_members(group: Group) -> list[tuple[str, nn.Module]]:
+    """``(member name, module)`` pairs, as the monitor names them: ``[("", m)]`` for one module, ``"0"``, ``"1"``
+    for a list, the keys of a dict."""
+    if isinstance(group, nn.Module):
+        return [("", group)]
+    if isinstance(group, Mapping):
+        return [(str(k), m) for k, m in group.items()]
+    if isinstance(group, (list, tuple)):
+        return [(str(i), m) for i, m in enumerate(group)]
+    raise TypeError(f"a group is an nn.Module, a list of them or a dict of them, got {type(group).__name__}")
+
+
+def qualified(member: str, name: str) -> str:
+    """A module's name in a group: ``<member>.<name>`` for list and dict groups, ``<name>`` for one module; the
+    member's root is its member name (``""`` for a one-module group)."""
+    return ".".join(part for part in (member, name) if part)
+
+
+def check_layers(layers: Layers) -> str | tuple[str, ...]:
+    """``layers`` validated: ``"all"``, ``"last<k>"`` (k >= 1) or a non-empty list of glob strings."""
+    if isinstance(layers, str):
+        if layers == "all" or _LAST.fullmatch(layers):
+            return layers
+        raise ValueError(f"layers {layers!r}: give 'all', 'last<k>' (k >= 1, e.g. 'last2') or a list of "
+                         "module-name globs (e.g. ['q1.4', 'q2.*'])")
+    globs = tuple(layers)
+    if not globs or not all(isinstance(g, str) and g for g in globs):
+        raise ValueError(f"layers {layers!r}: a list of module-name globs must be non-empty strings")
+    return globs
+
+
+def own_parameters(module: nn.Module) -> list[tuple[str, nn.Parameter]]:
+    """The parameters a module holds itself (not its children's)."""
+    return list(module.named_parameters(recurse=False))
+
+
+def walk(module: nn.Module, prefix: str = "") -> Iterator[tuple[str, nn.Module]]:
+    """``named_modules`` (each module once) without the frozen parts of an injected head: a module may name
+    children in ``frozen_children`` (``InjectedHead``: ``old`` and ``new_frozen``) that automatic selections
+    (``"all"``, ``"last<k>"``) leave alone. Globs still reach them."""
+    seen: set[int] = set()
+
+    def visit(m: nn.Module, name: str) -> Iterator[tuple[str, nn.Module]]:
+        if id(m) in seen:
+            return
+        seen.add(id(m))
+        yield name, m
+        skip = getattr(m, "frozen_children", ())
+        for child_name, child in m.named_children():
+            if child_name not in skip:
+                yield from visit(child, f"{name}.{child_name}" if name else child_name)
+
+    yield from visit(module, prefix)
+
+
+def _heads(member: nn.Module) -> list[tuple[str, nn.Module]]:
+    """The member's heads: the outermost ``nn.Sequential`` modules whose last module is a weight layer (DrQ's
+    ``q1``, ``q2``, ``policy``); the member itself if it has none."""
+    heads: list[tuple[str, nn.Module]] = []
+
+    def visit(m: nn.Module, name: str) -> None:
+        if isinstance(m, nn.Sequential) and len(m) and isinstance(m[-1], WEIGHT_LAYERS):
+            heads.append((name, m))
+            return
+        skip = getattr(m, "frozen_children", ())
+        for child_name, child in m.named_children():
+            if child_name not in skip:
+                visit(child, f"{name}.{child_name}" if name else child_name)
+
+    visit(member, "")
+    return heads or [("", member)]
+
+
+def available_layers(group: Group) -> list[str]:
+    """The group's layer names (modules with parameters of their own), qualified as ``select_layers`` reports."""
+    return [qualified(member, name) or "<root>" for member, module in group_members(group)
+            for name, m in module.named_modules() if own_parameters(m)]
+
+
+def select_layers(group: Group, layers: Layers) -> list[tuple[str, nn.Module]]:
+    """The layers (modules with parameters of their own) that ``layers`` chooses in ``group``, each once, as
+    ``(qualified name, module)`` in module order.
+
+    - ``"all"``: every module with parameters of its own.
+    - ``"last<k>"``: the last k weight layers (``WEIGHT_LAYERS``: Linear, Conv) of each head, a head being an
+      ``nn.Sequential`` of a member whose last module is a weight layer (the outermost one; DrQ: ``policy``,
+      ``q1``, ``q2``), or of the whole member if it has no such Sequential; a head with fewer gives all it has.
+    - a list of ``fnmatch`` globs on module names within each member (``"q1.4"``, ``"q2.*"``), or on the
+      member-qualified name (``"0.q1.4"`` for a list group): a matched module brings every layer of its subtree
+      (``"q2"`` is the whole head).
+
+    Automatic selections skip the frozen parts of injected heads (``walk``). A glob that matches no layer, or a
+    selection that finds none, raises ValueError listing the available names.
+    """
+    spec = check_layers(layers)
+    chosen: dict[int, tuple[str, nn.Module]] = {}
+
+    def add(member: str, name: str, m: nn.Module) -> None:
+        if own_parameters(m):
+            chosen.setdefault(id(m), (qualified(member, name) or "<root>", m))
+
+    for member, module in group_members(group):
+        if spec == "all":
+            for name, m in walk(module):
+                add(member, name, m)
+        elif isinstance(spec, str):
+            k = int(_LAST.fullmatch(spec).group(1))
+            for head_name, head in _heads(module):
+                weight_layers = [(n, m) for n, m in walk(head, head_name) if isinstance(m, WEIGHT_LAYERS)]
+                for name, m in weight_layers[-k:]:
+                    add(member, name, m)
+    if isinstance(spec, tuple):
+        for glob in spec:
+            matched = False
+            for member, module in group_members(group):
+                for name, m in module.named_modules():
+                    if fnmatch.fnmatchcase(name, glob) or (member and fnmatch.fnmatchcase(qualified(member, name),
+                                                                                          glob)):
+                        for sub_name, sub in m.named_modules(prefix=name):
+                            matched = matched or bool(own_parameters(sub))
+                            add(member, sub_name, sub)
+            if not matched:
+                raise ValueError(f"layers: {glob!r} matches no layer (module with parameters) of the group; "
+                                 f"available: {', '.join(available_layers(group)) or 'none'}")
+    if not chosen:
+        raise ValueError(f"layers {layers!r} selects no layer of the group; available: "
+                         f"{', '.join(available_layers(group)) or 'none'}")
+    order: dict[int, int] = {}  # module order over the members, a shared module at its first place
+    for _, module in group_members(group):
+        for m in module.modules():
+            order.setdefault(id(m), len(order))
+    return sorted(chosen.values(), key=lambda item: order[id(item[1])])
+
+
+def _init(module: nn.Module, init_fn: Any, name: str) -> None:
+    if init_fn is not None:
+        init_fn(module)
+    elif hasattr(module, "reset_parameters"):
+        module.reset_parameters()
+    else:
+        raise ValueError(f"layer {name} ({type(module).__name__}) has no reset_parameters(): give Target.init_fn")
+
+
+@torch.no_grad()
+def fresh_layer(layer: nn.Module, init_fn: Any = None, name: str = "") -> nn.Module:
+    """A scratch deep copy of ``layer`` re-initialised by ``init_fn(copy)`` or the copy's ``reset_parameters()``:
+    the fresh draw, from the global torch RNG, that the mechanisms copy or blend into the live parameters in place
+    (only the layer's own parameters are read from it). The draw is the one that initialising the layer itself
+    would have made."""
+    scratch = copy.deepcopy(layer)
+    _init(scratch, init_fn, name or type(layer).__name__)
+    return scratch
+
+
+@torch.no_grad()
+def fresh_module(module: nn.Module, init_fn: Any = None, name: str = "") -> nn.Module:
+    """A deep copy of ``module`` with every layer (module with parameters of its own) re-initialised, in module
+    order, by ``init_fn`` or its ``reset_parameters()`` (global torch RNG): a new network of the same structure."""
+    scratch = copy.deepcopy(module)
+    for sub_name, sub in scratch.named_modules():
+        if own_parameters(sub):
+            _init(sub, init_fn, qualified(name, sub_name) or type(sub).__name__)
+    return scratch
