@@ -29,7 +29,7 @@ from plasticrl.lab.runtime import configure_torch
 from plasticrl.sb3 import optimizers_of, probe_forward, resolve_groups, target_pairs_of
 
 MAKERS = {"reset_last2": lambda: iv.Reset(layers="last2"), "reset_all": lambda: iv.Reset(layers="all"),
-          "shrink_perturb": lambda: iv.ShrinkPerturb(alpha=0.8), "redo": lambda: iv.ReDo(tau=0.1),
+          "shrink_perturb": lambda: iv.ShrinkPerturb(alpha=0.5), "redo": lambda: iv.ReDo(tau=0.1),
           "inject": lambda: iv.Inject(heads=["q1", "q2"])}
 
 

@@ -610,6 +610,8 @@ class InterventionCallback(_LoggingCallback):
     def _init_callback(self) -> None:  # at learn()'s start: a wrong group fails before any env step
         names = sorted({item.group for item in self.interventions})
         self.groups = resolve_groups(self.model, {name: name for name in names})
+        for item in self.interventions:  # shrink & perturb towards the initial weights snapshots them now
+            item.bind(self.target(item.group))
         needs_metrics = [item for item in self.interventions if item.schedule.when is not None]
         if needs_metrics and self.plasticity is None:
             raise ValueError(f"InterventionCallback: {needs_metrics[0].intervention.kind} on "

@@ -99,7 +99,8 @@ def build_intervention(spec: InterventionSpec) -> Any:
     if spec.kind == "reset":
         return iv.Reset(layers=spec.layers)
     if spec.kind == "shrink_perturb":
-        return iv.ShrinkPerturb(alpha=spec.alpha, layers=spec.layers, towards=spec.towards)
+        return iv.ShrinkPerturb(alpha=spec.alpha, layers=spec.layers, towards=spec.towards,
+                                optimizer=spec.optimizer, targets=spec.targets)
     if spec.kind == "redo":
         return iv.ReDo(tau=spec.tau, sites=spec.sites)
     return iv.Inject(heads=spec.heads)

@@ -142,10 +142,16 @@ class ResetSpec(InterventionBase):
 class ShrinkPerturbSpec(InterventionBase):
     kind: Literal["shrink_perturb"] = Field(description="theta <- alpha theta + (1 - alpha) theta_fresh (Ash & Adams "
                                                         "2020)")
-    alpha: float = Field(0.8, gt=0, lt=1, description="shrink factor: the share of the current weights kept")
+    alpha: float = Field(0.5, gt=0, lt=1, description="shrink factor: the share of the current weights kept "
+                                                      "(BBF's published config: 0.5)")
     layers: str | list[str] = Field("all", description="as for reset")
     towards: Literal["fresh", "initial"] = Field("fresh", description="fresh: a new init draw; initial: the "
                                                                       "weights at the start of training")
+    optimizer: Literal["keep", "reset"] = Field("keep", description="Adam state of the interpolated layers: kept "
+                                                                    "(as BBF and Plasticine) or zeroed")
+    targets: Literal["shrink", "sync"] = Field("shrink", description="target networks: interpolated towards the same "
+                                                                     "draw (keeps the Polyak lag) or set to the online "
+                                                                     "weights")
 
 
 class ReDoSpec(InterventionBase):
