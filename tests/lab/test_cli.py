@@ -184,3 +184,21 @@ def test_a_projects_own_envs_and_agents_packages_do_not_shadow_plasticrls(tmp_pa
     helped = subprocess.run([sys.executable, "-m", "plasticrl", "train", "--help"], capture_output=True, text=True,
                             cwd=tmp_path)
     assert helped.returncode == 0, helped.stderr[-2000:]
+
+
+def test_one_config_line_adds_redo_to_a_run(tmp_path):
+    """`interventions: [{kind: redo, groups: [critic], every: 150}]` on the smoke run (300 steps, probes every 100):
+    ReDo fires at 150 and 300, logged in metrics.jsonl with its unit counts; each firing is followed by a probe; the
+    dashboard is drawn with the markers; the run's config.yaml records the intervention."""
+    proc = run_cli("train", SMOKE, "--set", "interventions=[{kind: redo, groups: [critic], every: 150}]",
+                   out_dir=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (run_dir,) = (tmp_path / "smoke").iterdir()
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    fired = [r for r in records if "intervention/redo/critic/count" in r]
+    assert [(r["env_step"], r["intervention/redo/critic/count"]) for r in fired] == [(150, 1), (300, 2)]
+    assert all(r["intervention/redo/critic/units"] == 4 * 32 for r in fired)  # 2 Q heads x 2 hidden ReLUs x 32
+    probe_steps = [r["env_step"] for r in records if "plasticity/critic/dormant_ratio" in r]
+    assert probe_steps == [100, 150, 200, 300, 300]  # every 100, and after each ReDo
+    assert (run_dir / "plots" / "dashboard.png").is_file()
+    assert yaml.safe_load((run_dir / "config.yaml").read_text())["interventions"][0]["kind"] == "redo"
