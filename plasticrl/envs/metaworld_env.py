@@ -1,4 +1,9 @@
-"""Meta-World (v3) tasks as gymnasium envs with Continual World conventions.
+"""Meta-World (v3) tasks as gymnasium envs with Continual World's conventions.
+
+Protocol (Continual World, awarelab/continual_world `continualworld/envs.py::get_single_env` and
+`utils/wrappers.py::RandomizationWrapper`; L2M uses the same, `src/envs/cw_utils.py`): 200-step episodes and
+`randomization="random_init_all"`, i.e. new object and goal positions at every reset, drawn uniformly from the task's
+reset space. Here they are drawn from the reset seed: `reset(seed=s)` gives the same positions for the same `s`.
 
 Importing this module patches metaworld 3.0.0 so it runs on MuJoCo >= 3.3.1
 (see `_reset_mocap_welds` below).
@@ -16,7 +21,9 @@ from metaworld.env_dict import ALL_V3_ENVIRONMENTS
 from metaworld.policies import ENV_POLICY_MAP
 from metaworld.sawyer_xyz_env import SawyerMocapBase
 
-OPTIONS = ("seed", "max_episode_steps")
+OPTIONS = ("seed", "max_episode_steps", "randomization")
+# Continual World's names: new object/goal positions at every reset, or one fixed state for all resets
+RANDOMIZATIONS = ("random_init_all", "deterministic")
 
 # --- Compatibility patch for metaworld 3.0.0 with MuJoCo >= 3.3.1 -------------
 # metaworld's SawyerMocapBase.reset_mocap_welds (called from its __init__)
@@ -59,23 +66,36 @@ def scripted_policy(task: str) -> Any:
 
 
 class MetaWorldEnv(gym.Env):
-    """One Meta-World task with a goal fixed by `seed`.
+    """One Meta-World task; object and goal positions per `randomization`.
 
-    The task (goal and initial object positions) is the first of the 50 that
-    metaworld's MT1 benchmark samples with `seed`, so every reset starts the
-    same. Observations: float32 (39,) (goal included). Actions: float32 (4,)
-    in [-1, 1]. Episodes truncate after `max_episode_steps` (Continual World:
-    200); terminated is always False. `info["success"]` is 0.0 or 1.0.
+    * ``"random_init_all"`` (default, Continual World's and L2M's): every reset draws new object and goal positions
+      from metaworld's reset space with the env's generator; `reset(seed=s)` re-seeds it first, so the same `s`
+      gives the same positions and different seeds (almost surely) different ones. `reset()` without a seed
+      continues the stream that `seed` started.
+    * ``"deterministic"``: every reset starts from one state, the first of the 50 that metaworld's MT1 benchmark
+      samples with `seed`, whatever the reset seed (a task that never changes: an overfitting check, not the
+      benchmark's protocol).
+
+    Observations: float32 (39,) (goal included). Actions: float32 (4,) in [-1, 1]. Episodes truncate after
+    `max_episode_steps` (Continual World: 200); terminated is always False. `info["success"]` is 0.0 or 1.0.
     """
 
     metadata: ClassVar[dict] = {"render_modes": []}
 
-    def __init__(self, task: str, *, seed: int = 0, max_episode_steps: int = 200) -> None:
+    def __init__(self, task: str, *, seed: int = 0, max_episode_steps: int = 200,
+                 randomization: str = "random_init_all") -> None:
         if max_episode_steps < 1:
             raise ValueError(f"max_episode_steps must be >= 1, got {max_episode_steps}")
+        if randomization not in RANDOMIZATIONS:
+            raise ValueError(f"randomization must be one of {RANDOMIZATIONS}, got {randomization!r}")
         benchmark = metaworld.MT1(task, seed=seed)
         self._env = benchmark.train_classes[task]()
-        self._env.set_task(benchmark.train_tasks[0])
+        self._env.set_task(benchmark.train_tasks[0])  # task data (goal observable); freezes the positions
+        self.randomization = randomization
+        if randomization == "random_init_all":
+            self._env._freeze_rand_vec = False  # as RandomizationWrapper does for random_init_all
+            self._env.seeded_rand_vec = True  # draw from the env's own generator, not numpy's global one
+            self._env.seed(seed)
         # metaworld raises if stepped past max_path_length; align it with ours.
         self._env.max_path_length = max_episode_steps
         self._max_episode_steps = max_episode_steps
@@ -89,8 +109,10 @@ class MetaWorldEnv(gym.Env):
     def reset(
         self, *, seed: int | None = None, options: dict[str, Any] | None = None
     ) -> tuple[np.ndarray, dict[str, Any]]:
-        """Start an episode (always from the same fixed task state)."""
+        """Start an episode: new positions from `seed` (random_init_all), or the fixed state (deterministic)."""
         super().reset(seed=seed)
+        if seed is not None and self.randomization == "random_init_all":
+            self._env.seed(seed)  # metaworld's own reset ignores its seed argument
         obs, info = self._env.reset()
         self._steps = 0
         return obs.astype(np.float32), info
