@@ -200,7 +200,7 @@ class DrQ(SAC):
         self.precision = precision
         self.async_env_step = async_env_step
         self.fused_q_heads = fused_q_heads  # the critics' two Q heads as batched matmuls (Critic.fused_heads)
-        if isinstance(l2_init, bool) or not isinstance(l2_init, (int, float)) or not l2_init >= 0:
+        if isinstance(l2_init, bool) or not isinstance(l2_init, (int, float)) or not 0 <= l2_init < math.inf:
             raise ValueError(f"l2_init={l2_init!r}: give a coefficient >= 0 (0 turns the L2-to-init penalty off)")
         self.l2_init = float(l2_init)
         if not isinstance(nap, bool):
