@@ -128,12 +128,26 @@ def test_orthogonal_init_and_zero_biases(tiny_pixel_env):
 
 
 # ---------------------------------------------------------------- the update
-def plain_drqv2_update(nets, optimizers, batch, std, clip, tau):
+def plain_drqv2_update(nets, optimizers, batch, std, clip, tau, l2_init=0.0, initial=None, nap=False):
     """One DrQ-v2 update as facebookresearch/drqv2 writes it (``DrQV2Agent.update``), in plain torch on the given
     modules: ``nets`` (encoder, actor, critic, target critic), ``optimizers`` (encoder, critic, actor Adams).
-    Returns the critic loss, the actor loss, the mean Q1 and, for the actor loss's batch, the share of samples with
-    Q1 < Q2 and the share of action entries the clamp changed."""
+    DrQ's remedies: ``l2_init`` adds l2_init * sum ||p - p_0||^2 to the critic loss (encoder and critic parameters)
+    and to the actor loss (actor parameters), p_0 from ``initial`` (name -> initial tensor, names as
+    ``encoder.<param>``); ``nap`` rescales every Linear/Conv2d weight of the stepped networks to its initial
+    Frobenius norm after each step. Returns the critic loss, the actor loss, the mean Q1 and, for the actor loss's
+    batch, the share of samples with Q1 < Q2 and the share of action entries the clamp changed."""
     encoder, actor, critic, target = nets
+    named = {"encoder": encoder, "actor": actor, "critic": critic}
+
+    def penalty(*prefixes):
+        return sum(((p - initial[f"{k}.{n}"]) ** 2).sum() for k in prefixes for n, p in named[k].named_parameters())
+
+    def project(*prefixes):
+        with torch.no_grad():
+            for k in prefixes:
+                for n, m in named[k].named_modules():
+                    if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d)):
+                        m.weight.mul_(initial[f"{k}.{n}.weight"].norm() / m.weight.norm())
     encoder_opt, critic_opt, actor_opt = optimizers
     clamped: list[float] = []  # share of clamped entries of each noisy action batch (target, actor loss)
 
@@ -159,16 +173,24 @@ def plain_drqv2_update(nets, optimizers, batch, std, clip, tau):
         target_q = batch.rewards + batch.discounts * torch.min(tq1, tq2)
     q1, q2 = twin_q(critic, h, batch.actions)
     critic_loss = ((q1 - target_q) ** 2).mean() + ((q2 - target_q) ** 2).mean()
+    if l2_init:
+        critic_loss = critic_loss + l2_init * penalty("encoder", "critic")
     encoder_opt.zero_grad(set_to_none=True)
     critic_opt.zero_grad(set_to_none=True)
     critic_loss.backward()
     critic_opt.step()
     encoder_opt.step()
+    if nap:
+        project("encoder", "critic")
     aq1, aq2 = twin_q(critic, h.detach(), noisy(mean_action(h.detach())))
     actor_loss = -torch.min(aq1, aq2).mean()
+    if l2_init:
+        actor_loss = actor_loss + l2_init * penalty("actor")
     actor_opt.zero_grad(set_to_none=True)
     actor_loss.backward()
     actor_opt.step()
+    if nap:
+        project("actor")
     with torch.no_grad():
         for p, t in zip(critic.parameters(), target.parameters()):
             t.copy_(tau * p + (1 - tau) * t)
@@ -176,33 +198,43 @@ def plain_drqv2_update(nets, optimizers, batch, std, clip, tau):
     return critic_loss.detach(), actor_loss.detach(), q1.detach().mean(), branches
 
 
-def test_two_updates_equal_a_plain_drqv2_implementation(tiny_pixel_env):
+REMEDIES = {"drqv2": {}, "l2_init": {"l2_init": 0.1}, "nap": {"nap": True},
+            "crelu": {"policy_kwargs": {**TINY["policy_kwargs"], "activation": "crelu"}}}
+
+
+@pytest.mark.parametrize("remedy", list(REMEDIES))
+def test_two_updates_equal_a_plain_drqv2_implementation(remedy, tiny_pixel_env):
     """DrQV2.update and the plain update above, from the same weights on the same batches and RNG, with the std
     given as a tensor (0.6, then 0.25): the same losses, mean Q and std; every parameter (encoder, actor, critic,
     target critic) equal after each update, the target moved by tau toward the updated critic. The weights are set
-    so that both Q heads give the minimum on some samples and the clamp of noisy actions is active."""
+    so that both Q heads give the minimum on some samples and the clamp of noisy actions is active. Also with DrQ's
+    remedies (L2 to init, NaP with its LayerNorms, CReLU), whose references are the weights at construction."""
     env = tiny_pixel_env()
-    model = tiny_drqv2(env, learning_starts=1000)
+    model = tiny_drqv2(env, learning_starts=1000, **REMEDIES[remedy])
+    p = model.policy
+    initial = {f"{k}.{n}": t.detach().clone() for k in ("encoder", "actor", "critic")
+               for n, t in getattr(p, k).named_parameters()}
     model.learn(40)  # fills replay, no update yet
     assert model._n_updates == 0
-    p = model.policy
     with torch.no_grad():  # at init Q1 < Q2 everywhere and |tanh(mu)| < 0.3: make min and clamp matter
-        p.actor.policy[4].weight.mul_(8.0)
+        p.actor.policy[-1].weight.mul_(8.0)
         batch = model.replay_buffer.sample(8)
         h = p.encoder(batch.observations)
         q1, q2 = p.critic(h, p.actor(h))
         for critic in (p.critic, p.critic_target):
-            critic.q2[4].bias.add_((q1 - q2).median())
+            critic.q2[-1].bias.add_((q1 - q2).median())
     ref = copy.deepcopy(model.policy)
     nets = (ref.encoder, ref.actor, ref.critic, ref.critic_target)
     optimizers = [torch.optim.Adam(net.parameters(), lr=1e-4) for net in (ref.encoder, ref.critic, ref.actor)]
+    seen = []  # the branches the actor losses took
     for k, std in enumerate((0.6, 0.25)):
         batch = model.replay_buffer.sample(8)
         torch.manual_seed(100 + k)
         got = model.update(batch, torch.tensor(std))
         torch.manual_seed(100 + k)
-        critic_loss, actor_loss, q, branches = plain_drqv2_update(nets, optimizers, batch, std, clip=0.3, tau=0.01)
-        assert 0 < branches["q1_below_q2"] < 1 and branches["clamped"] > 0, branches  # both sides of min, clamp
+        critic_loss, actor_loss, q, branches = plain_drqv2_update(
+            nets, optimizers, batch, std, clip=0.3, tau=0.01, l2_init=model.l2_init, initial=initial, nap=model.nap)
+        seen.append(branches)
         torch.testing.assert_close(got["critic_loss"], critic_loss)
         torch.testing.assert_close(got["actor_loss"], actor_loss)
         torch.testing.assert_close(got["q"], q)
@@ -213,6 +245,7 @@ def test_two_updates_equal_a_plain_drqv2_implementation(tiny_pixel_env):
                                    ("critic_target", model.policy.critic_target, ref.critic_target)):
             for (pname, p), r in zip(mine.named_parameters(), theirs.parameters()):
                 torch.testing.assert_close(p, r, msg=f"update {k}: {name}.{pname}")
+    assert any(0 < b["q1_below_q2"] < 1 for b in seen) and any(b["clamped"] > 0 for b in seen), seen  # both tested
     env.close()
 
 

@@ -10,7 +10,9 @@ zero biases (DrQ-v2's ``utils.weight_init``). The first ``num_expl_steps`` actio
 
 ``DrQV2`` subclasses ``plasticrl.agents.drq.DrQ`` and shares its frame replay (n-step returns), random shift,
 acceleration (compiled update, CUDA graphs), async env stepping, save/load and ``critic_fau_log``; it replaces the
-policy and the update. Replay ratio = ``gradient_steps / (train_freq * n_envs)`` (DrQ-v2: 0.5).
+policy and the update. Replay ratio = ``gradient_steps / (train_freq * n_envs)`` (DrQ-v2: 0.5). DrQ's remedies
+against plasticity loss work here as there, all off by default: the policy's ``hidden_norm`` and ``activation``, and
+``l2_init`` and ``nap`` in the update.
 """
 
 from __future__ import annotations
@@ -26,7 +28,6 @@ import torch.nn.functional as F
 from gymnasium import spaces
 from stable_baselines3.common.policies import BasePolicy
 from stable_baselines3.common.type_aliases import Schedule
-from torch import nn
 
 from plasticrl.agents.accel import GraphedUpdate
 from plasticrl.agents.drq.algorithm import STAT_KEYS as DRQ_STAT_KEYS
@@ -36,7 +37,8 @@ from plasticrl.agents.drq.networks import Critic, Encoder
 from plasticrl.agents.drq.replay import PixelBatch
 from plasticrl.agents.drqv2.networks import DeterministicActor
 from plasticrl.agents.drqv2.schedule import StdSchedule, parse_std_schedule
-from plasticrl.agents.init import INITS, layer_init_fn, orthogonal_init
+from plasticrl.agents.init import INITS, orthogonal_init
+from plasticrl.interventions.regularizers import l2_init_penalty, project_to_norms
 
 STAT_KEYS = ("critic_loss", "actor_loss", "q", "actor_std", "critic_fau")
 # DrQ.train appends stats[DrQ's STAT_KEYS.index("critic_fau")] of each update to critic_fau_log: keep it there
@@ -56,6 +58,9 @@ class DrQV2Policy(BasePolicy):
     :param encoder_channels: channels of each of the 4 convolutions (DrQ-v2: 32).
     :param init: ``orthogonal`` (DrQ-v2's: orthogonal weights, gain 1 for Linear and sqrt(2) for Conv, zero
         biases) or ``default`` (PyTorch's own layer init), for encoder, actor and critic.
+    :param hidden_norm: ``none`` (DrQ-v2) or ``layernorm``: a LayerNorm after each hidden Linear of the actor's and
+        critic's MLPs (as ``DrQPolicy``).
+    :param activation: ``relu`` (DrQ-v2) or ``crelu``: the MLPs' hidden activation (as ``DrQPolicy``).
     """
 
     def __init__(
@@ -70,6 +75,8 @@ class DrQV2Policy(BasePolicy):
         optimizer_class: type[torch.optim.Optimizer] = torch.optim.Adam,
         optimizer_kwargs: dict[str, Any] | None = None,
         use_sde: bool = False,
+        hidden_norm: str = "none",
+        activation: str = "relu",
     ):
         if use_sde:
             raise ValueError("DrQV2Policy does not support gSDE (use_sde=True); exploration is DrQ-v2's scheduled "
@@ -78,13 +85,15 @@ class DrQV2Policy(BasePolicy):
             raise ValueError(f"init={init!r}: allowed are {', '.join(map(repr, INITS))}")
         super().__init__(observation_space, action_space, optimizer_class=optimizer_class,
                          optimizer_kwargs=optimizer_kwargs, normalize_images=False, squash_output=True)
-        self.feature_dim, self.hidden_dim, self.encoder_channels, self.init = feature_dim, hidden_dim, \
-            encoder_channels, init
+        self.feature_dim, self.hidden_dim, self.encoder_channels = feature_dim, hidden_dim, encoder_channels
+        self.init, self.hidden_norm, self.activation = init, hidden_norm, activation
         action_dim = int(action_space.shape[0])
         self.encoder = Encoder(observation_space.shape, encoder_channels)
         repr_dim = self.encoder.repr_dim
-        self.actor = DeterministicActor(repr_dim, action_dim, feature_dim, hidden_dim)
-        self.critic = Critic(repr_dim, action_dim, feature_dim, hidden_dim)
+        self.actor = DeterministicActor(repr_dim, action_dim, feature_dim, hidden_dim, hidden_norm=hidden_norm,
+                                        activation=activation)
+        self.critic = Critic(repr_dim, action_dim, feature_dim, hidden_dim, hidden_norm=hidden_norm,
+                             activation=activation)
         if init == "orthogonal":
             for net in (self.encoder, self.actor, self.critic):
                 net.apply(orthogonal_init)
@@ -99,7 +108,8 @@ class DrQV2Policy(BasePolicy):
     def _get_constructor_parameters(self) -> dict[str, Any]:
         data = super()._get_constructor_parameters()
         data.update(feature_dim=self.feature_dim, hidden_dim=self.hidden_dim, encoder_channels=self.encoder_channels,
-                    init=self.init, optimizer_class=self.optimizer_class, optimizer_kwargs=self.optimizer_kwargs)
+                    init=self.init, hidden_norm=self.hidden_norm, activation=self.activation,
+                    optimizer_class=self.optimizer_class, optimizer_kwargs=self.optimizer_kwargs)
         return data
 
     def forward(self, obs: torch.Tensor, deterministic: bool = False) -> torch.Tensor:
@@ -148,6 +158,8 @@ class DrQV2(DrQ):
     :param stddev_clip: the clip of the noise of target and actor-loss actions (DrQ-v2: 0.3).
     :param num_expl_steps: agent steps of uniform random actions (DrQ-v2: 2000).
     :param tau: target critic Polyak rate per update (DrQ-v2: 0.01).
+    :param l2_init: L2 towards the initial weights (Kumar et al. 2023), as ``DrQ``'s; 0 (DrQ-v2) turns it off.
+    :param nap: Normalize-and-Project (Lyle et al. 2024), as ``DrQ``'s; False for DrQ-v2.
 
     The other arguments are ``DrQ``'s (``augment_pad``, ``buffer_device``, ``cuda_graph``, ``compile_update``,
     ``precision``, ``async_env_step``, ``fused_q_heads``) and SB3's.
@@ -179,6 +191,8 @@ class DrQV2(DrQ):
         precision: str = "fp32",
         async_env_step: bool = False,
         fused_q_heads: bool = False,
+        l2_init: float = 0.0,
+        nap: bool = False,
         policy_kwargs: dict[str, Any] | None = None,
         verbose: int = 0,
         seed: int | None = None,
@@ -201,7 +215,8 @@ class DrQV2(DrQ):
             batch_size=batch_size, tau=tau, gamma=gamma, train_freq=train_freq, gradient_steps=gradient_steps,
             n_step=n_step, ent_coef=0.0, augment_pad=augment_pad, buffer_device=buffer_device,
             cuda_graph=cuda_graph, compile_update=compile_update, precision=precision,
-            async_env_step=async_env_step, fused_q_heads=fused_q_heads, policy_kwargs=policy_kwargs,
+            async_env_step=async_env_step, fused_q_heads=fused_q_heads, l2_init=l2_init, nap=nap,
+            policy_kwargs=policy_kwargs,
             verbose=verbose, seed=seed, device=device, _init_setup_model=_init_setup_model, **kwargs,
         )
 
@@ -215,20 +230,6 @@ class DrQV2(DrQ):
         std = self.std_at(self.num_timesteps)
         self.policy.actor_std.fill_(std)
         return std
-
-    def reinit_layer(self, module: nn.Module) -> None:
-        """Re-initialises one layer in place as this agent's policy did (``init``: orthogonal with zero bias, or
-        PyTorch's own): the fresh weights of interventions that reset layers."""
-        layer_init_fn(self.policy.init)(module)
-
-    def invalidate_graphs(self) -> None:
-        """Drops the captured CUDA graphs (update, sample + update, acting): the next call captures anew. Call it
-        when modules or optimizer states are replaced by new tensors (in-place writes keep the graphs valid)."""
-        for graph in (self._update_fn, self._step_graph):
-            if isinstance(graph, GraphedUpdate):
-                graph.invalidate()
-        if self.policy.act_graphs is not None:
-            self.policy.act_graphs = {}
 
     # ------------------------------------------------------------------ acting
     def _uniform_action(self, action_noise: Any, n_envs: int) -> tuple[np.ndarray, np.ndarray]:
@@ -265,7 +266,8 @@ class DrQV2(DrQ):
     # ------------------------------------------------------------------ the update
     def update(self, batch: PixelBatch, std: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """One DrQ-v2 update (critic + encoder, actor, target) on one batch, with exploration std ``std`` (0-dim
-        tensor on the training device; None: ``policy.actor_std``).
+        tensor on the training device; None: ``policy.actor_std``). With ``l2_init`` the losses include the penalty;
+        with ``nap`` each optimizer step is followed by the projection (as in ``DrQ.update``).
 
         Returns 0-dim device tensors: critic_loss, actor_loss, q (mean Q_1 of the batch), actor_std, critic_fau
         (the active share of both Q heads' hidden ReLU outputs on this batch, Adaptive RR's signal).
@@ -278,9 +280,13 @@ class DrQV2(DrQ):
         h = self.encoder(obs)
         q1, q2, critic_fau = self.critic.forward_with_fau(h, batch.actions)
         critic_loss = F.mse_loss(q1, target_q) + F.mse_loss(q2, target_q)
+        if self.l2_init > 0:
+            critic_loss = critic_loss + self.l2_init * l2_init_penalty(*self._l2_pairs["critic"])
         self.critic.optimizer.zero_grad(set_to_none=True)
         critic_loss.backward()
         self.critic.optimizer.step()
+        if self.nap:
+            project_to_norms(*self._nap_pairs["critic"])
 
         h_actor = h.detach()
         action = self.actor.sample(h_actor, std, self.stddev_clip)
@@ -291,9 +297,13 @@ class DrQV2(DrQ):
         for p in trainable:
             p.requires_grad_(True)
         actor_loss = -torch.min(aq1, aq2).mean()
+        if self.l2_init > 0:
+            actor_loss = actor_loss + self.l2_init * l2_init_penalty(*self._l2_pairs["actor"])
         self.actor.optimizer.zero_grad(set_to_none=True)
         actor_loss.backward()
         self.actor.optimizer.step()
+        if self.nap:
+            project_to_norms(*self._nap_pairs["actor"])
 
         with torch.no_grad():
             torch._foreach_lerp_(list(self.critic_target.parameters()), list(self.critic.parameters()), self.tau)

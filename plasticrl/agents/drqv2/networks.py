@@ -34,12 +34,14 @@ def truncated_normal_sample(mean: torch.Tensor, std: torch.Tensor | float, clip:
 
 class DeterministicActor(nn.Module):
     """DrQ-v2's actor: trunk (Linear -> LayerNorm -> Tanh to ``feature_dim``), then an MLP (``hidden_dim`` x 2) to
-    |A|, then tanh. Encoder features (B, repr_dim) -> action means (B, A) in [-1, 1]."""
+    |A|, then tanh. Encoder features (B, repr_dim) -> action means (B, A) in [-1, 1]. ``hidden_norm`` and
+    ``activation`` are ``mlp``'s (DrQ-v2: ``none``, ``relu``)."""
 
-    def __init__(self, repr_dim: int, action_dim: int, feature_dim: int, hidden_dim: int):
+    def __init__(self, repr_dim: int, action_dim: int, feature_dim: int, hidden_dim: int, *,
+                 hidden_norm: str = "none", activation: str = "relu"):
         super().__init__()
         self.trunk = trunk(repr_dim, feature_dim)
-        self.policy = mlp(feature_dim, hidden_dim, action_dim)
+        self.policy = mlp(feature_dim, hidden_dim, action_dim, hidden_norm, activation)
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         """tanh(mu(h)), (B, A): the deterministic action (no noise)."""
