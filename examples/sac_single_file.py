@@ -2,7 +2,8 @@
 ratio decides the updates per env step, ``plasticrl.capture`` measures the critic's FAU on every training batch
 (its Q networks use functional ``F.relu``), ``PlasticityMonitor`` probes both Q networks and the actor, and
 ``RunLogger`` writes ``metrics.jsonl`` (and an offline W&B run with ``--wandb offline``), which ``plasticrl plot``
-draws.
+draws. With ``--redo-every N``, ReDo (``plasticrl.interventions``) recycles the Q networks' dormant units every N env
+steps.
 
     python examples/sac_single_file.py --steps 20000 --out runs/sac_single_file/0
     plasticrl plot runs/sac_single_file/0
@@ -21,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from plasticrl.capture import capture
+from plasticrl.interventions import ReDo, Target
 from plasticrl.metrics import fau
 from plasticrl.monitor import PlasticityMonitor
 from plasticrl.replay_ratio import AdaptiveReplayRatio
@@ -38,7 +40,8 @@ class Args:
     lr: float = 3e-4
     hidden: int = 256
     check_every: int = 10  # episodes between Adaptive RR checks (Pendulum: 200 steps each)
-    probe_every: int = 2_000  # env steps between monitor probes
+    probe_every: int = 2_000  # env steps between monitor probes (0: never)
+    redo_every: int = 0  # env steps between ReDo applications on the Q networks (0: never)
     seed: int = 0
     out: str = "runs/sac_single_file/0"
     wandb: str = "disabled"  # offline | online | disabled
@@ -96,6 +99,7 @@ def main(args: Args) -> dict:
     # ---- plasticrl ------------------------------------------------------------------------------------------
     controller = AdaptiveReplayRatio(low=0.5, high=2.0, check_every=args.check_every, unit="episodes")
     monitor = PlasticityMonitor({"actor": actor, "critic": [q1, q2]})
+    redo = ReDo(tau=0.1)  # keeps the last dormant units, for dead_intersected_percent
     run_log = RunLogger(Path(args.out), vars(args), {"mode": args.wandb, "name": Path(args.out).name})
     # -----------------------------------------------------------------------------------------------------------
 
@@ -150,10 +154,16 @@ def main(args: Args) -> dict:
                     for p, tp in zip(net.parameters(), tgt.parameters()):
                         tp.lerp_(p, args.tau)
 
-        if (t + 1) % args.probe_every == 0 and n >= args.batch_size:
+        if args.probe_every and (t + 1) % args.probe_every == 0 and n >= args.batch_size:
             o = torch.as_tensor(buf["o"][rng.integers(0, n, args.batch_size)])
             a = torch.as_tensor(buf["a"][rng.integers(0, n, args.batch_size)])
             run_log.log(monitor.probe(lambda o=o, a=a: (actor(o), q1(o, a), q2(o, a))), t + 1)
+        if args.redo_every and (t + 1) % args.redo_every == 0 and n >= args.batch_size:
+            o = torch.as_tensor(buf["o"][rng.integers(0, n, args.batch_size)])
+            a = torch.as_tensor(buf["a"][rng.integers(0, n, args.batch_size)])
+            critic = Target([q1, q2], optimizers=[q_opt], target_pairs=[(q1, q1_target), (q2, q2_target)])
+            outcome = redo.apply(critic, lambda o=o, a=a: (q1(o, a), q2(o, a)))  # scores units on this batch
+            run_log.log({f"intervention/redo/critic/{k}": v for k, v in outcome.log.items()}, t + 1)
     run_log.close()
     return {"controller": controller, "run_dir": Path(args.out)}
 

@@ -48,3 +48,21 @@ def test_single_file_sac_feeds_the_controller_and_the_run_log(tmp_path):
     assert {"plasticity/critic/0/fau", "plasticity/critic/1/fau", "plasticity/actor/relu_1/dormant_ratio"} <= set(
         probes[-1])
     assert all(math.isfinite(v) for v in probes[-1].values() if isinstance(v, float))
+
+
+def test_single_file_sac_recycles_dormant_units_with_redo(tmp_path):
+    """``--redo-every 500``: ReDo on both Q networks (functional ReLUs, 2 x 2 hidden layers of 32 units) at steps 500
+    and 1000, logged with its unit counts; from the second on, the share of the last dormant units still dormant."""
+    spec = importlib.util.spec_from_file_location("sac_single_file_redo", SINGLE_FILE_SAC)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    args = module.Args(steps=1000, learning_starts=400, check_every=1, probe_every=0, hidden=32, batch_size=32,
+                       redo_every=500, out=str(tmp_path / "run"))
+    module.main(args)
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    redo = [r for r in records if "intervention/redo/critic/units" in r]
+    assert [r["env_step"] for r in redo] == [500, 1000]
+    assert all(r["intervention/redo/critic/units"] == 128 for r in redo)
+    assert 0 <= redo[0]["intervention/redo/critic/dormant_ratio_before"] <= 1
+    assert "intervention/redo/critic/dead_intersected_percent" in redo[1]
