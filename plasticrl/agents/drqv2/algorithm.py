@@ -152,9 +152,9 @@ class DrQV2(DrQ):
         action repeat 2).
     :param train_freq: with ``gradient_steps``, the replay ratio (DrQ-v2: one update every 2 agent steps).
     :param n_step: n-step return length (DrQ-v2: 3; 1 on walker tasks).
-    :param std_schedule: exploration std in DrQ-v2's syntax (``plasticrl.agents.drqv2.schedule``): a number (easy
-        tasks: 0.2 in the paper) or ``"linear(init,final,duration)"`` in agent steps (medium tasks:
-        ``"linear(1.0,0.1,500000)"``).
+    :param std_schedule: exploration std in DrQ-v2's syntax (``plasticrl.agents.drqv2.schedule``), durations in
+        agent steps: a number (a constant std) or ``"linear(init,final,duration)"``; drqv2's ``cfgs/task``: easy
+        ``"linear(1.0,0.1,100000)"``, medium ``"linear(1.0,0.1,500000)"``, hard ``"linear(1.0,0.1,2000000)"``.
     :param stddev_clip: the clip of the noise of target and actor-loss actions (DrQ-v2: 0.3).
     :param num_expl_steps: agent steps of uniform random actions (DrQ-v2: 2000).
     :param tau: target critic Polyak rate per update (DrQ-v2: 0.01).
