@@ -59,7 +59,9 @@ def build_controller(cfg: Config) -> Any:
 
 def build_agent(cfg: Config, env: Any, device: str) -> Any:
     """``plasticrl.agents.DrQ("CnnPolicy")`` or ``stable_baselines3.SAC("MlpPolicy")`` (``agent.kind``);
-    ``gradient_steps=0``: the replay-ratio callback sets the updates after each step."""
+    ``gradient_steps=0``: the replay-ratio callback sets the updates after each step; ``auto`` settings are resolved
+    for ``device`` (``plasticrl.lab.fast_path``) if ``train`` has not done it."""
+    cfg, _ = resolve_auto(cfg, device)
     a = cfg.agent
     # A buffer larger than the run's transitions never fills: allocate only what the run can use.
     buffer_size = min(a.buffer_size, cfg.run.total_steps)
