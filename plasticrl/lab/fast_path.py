@@ -1,11 +1,11 @@
 """What the config's ``auto`` settings mean on this machine: on CUDA the fast path, on the CPU the plain one.
 
-On CUDA a DrQ run gets bf16 autocast (``agent.precision``), a compiled update (``agent.compile``: about a minute of
-compiling at the first update), fused Q heads, the env step overlapped with the updates (``agent.async_env_step``)
-and ``env.n_envs = min(16, cores)`` env workers: 16 is where the env-throughput benchmark stops paying
-(``benchmarks/env_throughput.py`` on the H100 machine: 759 / 1,014 / 1,096 agent steps/s with 8 / 16 / 32
-``SubprocVecEnv`` workers; see docs/performance.md). On the CPU, and for ``agent.kind: sac``, every ``auto`` is the
-plain setting (fp32, eager, two Q MLPs, synchronous, one env). A value set in the config is kept as it is.
+On CUDA a DrQ or DrQV2 run gets bf16 autocast (``agent.precision``), a compiled update (``agent.compile``: about a
+minute of compiling at the first update), fused Q heads, the env step overlapped with the updates
+(``agent.async_env_step``) and ``env.n_envs = min(16, cores)`` env workers: 16 is where the env-throughput benchmark
+stops paying (``benchmarks/env_throughput.py`` on the H100 machine: 759 / 1,014 / 1,096 agent steps/s with 8 / 16 /
+32 ``SubprocVecEnv`` workers; see docs/performance.md). On the CPU, and for ``agent.kind: sac``, every ``auto`` is
+the plain setting (fp32, eager, two Q MLPs, synchronous, one env). A value set in the config is kept as it is.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ ENV_WORKERS_CEILING = 16
 def resolve_auto(cfg: Config, device: str) -> tuple[Config, str]:
     """A copy of ``cfg`` with every ``auto`` replaced by its value for ``device`` (``cpu`` or ``cuda``), and one line
     saying what was chosen (empty when nothing was ``auto``)."""
-    fast = device == "cuda" and cfg.agent.kind == "drq"
+    fast = device == "cuda" and cfg.agent.kind in ("drq", "drqv2")
     a = cfg.agent
     chosen = {
         "env.n_envs": min(ENV_WORKERS_CEILING, os.cpu_count() or 1) if fast else 1,

@@ -17,7 +17,7 @@ from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv
 
 from plasticrl import envs
 from plasticrl import sb3 as adapters
-from plasticrl.agents import DrQ
+from plasticrl.agents import DrQ, DrQV2
 from plasticrl.lab.config.base import ConfigError, dump, wandb_settings
 from plasticrl.lab.config.train import WHEN, Config, InterventionSpec, load
 from plasticrl.lab.fast_path import resolve_auto
@@ -26,7 +26,7 @@ from plasticrl.lab.runtime import configure_torch, resolve_device
 from plasticrl.replay_ratio import AdaptiveReplayRatio, StaticReplayRatio
 from plasticrl.runlog import RunLogger, make_run_dir
 
-AGENTS = ("drq", "sac")  # agent.kind and collect --agent: plasticrl.agents.DrQ, stable-baselines3's SAC
+AGENTS = ("drq", "drqv2", "sac")  # agent.kind and collect --agent: plasticrl.agents.DrQ, DrQV2, SB3's SAC
 
 
 def env_options(cfg: Config) -> dict[str, Any]:
@@ -58,7 +58,8 @@ def build_controller(cfg: Config) -> Any:
 
 
 def build_agent(cfg: Config, env: Any, device: str) -> Any:
-    """``plasticrl.agents.DrQ("CnnPolicy")`` or ``stable_baselines3.SAC("MlpPolicy")`` (``agent.kind``);
+    """``plasticrl.agents.DrQ("CnnPolicy")``, ``DrQV2("CnnPolicy")`` or ``stable_baselines3.SAC("MlpPolicy")``
+    (``agent.kind``);
     ``gradient_steps=0``: the replay-ratio callback sets the updates after each step; ``auto`` settings are resolved
     for ``device`` (``plasticrl.lab.fast_path``) if ``train`` has not done it."""
     cfg, _ = resolve_auto(cfg, device)
@@ -71,16 +72,19 @@ def build_agent(cfg: Config, env: Any, device: str) -> Any:
                    train_freq=1, gradient_steps=0, ent_coef=f"auto_{a.init_temperature}",
                    policy_kwargs={"net_arch": [a.hidden_dim, a.hidden_dim]},
                    seed=cfg.run.seed, device=device, verbose=0)
-    return DrQ("CnnPolicy", env, learning_rate=a.learning_rate, buffer_size=buffer_size,
-               learning_starts=a.learning_starts, batch_size=a.batch_size, tau=a.tau, gamma=a.gamma,
-               train_freq=1, gradient_steps=0, n_step=a.n_step, ent_coef=f"auto_{a.init_temperature}",
-               augment_pad=a.augment_pad, buffer_device=a.buffer_device,
-               cuda_graph=a.cuda_graph, compile_update=a.compile, precision=a.precision,
-               async_env_step=a.async_env_step, fused_q_heads=a.fused_q_heads,
-               l2_init=a.l2_init, nap=a.nap,
-               policy_kwargs={"feature_dim": a.feature_dim, "hidden_dim": a.hidden_dim, "activation": a.activation,
-                              "init": a.init, **({} if a.nap else {"hidden_norm": a.hidden_norm})},
-               seed=cfg.run.seed, device=device, verbose=0)
+    pixel = {"learning_rate": a.learning_rate, "buffer_size": buffer_size, "learning_starts": a.learning_starts,
+             "batch_size": a.batch_size, "tau": a.tau, "gamma": a.gamma, "train_freq": 1, "gradient_steps": 0,
+             "n_step": a.n_step, "augment_pad": a.augment_pad, "buffer_device": a.buffer_device,
+             "cuda_graph": a.cuda_graph, "compile_update": a.compile, "precision": a.precision,
+             "async_env_step": a.async_env_step, "fused_q_heads": a.fused_q_heads, "l2_init": a.l2_init,
+             "nap": a.nap, "seed": cfg.run.seed, "device": device, "verbose": 0,
+             "policy_kwargs": {"feature_dim": a.feature_dim, "hidden_dim": a.hidden_dim,
+                               "activation": a.activation, "init": a.init,
+                               **({} if a.nap else {"hidden_norm": a.hidden_norm})}}
+    if a.kind == "drqv2":
+        return DrQV2("CnnPolicy", env, std_schedule=a.std_schedule, stddev_clip=a.stddev_clip,
+                     num_expl_steps=a.num_expl_steps, **pixel)
+    return DrQ("CnnPolicy", env, ent_coef=f"auto_{a.init_temperature}", **pixel)
 
 
 def load_agent(agent: str, checkpoint: str | Path, device: str = "auto") -> Any:
@@ -90,7 +94,7 @@ def load_agent(agent: str, checkpoint: str | Path, device: str = "auto") -> Any:
         raise ValueError(f"unknown agent {agent!r}; allowed: {', '.join(AGENTS)}")
     if not Path(checkpoint).is_file():
         raise ValueError(f"checkpoint {str(checkpoint)!r} not found")
-    cls = DrQ if agent == "drq" else SAC
+    cls = {"drq": DrQ, "drqv2": DrQV2, "sac": SAC}[agent]
     return cls.load(checkpoint, device=device, buffer_size=100)
 
 
@@ -132,9 +136,9 @@ def check_config(cfg: Config) -> None:
         envs.check_id(cfg.env.id)
     except ValueError as exc:
         raise ConfigError(f"env.id: {exc}") from None
-    if cfg.agent.kind == "drq" and not cfg.env.id.startswith("dmc:"):
-        raise ConfigError(f"env.id: {cfg.env.id!r} has no pixel observations; agent.kind=drq needs a "
-                                 "dmc:<domain>-<task> env")
+    if cfg.agent.kind in ("drq", "drqv2") and not cfg.env.id.startswith("dmc:"):
+        raise ConfigError(f"env.id: {cfg.env.id!r} has no pixel observations; agent.kind={cfg.agent.kind} needs a "
+                          "dmc:<domain>-<task> env")
 
 
 def train(cfg: Config) -> Path:

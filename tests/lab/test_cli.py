@@ -202,3 +202,26 @@ def test_one_config_line_adds_redo_to_a_run(tmp_path):
     assert probe_steps == [100, 150, 200, 300, 300]  # every 100, and after each ReDo
     assert (run_dir / "plots" / "dashboard.png").is_file()
     assert yaml.safe_load((run_dir / "config.yaml").read_text())["interventions"][0]["kind"] == "redo"
+
+
+def test_drqv2_trains_from_the_smoke_config_with_its_defaults_and_a_reset(tmp_path):
+    """`--set agent.kind=drqv2` on the smoke config: DrQ-v2's keys and its orthogonal init come as defaults (in the
+    run's config.yaml), the scheduled exploration std is logged with the update statistics, and a reset of the
+    actor's and critic's heads at step 200 is applied with the agent's own (orthogonal) layer init."""
+    cfg = cfgmod.load(SMOKE, ["agent.kind=drqv2"])
+    assert (cfg.agent.init, cfg.agent.std_schedule, cfg.agent.stddev_clip, cfg.agent.num_expl_steps) == (
+        "orthogonal", "linear(1.0,0.1,500000)", 0.3, 2000)
+    proc = run_cli("train", SMOKE, "--set", "agent.kind=drqv2", "--set",
+                   "interventions=[{kind: reset, groups: [actor, critic], layers: last2, at: [200]}]", out_dir=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (run_dir,) = (tmp_path / "smoke").iterdir()
+    resolved = yaml.safe_load((run_dir / "config.yaml").read_text())
+    assert resolved["agent"]["kind"] == "drqv2" and resolved["agent"]["init"] == "orthogonal"
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    episodes = [r for r in records if "train/episode_return" in r]
+    std = 1.0 - 0.9 * episodes[-1]["env_step"] / 500_000  # linear(1.0, 0.1, 500000) at the last episode's end
+    assert episodes[-1]["train/actor_std"] == pytest.approx(std, abs=2e-3)  # the mean over that record's updates
+    resets = {(r["env_step"], k) for r in records for k in r if k.endswith("/layers_reset")}
+    assert resets == {(200, "intervention/reset/actor/layers_reset"), (200, "intervention/reset/critic/layers_reset")}
+    assert [r["intervention/reset/critic/layers_reset"] for r in records if "intervention/reset/critic/count" in r] \
+        == [4]  # q1.2, q1.4, q2.2, q2.4

@@ -44,19 +44,28 @@ class EnvConfig(Section):
 
 
 class AgentConfig(Section):
-    kind: Literal["drq", "sac"] = Field(
-        "drq", description="drq: plasticrl.agents.DrQ on pixels; sac: stable_baselines3.SAC('MlpPolicy') on state")
+    kind: Literal["drq", "drqv2", "sac"] = Field(
+        "drq", description="drq: plasticrl.agents.DrQ (SAC + DrQ-v2's networks) on pixels; drqv2: "
+                           "plasticrl.agents.DrQV2 (DrQ-v2 as its paper ran it) on pixels; sac: "
+                           "stable_baselines3.SAC('MlpPolicy') on state")
     learning_rate: float = Field(
         1e-4, gt=0, lt=1, description="Adam learning rate of actor, critic + encoder and temperature")
     batch_size: int = Field(256, ge=1, description="transitions per update")
     buffer_size: int = Field(1_000_000, ge=100, description="transitions kept in replay")
-    learning_starts: int = Field(2000, ge=0, description="agent steps of random actions before updates")
+    learning_starts: int = Field(2000, ge=0, description="agent steps before updates (drq, sac: of random actions; "
+                                                          "drqv2: uniform actions for num_expl_steps)")
     gamma: float = Field(0.99, gt=0, le=1, description="discount")
     tau: float = Field(0.01, gt=0, le=1, description="target critic Polyak rate")
     n_step: int = Field(3, ge=1, le=20, description="n-step return length")
     feature_dim: int = Field(50, ge=1, description="trunk output width")
     hidden_dim: int = Field(1024, ge=1, description="actor/critic MLP width (2 hidden layers)")
-    init_temperature: float = Field(0.1, gt=0, description="initial SAC entropy coefficient (learned)")
+    init_temperature: float = Field(0.1, gt=0, description="initial SAC entropy coefficient (learned; drq, sac)")
+    std_schedule: str | float = Field(
+        "linear(1.0,0.1,500000)", description="drqv2: exploration noise std in DrQ-v2's syntax, a number or "
+                                              "linear(init,final,duration) / step_linear(...), durations in agent "
+                                              "steps (DrQ-v2: 100000 easy, 500000 medium, 2000000 hard tasks)")
+    stddev_clip: float = Field(0.3, ge=0, description="drqv2: clip of the target-policy and actor-loss noise")
+    num_expl_steps: int = Field(2000, ge=0, description="drqv2: agent steps of uniform random actions")
     augment_pad: int = Field(4, ge=0, le=16, description="random-shift padding in pixels")
     buffer_device: Literal["auto", "cuda", "cpu"] = Field("auto", description="where replay frames live")
     async_env_step: bool | Literal["auto"] = Field(
@@ -201,6 +210,11 @@ SAC_DEFAULTS: dict[str, dict[str, Any]] = {
     "replay_ratio": {"ratio": 1.0},
     "monitor": {"groups": ["actor", "critic"]},
 }
+# agent.kind=drqv2: DrQ-v2's orthogonal init unless the config says otherwise.
+DRQV2_DEFAULTS: dict[str, dict[str, Any]] = {"agent": {"init": "orthogonal"}}
+# DrQ-v2's keys, which the SAC-based agents have no use for, and the SAC key DrQ-v2 has none of.
+DRQV2_ONLY = ("std_schedule", "stddev_clip", "num_expl_steps")
+SAC_ONLY = ("init_temperature",)
 # DrQ's keys that stock SB3 SAC has no use for: with agent.kind=sac they must keep these defaults.
 DRQ_ONLY = ("feature_dim", "augment_pad", "buffer_device", "async_env_step", "precision", "cuda_graph", "compile",
             "fused_q_heads", "hidden_norm", "activation", "init", "l2_init", "nap")
@@ -219,23 +233,46 @@ class Config(Section):
     @model_validator(mode="before")
     @classmethod
     def _agent_defaults(cls, data: Any) -> Any:
-        """With ``agent.kind: sac``, fills ``SAC_DEFAULTS`` into the keys the data leaves out."""
-        if not (isinstance(data, dict) and isinstance(data.get("agent"), dict) and data["agent"].get("kind") == "sac"):
+        """With ``agent.kind: sac`` (``drqv2``), fills ``SAC_DEFAULTS`` (``DRQV2_DEFAULTS``) into the keys the data
+        leaves out."""
+        kind = data["agent"].get("kind") if isinstance(data, dict) and isinstance(data.get("agent"), dict) else None
+        chosen = {"sac": SAC_DEFAULTS, "drqv2": DRQV2_DEFAULTS}.get(kind)
+        if chosen is None:
             return data
         data = dict(data)
-        for section, defaults in SAC_DEFAULTS.items():
+        for section, defaults in chosen.items():
             if isinstance(data.get(section, {}), dict):
                 data[section] = {**defaults, **(data.get(section) or {})}
         return data
 
 
+def _kept_defaults(cfg: Config, keys: tuple[str, ...], what: str) -> list[str]:
+    """A problem per key of ``keys`` that ``cfg.agent`` sets away from its default (``what``: whose option it is)."""
+    problems = []
+    for key in keys:
+        value, default = getattr(cfg.agent, key), AgentConfig.model_fields[key].default
+        if value != default:
+            problems.append(f"agent.{key}: {value!r} is {what} that agent.kind={cfg.agent.kind} does not have; remove "
+                            f"the key (default {default!r})")
+    return problems
+
+
 def agent_problems(cfg: Config) -> list[str]:
     """Keys that don't fit ``agent.kind`` (one line each, naming the key and the fix); [] if all fit."""
     a, problems = cfg.agent, []
-    if a.kind == "drq":
+    if a.kind in ("drq", "drqv2"):
         if not cfg.env.pixels:
-            problems.append("env.pixels: false is not allowed with agent.kind=drq, a pixel agent; set "
+            problems.append(f"env.pixels: false is not allowed with agent.kind={a.kind}, a pixel agent; set "
                             "env.pixels=true (or agent.kind=sac for state observations)")
+        if a.kind == "drq":
+            problems += _kept_defaults(cfg, DRQV2_ONLY, "a DrQ-v2 option")
+        else:
+            problems += _kept_defaults(cfg, SAC_ONLY, "a SAC option")
+            try:
+                from plasticrl.agents.drqv2.schedule import parse_std_schedule
+                parse_std_schedule(a.std_schedule)
+            except ValueError as exc:
+                problems.append(f"agent.std_schedule: {exc}")
         return problems
     if cfg.env.pixels:
         problems.append("env.pixels: true is not allowed with agent.kind=sac, a state agent (MlpPolicy); set "
@@ -243,11 +280,7 @@ def agent_problems(cfg: Config) -> list[str]:
     if a.n_step != 1:
         problems.append(f"agent.n_step: {a.n_step} is not supported by agent.kind=sac (stock SB3 SAC uses 1-step "
                         "returns); remove the key or set agent.n_step=1")
-    for key in DRQ_ONLY:
-        value, default = getattr(a, key), AgentConfig.model_fields[key].default
-        if value != default:
-            problems.append(f"agent.{key}: {value!r} is a DrQ option that agent.kind=sac does not have; remove the "
-                            f"key (default {default!r})")
+    problems += _kept_defaults(cfg, DRQ_ONLY, "a DrQ option") + _kept_defaults(cfg, DRQV2_ONLY, "a DrQ-v2 option")
     if "encoder" in cfg.monitor.groups:
         problems.append("monitor.groups: agent.kind=sac has no encoder (MlpPolicy on state); use actor, critic, "
                         "critic_target")
@@ -256,7 +289,7 @@ def agent_problems(cfg: Config) -> list[str]:
 
 def intervention_problems(cfg: Config) -> list[str]:
     """Interventions that name a group the agent lacks, or a metric trigger that the monitor does not produce."""
-    groups = ["encoder", "actor", "critic"] if cfg.agent.kind != "sac" else ["actor", "critic"]
+    groups = ["encoder", "actor", "critic"] if cfg.agent.kind != "sac" else ["actor", "critic"]  # drq, drqv2: 3
     problems = []
     for i, spec in enumerate(cfg.interventions):
         key = f"interventions.{i}"
