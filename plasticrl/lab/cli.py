@@ -1,5 +1,6 @@
-"""The ``plasticrl`` command line: train, eval, plot, collect, continual, bench. argparse only: each command's work
-lives in its own lab module (``train``, ``collect``, ``continual``, ``bench``, ``plots``).
+"""The ``plasticrl`` command line: train, eval, plot, collect, continual, bench, sweep, report. argparse only: each
+command's work lives in its own lab module (``train``, ``collect``, ``continual``, ``bench``, ``plots``, ``sweep``,
+``report``).
 
 argparse (standard library) keeps the CLI dependency-free and its help text plain; config validation is pydantic's
 (see ``plasticrl.lab.config``).
@@ -65,6 +66,22 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return bench.main(args)
 
 
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    from plasticrl.lab import sweep
+
+    return sweep.run_sweep(args.sweep, args.set, backend=args.backend, address=args.address,
+                           max_concurrent=args.max_concurrent, only=args.only, dry_run=args.dry_run,
+                           out_dir=args.out_dir)
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from plasticrl.lab import report
+
+    report.report(args.run_dirs, budgets=args.budgets, metric=args.metric, reference=args.reference, out=args.out,
+                  reps=args.reps, seed=args.seed)
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="plasticrl", description="Reinforcement-learning plasticity lab.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -124,6 +141,34 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--fused-q-heads", action="store_true", help="the critic's two Q heads as batched matmuls")
     b.add_argument("--json", default=None, help="also write results to this JSON file")
     b.set_defaults(func=_cmd_bench)
+    sw = sub.add_parser("sweep", help="train every run of a sweep file (arms x grid x seeds), locally or on Ray")
+    sw.add_argument("sweep", help="YAML sweep file, e.g. configs/sweeps/adaptive_rr_table1.yaml")
+    sw.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a train config key in every run, e.g. --set run.total_steps=1000 (repeatable)")
+    sw.add_argument("--out-dir", default=None, metavar="DIR",
+                    help="root folder of the sweep's runs, instead of the sweep file's out_dir")
+    sw.add_argument("--backend", default="local", choices=["local", "ray"],
+                    help="local: subprocesses on this machine; ray: one Ray task per run")
+    sw.add_argument("--address", default=None,
+                    help="ray: the cluster to join, e.g. auto or HEAD_IP:6379 (default: start a local Ray instance)")
+    sw.add_argument("--max-concurrent", type=int, default=None, metavar="N",
+                    help="runs at once (local default: one per GPU for GPU runs, else cores / 2; ray: no limit but "
+                         "the cluster's resources)")
+    sw.add_argument("--only", action="append", default=[], metavar="GLOB",
+                    help="only the runs whose name matches, e.g. 'adaptive_rr/*' or '*/seed0' (repeatable)")
+    sw.add_argument("--dry-run", action="store_true", help="list the runs, their state and commands; start nothing")
+    sw.set_defaults(func=_cmd_sweep)
+    r = sub.add_parser("report", help="mean +- std and IQM with bootstrap CIs per arm, task and frame budget")
+    r.add_argument("run_dirs", nargs="+", help="run folders, or folders holding them (e.g. a sweep's folder)")
+    r.add_argument("--budgets", default=None,
+                   help="frame budgets, e.g. 100k,500k,1M,2M (default: the frames every run reached)")
+    r.add_argument("--metric", default="eval/return_mean", help="the metric of metrics.jsonl to report")
+    r.add_argument("--reference", default=None,
+                   help="published numbers shown beside (YAML or CSV), e.g. configs/reference/adaptive_rr_table1.yaml")
+    r.add_argument("--out", default=None, help="folder of report.md, report.csv, curves.png (default: <first>/report)")
+    r.add_argument("--reps", type=int, default=2000, help="bootstrap resamples per confidence interval")
+    r.add_argument("--seed", type=int, default=0, help="seed of the bootstrap")
+    r.set_defaults(func=_cmd_report)
     return p
 
 
