@@ -31,8 +31,8 @@ PY
   redo=/tmp/redo25k.yaml
   printf 'run:\n  name: ${base}_redo\ninterventions:\n  - {kind: redo, groups: [critic], tau: 0.1, every: 25000}\n' > $redo
   long=(configs/train/drq_quadruped_run.yaml configs/train/overlays/rr2.yaml)
-  longset=("${common[@]}" --set run.total_steps=1000000 --set run.checkpoint_every=0 --set monitor.every=5000
-           --set eval.every=10000 --set eval.episodes=5)
+  longset=("${common[@]}" --set run.total_steps=400000 --set run.checkpoint_every=0 --set monitor.every=5000
+           --set eval.every=25000 --set eval.episodes=3)
   setsid nohup python3 -m plasticrl train "${long[@]}" "${longset[@]}" > /tmp/rr2.log 2>&1 < /dev/null &
   setsid nohup python3 -m plasticrl train "${long[@]}" $redo "${longset[@]}" > /tmp/rr2_redo.log 2>&1 < /dev/null &
   python3 -m pytest -q -p no:cacheprovider tests/gpu -m "not slow" > "$OUT/gpu_tests.txt" 2>&1

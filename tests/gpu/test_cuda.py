@@ -458,3 +458,29 @@ def test_update_after_an_intervention_in_graph_equals_eager_update(kind, monkeyp
                 if pa in opt_a.state:
                     torch.testing.assert_close(opt_a.state[pa]["exp_avg"], opt_b.state[pb]["exp_avg"], rtol=1e-4,
                                                atol=1e-7)
+
+
+def test_drqv2_graphed_update_equals_eager_update(monkeypatch):
+    """DrQV2 with its update replayed as a CUDA graph against the eager update, same seed, batches and scheduled std
+    (written in place into the policy's ``actor_std`` between updates, which the graph reads): equal stats and
+    parameters. Noise-free (std 0, no shift), so the RNG streams don't matter."""
+    from stable_baselines3.common.env_util import make_vec_env
+
+    from plasticrl import envs
+    from plasticrl.agents import DrQV2
+    from plasticrl.agents.accel import GraphedUpdate
+    from plasticrl.lab.bench import synthetic_batch
+
+    env = make_vec_env(lambda: envs.make("dmc:walker-walk", size=84), n_envs=1, seed=0)
+    a, b = (DrQV2("CnnPolicy", env, buffer_size=2000, batch_size=64, seed=0, device="cuda", cuda_graph=graph,
+                  std_schedule=0.0, augment_pad=0) for graph in (True, False))
+    assert isinstance(a._update_fn, GraphedUpdate) and not isinstance(b._update_fn, GraphedUpdate)
+    exact_fp32(monkeypatch)
+    shape, adim = a.observation_space.shape, a.action_space.shape[0]
+    for s in range(4):
+        batch = synthetic_batch(64, shape, adim, torch.device("cuda"), s)
+        torch.testing.assert_close(a._update_fn(batch), b._update_fn(batch), rtol=1e-5, atol=1e-6)
+    assert a._update_fn.graph is not None
+    for (name, pa), pb in zip(a.policy.named_parameters(), b.policy.parameters()):
+        torch.testing.assert_close(pa, pb, rtol=1e-5, atol=1e-6, msg=name)
+    env.close()
