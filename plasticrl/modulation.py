@@ -2,16 +2,16 @@
 
 A pool of ``pool_size`` entries, each a learnable key (``key_dim``) plus one
 modulator per wrapped ``nn.Linear`` of a frozen pre-trained model: LoRA
-factors or an (IA)^3 output-scaling vector. A per-sample query (e.g. the mean
-state embedding of the frozen model) picks entries by cosine similarity to the
+factors or an (IA)^3 scaling vector. A per-sample query (e.g. the mean
+state token of the frozen model) picks entries by cosine similarity to the
 keys; the wrapped layers then apply the picked entries per sample.
 
 Typical loop (the selection is per sample, so a batch may mix entries)::
 
     pool = ModulationPool(pool_size=30, key_dim=d, kind="lora")
-    pool.attach(model)                       # wraps q_proj/v_proj/fc1/fc2/... Linears
+    pool.attach(model)                       # L2M's placement: q_proj, v_proj, fc1 (see PLACEMENTS)
     pool.freeze_backbone(model)              # only pool.parameters() train
-    opt = torch.optim.Adam(pool.parameters(), lr=1e-4)
+    opt = torch.optim.AdamW(pool.parameters(), lr=1e-4, weight_decay=0.0)   # one optimizer for the sequence
     for batch in task_k:
         query = embed(batch)                 # (B, key_dim), no gradient needed
         idx = pool.select(query)             # (B, top_k) entry indices
@@ -20,6 +20,26 @@ Typical loop (the selection is per sample, so a batch may mix entries)::
         loss.backward(); opt.step(); opt.zero_grad()
     pool.end_task()                          # merge this task's usage counts
     pool.eval()                              # task-agnostic selection at test time
+
+Where the modulators act (``placement``; ``PLACEMENTS`` maps layer-name endings to a *site*):
+
+* ``"l2m"`` (default), as ml-jku/L2M's code builds it (``src/algos/models/multiprompt_decision_transformer_model.py``,
+  ``AttentionIA3.forward`` and ``MLPIA3.forward``; the factors in ``src/algos/prompt/l2m.py``):
+
+  - LoRA: ``q_proj`` and ``v_proj`` on their input, ``y = W x + s x A B``; the first feed-forward layer ``fc1`` on
+    its *output*, ``h = W x; h = h + s h A B`` with A (4d, r), B (r, 4d), before the GELU; ``fc2`` untouched.
+    ``s = alpha / rank = 2`` (``lora_alpha = 2 * rank``). B starts at 0; A is drawn by L2M's one
+    ``kaiming_uniform_(a=sqrt(5))`` over its whole (pool, n_layer, slots, d, rank) tensor, whose fan-in is
+    n_layer * slots * d * rank, so every entry of A is U(-b, b) with ``b = 1 / sqrt(rank * sum of the widths A
+    reads over all wrapped layers)``: for a d-wide DT with L blocks, ``1 / sqrt(rank * L * 6 * d)`` (q: d, v: d,
+    fc1's output: 4d).
+  - (IA)^3: keys and values scaled, ``k = W_k x * l_k``, ``v = W_v x * l_v``, and the feed-forward activation after
+    the GELU, i.e. ``fc2``'s input, ``fc2(gelu(h) * l_ff)``; vectors of ones at init (``L2MIA3``).
+
+* ``"standard"`` (LoRA only): LoRA in its usual form (Hu et al. 2021, a low-rank update of the weight, so on the
+  layer's input) on q, v and both feed-forward layers, fc1 and fc2, A drawn per layer and entry as ``nn.Linear``
+  draws its weight (bound ``1 / sqrt(in_features)``: for q and v 14 times L2M's at 4 blocks of width 256, 17
+  times at 6 of 768). For ablations against L2M's placement; (IA)^3 has no other placement.
 
 Selection modes, in ``select``:
 
@@ -45,6 +65,7 @@ beats a used entry ``e`` unless ``(1 + cos_unused) < (1 + cos_e) * 1e-6 /
 most similar entry among those earlier tasks left unused, while its own
 (current-task) counts never push it away from the entry it is learning.
 
+With ``top_k > 1`` a sample's entries are averaged (L2M's code supports top_k = 1 only).
 Inputs of wrapped layers must be batch-first: ``(B, in)`` or ``(B, ..., in)``.
 Only torch and the standard library are imported here.
 """
@@ -52,7 +73,7 @@ Only torch and the standard library are imported here.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 
 import torch
@@ -60,58 +81,77 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 KINDS = ("lora", "ia3")
-# Default targets: a Linear whose qualified name contains one of these (attention
-# query/value projections and feed-forward layers); e.g. "blocks.0.attn.q_proj",
-# "layer.0.attention.self.value", "blocks.1.mlp.0", "fc2". Keys/outputs not included.
-DEFAULT_TARGETS = ("q_proj", "v_proj", "query", "value", "fc1", "fc2", "mlp")
+SITES = ("input", "output")  # a modulator acts on its Linear's input or on its output
+# (kind, placement) -> {layer-name ending: site}; an ending matches a qualified name equal to it or ending in ".end"
+PLACEMENTS: dict[tuple[str, str], dict[str, str]] = {
+    ("lora", "l2m"): {"q_proj": "input", "v_proj": "input", "fc1": "output"},
+    ("ia3", "l2m"): {"k_proj": "output", "v_proj": "output", "fc2": "input"},
+    ("lora", "standard"): {"q_proj": "input", "v_proj": "input", "fc1": "input", "fc2": "input"},
+}
+DEFAULT_SITE = {"lora": "input", "ia3": "output"}  # of layers given to ``attach`` as a list of names
 PENALTY_EPS = 1e-6
 
-Targets = Callable[[str, nn.Linear], bool] | list[str] | None
+Targets = Mapping[str, str] | list[str] | None
 
 
-def default_target(name: str, layer: nn.Linear) -> bool:
-    """True if the qualified ``name`` contains one of ``DEFAULT_TARGETS``."""
-    return any(token in name for token in DEFAULT_TARGETS)
+def lora_bound(rank: int, widths: list[int]) -> float:
+    """L2M's bound of LoRA's A: ``kaiming_uniform_(a=sqrt(5))`` on one tensor holding every wrapped layer's A gives
+    U(-b, b) with ``b = 1 / sqrt(fan_in)``, ``fan_in = rank * sum(widths)`` (``widths``: the width A reads, per
+    wrapped layer)."""
+    return 1.0 / math.sqrt(rank * sum(widths))
 
 
 class LoRAModulator(nn.Module):
-    """Per-entry LoRA factors for one Linear: A (pool, rank, in), B (pool, out, rank).
+    """Per-entry LoRA factors for one Linear: A (pool, rank, width), B (pool, out, rank).
 
-    A is kaiming-uniform per entry (as ``nn.Linear``), B is zero, scale = alpha / rank
-    with alpha = 2 * rank; a fresh entry adds exactly zero.
+    ``site="input"``: ``y = base(x) + scale * x A^T B^T`` (width = in_features); ``site="output"``: ``y = base(x);
+    y + scale * y A^T B^T`` (width = out_features). B is zero, so a fresh entry adds exactly zero; scale = alpha /
+    rank with alpha = 2 * rank. A is U(-bound, bound), or with ``bound=None`` kaiming-uniform per entry as
+    ``nn.Linear`` (bound 1 / sqrt(width)).
     """
 
-    def __init__(self, pool_size: int, in_features: int, out_features: int, rank: int, **factory) -> None:
+    def __init__(self, pool_size: int, in_features: int, out_features: int, rank: int, site: str = "input",
+                 bound: float | None = None, **factory) -> None:
         super().__init__()
-        self.in_features, self.out_features = in_features, out_features
-        a = torch.empty(pool_size, rank, in_features, **factory)
-        for entry in a:
-            nn.init.kaiming_uniform_(entry, a=math.sqrt(5))
+        self.in_features, self.out_features, self.site = in_features, out_features, site
+        self.width = in_features if site == "input" else out_features
+        a = torch.empty(pool_size, rank, self.width, **factory)
+        if bound is None:
+            for entry in a:
+                nn.init.kaiming_uniform_(entry, a=math.sqrt(5))
+        else:
+            nn.init.uniform_(a, -bound, bound)
         self.A = nn.Parameter(a)
         self.B = nn.Parameter(torch.zeros(pool_size, out_features, rank, **factory))
         alpha = 2 * rank
         self.scale = alpha / rank
 
-    def forward(self, x: Tensor, y: Tensor, idx: Tensor) -> Tensor:
-        """y + scale * mean_k(x A_k^T B_k^T); x (B, ..., in), y (B, ..., out), idx (B, top_k)."""
-        x3 = x.reshape(x.shape[0], -1, x.shape[-1])  # (B, N, in)
-        low = torch.einsum("bni,bkri->bknr", x3, self.A[idx])  # (B, k, N, rank)
+    def forward(self, x: Tensor, base: nn.Linear, idx: Tensor) -> Tensor:
+        """base(x) plus scale * mean_k of entry k's low-rank term; x (B, ..., in), idx (B, top_k)."""
+        y = base(x)
+        source = x if self.site == "input" else y
+        s3 = source.reshape(source.shape[0], -1, source.shape[-1])  # (B, N, width)
+        low = torch.einsum("bni,bkri->bknr", s3, self.A[idx])  # (B, k, N, rank)
         up = torch.einsum("bknr,bkor->bno", low, self.B[idx]) / idx.shape[1]  # (B, N, out)
         return y + self.scale * up.reshape(y.shape)
 
 
 class IA3Modulator(nn.Module):
-    """Per-entry (IA)^3 vector for one Linear: scale (pool, out), ones at init."""
+    """Per-entry (IA)^3 vector for one Linear, ones at init: ``site="output"`` scales its output, ``base(x) * l``
+    (l: out_features); ``site="input"`` its input, ``base(x * l)`` (l: in_features)."""
 
-    def __init__(self, pool_size: int, in_features: int, out_features: int, rank: int, **factory) -> None:
+    def __init__(self, pool_size: int, in_features: int, out_features: int, rank: int, site: str = "output",
+                 bound: float | None = None, **factory) -> None:
         super().__init__()
-        self.in_features, self.out_features = in_features, out_features
-        self.scale = nn.Parameter(torch.ones(pool_size, out_features, **factory))
+        self.in_features, self.out_features, self.site = in_features, out_features, site
+        self.width = in_features if site == "input" else out_features
+        self.scale = nn.Parameter(torch.ones(pool_size, self.width, **factory))
 
-    def forward(self, x: Tensor, y: Tensor, idx: Tensor) -> Tensor:
-        """y * mean_k(l_k); y (B, ..., out), idx (B, top_k)."""
-        vec = self.scale[idx].mean(dim=1)  # (B, out)
-        return y * vec.reshape(y.shape[0], *([1] * (y.dim() - 2)), y.shape[-1])
+    def forward(self, x: Tensor, base: nn.Linear, idx: Tensor) -> Tensor:
+        """base(x * mean_k l_k) or base(x) * mean_k l_k; x (B, ..., in), idx (B, top_k)."""
+        vec = self.scale[idx].mean(dim=1)  # (B, width)
+        vec = vec.reshape(x.shape[0], *([1] * (x.dim() - 2)), self.width)
+        return base(x * vec) if self.site == "input" else base(x) * vec
 
 
 class ModulatedLinear(nn.Module):
@@ -136,12 +176,11 @@ class ModulatedLinear(nn.Module):
         return self.base.out_features
 
     def forward(self, x: Tensor) -> Tensor:
-        y = self.base(x)
         if self.indices is None:
-            return y
+            return self.base(x)
         if self.indices.shape[0] != x.shape[0]:
             raise ValueError(f"selection has {self.indices.shape[0]} rows but the input batch is {x.shape[0]}")
-        return self.modulator(x, y, self.indices)
+        return self.modulator(x, self.base, self.indices)
 
 
 class ModulationPool(nn.Module):
@@ -160,64 +199,83 @@ class ModulationPool(nn.Module):
         top_k: int = 1,
         pull_coef: float = 0.5,
         count_penalty: bool = True,
+        placement: str = "l2m",
     ) -> None:
         super().__init__()
         if kind not in KINDS:
             raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+        if (kind, placement) not in PLACEMENTS:
+            allowed = [p for k, p in PLACEMENTS if k == kind]
+            raise ValueError(f"placement {placement!r} does not exist for {kind}; allowed: {allowed}")
         if not 1 <= top_k <= pool_size:
             raise ValueError(f"top_k must be in [1, pool_size={pool_size}], got {top_k}")
         if rank < 1 or key_dim < 1:
             raise ValueError(f"rank and key_dim must be >= 1, got {rank}, {key_dim}")
         self.pool_size, self.key_dim, self.rank, self.kind = pool_size, key_dim, rank, kind
-        self.top_k, self.pull_coef, self.count_penalty = top_k, pull_coef, count_penalty
+        self.top_k, self.pull_coef, self.count_penalty, self.placement = top_k, pull_coef, count_penalty, placement
         self.keys = nn.Parameter(torch.empty(pool_size, key_dim).uniform_(-1.0, 1.0))
         self.modulators = nn.ModuleDict()  # qualified layer name ("." -> "__") -> modulator
         self.register_buffer("counts", torch.zeros(pool_size, dtype=torch.long))
         self.register_buffer("task_counts", torch.zeros(pool_size, dtype=torch.long))
         self._wrapped: list[tuple[nn.Module, str, ModulatedLinear]] = []
+        self.sites: dict[str, str] = {}  # qualified name -> site of the layers the latest ``attach`` wrapped
 
     # ---- wrapping -------------------------------------------------------------------
     def attach(self, model: nn.Module, targets: Targets = None) -> list[str]:
-        """Wrap the selected ``nn.Linear`` layers of ``model``; returns their qualified names.
+        """Wrap ``nn.Linear`` layers of ``model``; returns their qualified names, in the model's order.
 
-        ``targets``: a predicate ``(name, layer) -> bool``, a list of qualified names
-        (each must name an ``nn.Linear``), or ``None`` for ``default_target``.
-        A modulator already in the pool under the same name (after ``detach``) is reused.
+        ``targets``: ``None`` for the pool's placement (``PLACEMENTS[(kind, placement)]``), a mapping of layer-name
+        endings (or qualified names) to sites, or a list of qualified names (each at ``DEFAULT_SITE[kind]``). Every
+        ending must match at least one ``nn.Linear``. A modulator already in the pool under the same name (after
+        ``detach``) is reused; new LoRA factors are drawn by the placement's rule (module docstring).
         """
         if self._wrapped:
             raise RuntimeError("pool is already attached; call detach() first")
         if any(isinstance(m, ModulatedLinear) for m in model.modules()):
             raise RuntimeError("model already contains ModulatedLinear layers")
         linears = {name: m for name, m in model.named_modules() if isinstance(m, nn.Linear) and name}
-        if isinstance(targets, list):
+        if targets is None:
+            targets = PLACEMENTS[(self.kind, self.placement)]
+        elif isinstance(targets, list):
             missing = [n for n in targets if n not in linears]
             if missing:
                 raise ValueError(f"not nn.Linear layers of the model: {missing}")
-            names = list(targets)
-        else:
-            predicate = default_target if targets is None else targets
-            names = [n for n, m in linears.items() if predicate(n, m)]
-        if not names:
-            raise ValueError("no nn.Linear layer matched the targets")
+            targets = {n: DEFAULT_SITE[self.kind] for n in targets}
+        bad_sites = {end: site for end, site in targets.items() if site not in SITES}
+        if bad_sites:
+            raise ValueError(f"sites must be one of {SITES}, got {bad_sites}")
+        sites = {}  # qualified name -> site
+        for end, site in targets.items():
+            matched = [n for n in linears if n == end or n.endswith("." + end)]
+            if not matched:
+                raise ValueError(f"no nn.Linear layer named or ending in {end!r} (targets {dict(targets)})")
+            sites.update({n: site for n in matched})
+        names = [n for n in linears if n in sites]
+        bound = None
+        if self.kind == "lora" and self.placement == "l2m":
+            widths = [linears[n].in_features if sites[n] == "input" else linears[n].out_features for n in names]
+            bound = lora_bound(self.rank, widths)
         for name in names:
             base = linears[name]
             parent_name, _, child = name.rpartition(".")
             parent = model.get_submodule(parent_name)
-            wrapped = ModulatedLinear(base, self._modulator_for(name, base))
+            wrapped = ModulatedLinear(base, self._modulator_for(name, base, sites[name], bound))
             setattr(parent, child, wrapped)
             self._wrapped.append((parent, child, wrapped))
+        self.sites = {n: sites[n] for n in names}
         return names
 
-    def _modulator_for(self, name: str, base: nn.Linear) -> nn.Module:
-        """The pool's modulator for layer ``name``, created on first use."""
+    def _modulator_for(self, name: str, base: nn.Linear, site: str, bound: float | None) -> nn.Module:
+        """The pool's modulator for layer ``name`` at ``site``, created on first use."""
         key = name.replace(".", "__")
         if key not in self.modulators:
             cls = LoRAModulator if self.kind == "lora" else IA3Modulator
             factory = {"device": base.weight.device, "dtype": base.weight.dtype}
-            self.modulators[key] = cls(self.pool_size, base.in_features, base.out_features, self.rank, **factory)
+            self.modulators[key] = cls(self.pool_size, base.in_features, base.out_features, self.rank, site, bound,
+                                       **factory)
         mod = self.modulators[key]
-        if (mod.in_features, mod.out_features) != (base.in_features, base.out_features):
-            raise ValueError(f"existing modulator for {name!r} does not fit {base}")
+        if (mod.in_features, mod.out_features, mod.site) != (base.in_features, base.out_features, site):
+            raise ValueError(f"existing modulator for {name!r} does not fit {base} at site {site!r}")
         return mod
 
     def detach(self) -> None:

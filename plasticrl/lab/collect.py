@@ -2,15 +2,20 @@
 
 One dataset per task, written by ``minari.create_dataset_from_buffers`` (no jax: only ``minari[hdf5]`` is needed) under
 a folder of your choice (``MINARI_DATASETS_PATH`` is pointed there while collecting). Dataset ids:
-``plasticrl/<task>/scripted-noise<std>-v0`` and ``plasticrl/<task>/<agent>-<checkpoint>-<deterministic|stochastic>-v0``,
-where ``<task>`` is the env id without its prefix (``push-v3``, ``walker-walk``) and ``.`` in numbers is written ``p``
-(Minari names allow only ``[-_\\w]``).
+``plasticrl/<task>/scripted-noise<std>-ep<episodes>-seed<seed>-<randomization>-v0`` (everything that made it) and
+``plasticrl/<task>/<agent>-<checkpoint>-<deterministic|stochastic>-v0``, where ``<task>`` is the env id without its
+prefix (``push-v3``, ``walker-walk``) and ``.`` in numbers is written ``p`` (Minari names allow only ``[-_\\w]``).
+Every dataset's ``metadata.json`` also records its provenance under ``PROVENANCE_KEY``: env id, policy or checkpoint
+(path and SHA-256), noise, episodes, reset seeds, Meta-World randomization and episode length
+(``read_provenance``).
 Load with ``with datasets_path(out_dir): minari.load_dataset(dataset_id)``.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import os
 import re
 import shutil
@@ -33,6 +38,9 @@ from plasticrl.lab.train import env_options, load_agent
 
 DEFAULT_OUT = Path("data")
 Policy = Callable[[np.ndarray], np.ndarray]
+PROVENANCE_KEY = "plasticrl_provenance"  # the metadata.json entry that records how a dataset was made
+RANDOMIZATION = "random_init_all"  # Meta-World starts of every collected episode (Continual World's protocol)
+MAX_EPISODE_STEPS = 200  # Meta-World episodes of collected data (Continual World's horizon)
 
 
 @contextlib.contextmanager
@@ -67,9 +75,40 @@ def _task(env_id: str) -> str:
     return env_id.partition(":")[2]
 
 
-def scripted_dataset_id(env_id: str, noise_std: float) -> str:
-    """``plasticrl/<task>/scripted-noise<std>-v0``, e.g. ``plasticrl/push-v3/scripted-noise0p1-v0``."""
-    return f"plasticrl/{_task(env_id)}/scripted-noise{_number(noise_std)}-v0"
+def scripted_dataset_id(env_id: str, noise_std: float, episodes: int, seed: int) -> str:
+    """``plasticrl/<task>/scripted-noise<std>-ep<episodes>-seed<seed>-random_init_all-v0``, e.g.
+    ``plasticrl/push-v3/scripted-noise0p1-ep100-seed0-random_init_all-v0``: another setting is another dataset."""
+    return f"plasticrl/{_task(env_id)}/scripted-noise{_number(noise_std)}-ep{episodes}-seed{seed}-{RANDOMIZATION}-v0"
+
+
+def scripted_provenance(env_id: str, noise_std: float, episodes: int, seed: int) -> dict[str, Any]:
+    """What a scripted dataset's provenance records (``collect_scripted`` writes it, the continual runner checks it
+    on reuse): episode i resets with seed ``seed + i``, the noise generator is seeded with ``seed``."""
+    return {"env_id": env_id, "policy": "metaworld-scripted", "noise_std": float(noise_std), "episodes": episodes,
+            "reset_seeds": [seed, seed + episodes - 1], "noise_seed": seed, "randomization": RANDOMIZATION,
+            "max_episode_steps": MAX_EPISODE_STEPS}
+
+
+def read_provenance(out_dir: str | Path, dataset_id: str) -> dict[str, Any] | None:
+    """The provenance recorded in dataset ``dataset_id``'s metadata.json under ``out_dir`` (None if it has none)."""
+    metadata = json.loads((Path(out_dir) / dataset_id / "data" / "metadata.json").read_text())
+    return metadata.get(PROVENANCE_KEY)
+
+
+def provenance_differences(recorded: dict[str, Any] | None, wanted: dict[str, Any]) -> list[str]:
+    """``"key: <recorded> there, <wanted> wanted"`` for every entry of ``wanted`` the recorded provenance does not
+    match (every entry when there is none)."""
+    recorded = recorded or {}
+    return [f"{k}: {recorded.get(k, 'not recorded')} there, {v} wanted" for k, v in wanted.items()
+            if recorded.get(k) != v]
+
+
+def _sha256(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        for block in iter(lambda: file.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def agent_dataset_id(env_id: str, agent: str, checkpoint: str | Path, deterministic: bool) -> str:
@@ -168,8 +207,9 @@ def record_episodes(env: Any, act: Policy, episodes: int, seed: int, label: str,
 
 
 def _collect(env_id: str, env: Any, act: Policy, episodes: int, seed: int, out_dir: Path, dataset_id: str,
-             algorithm: str, description: str) -> str:
-    """Collects ``episodes`` episodes of ``act`` on ``env`` into Minari dataset ``dataset_id`` under ``out_dir``.
+             algorithm: str, description: str, provenance: dict[str, Any] | None = None) -> str:
+    """Collects ``episodes`` episodes of ``act`` on ``env`` into Minari dataset ``dataset_id`` under ``out_dir``;
+    ``provenance``, if given, goes into its metadata under ``PROVENANCE_KEY``.
 
     The dataset is created (``minari.create_dataset_from_buffers``) from the first episode and each later episode is
     appended as it ends, so only one episode is held in memory; if collection fails, the dataset is removed."""
@@ -197,6 +237,8 @@ def _collect(env_id: str, env: Any, act: Policy, episodes: int, seed: int, out_d
                     successes.append(success)
                 # per-episode rewards_sum/mean/std/max/min attributes, as minari.DataCollector writes them
                 dataset.storage.update_episode_metadata(dataset.storage.apply(EpisodeMetadataCallback()))
+                if provenance is not None:
+                    dataset.storage.update_metadata({PROVENANCE_KEY: provenance})
         except BaseException:
             shutil.rmtree(Path(out_dir) / dataset_id, ignore_errors=True)  # check_new: it did not exist before
             raise
@@ -211,14 +253,18 @@ def collect_scripted(task_id: str, episodes: int, noise_std: float, seed: int,
                      out_dir: str | Path = DEFAULT_OUT) -> str:
     """Writes ``episodes`` episodes of Meta-World's scripted policy on ``task_id`` (``metaworld:<task>-v3``) with
     Gaussian action noise of std ``noise_std`` (action units, clipped to [-1, 1]) as a Minari dataset under
-    ``out_dir``; returns its id. ``seed`` fixes the task (goal) and the noise. Validates before writing anything."""
+    ``out_dir``; returns its id (``scripted_dataset_id``). Episode i resets with seed ``seed + i``: new object and
+    goal positions from that seed (random_init_all); the noise comes from ``seed``. The provenance
+    (``scripted_provenance``) goes into the metadata. Validates before writing anything."""
     check_scripted(task_id, episodes, noise_std)
-    dataset_id = scripted_dataset_id(task_id, noise_std)
+    dataset_id = scripted_dataset_id(task_id, noise_std, episodes, seed)
     check_new(dataset_id, out_dir)
-    env = envs.make(task_id, seed=seed)
+    env = envs.make(task_id, seed=seed, max_episode_steps=MAX_EPISODE_STEPS, randomization=RANDOMIZATION)
     act = noisy_scripted_policy(_task(task_id), noise_std, seed)
     return _collect(task_id, env, act, episodes, seed, Path(out_dir), dataset_id, algorithm="metaworld-scripted",
-                    description=f"Meta-World scripted policy on {task_id} (seed {seed}), action noise std {noise_std}")
+                    description=f"Meta-World scripted policy on {task_id}, {RANDOMIZATION} starts from reset seeds "
+                                f"{seed}..{seed + episodes - 1}, action noise std {noise_std}",
+                    provenance=scripted_provenance(task_id, noise_std, episodes, seed))
 
 
 def run_config(checkpoint: str | Path) -> Any:
@@ -276,13 +322,19 @@ def collect_agent(task_id: str, checkpoint: str | Path, episodes: int, seed: int
     def act(obs: np.ndarray) -> np.ndarray:
         return model.predict(obs, deterministic=deterministic)[0]
 
+    options = agent_env_options(task_id, checkpoint)
+    provenance = {"env_id": task_id, "policy": f"{agent} checkpoint", "checkpoint": str(Path(checkpoint).resolve()),
+                  "checkpoint_sha256": _sha256(checkpoint), "deterministic": deterministic, "episodes": episodes,
+                  "reset_seeds": [seed, seed + episodes - 1], "env_options": options,
+                  "randomization": RANDOMIZATION if task_id.startswith("metaworld:") else None}
     return _collect(task_id, env, act, episodes, seed, Path(out_dir), dataset_id, algorithm=f"plasticrl-{agent}",
-                    description=f"{agent} checkpoint {Path(checkpoint).name} on {task_id} (seed {seed}), "
-                                f"{'deterministic' if deterministic else 'stochastic'} actions")
+                    description=f"{agent} checkpoint {Path(checkpoint).name} on {task_id} (reset seeds {seed}.."
+                                f"{seed + episodes - 1}), {'deterministic' if deterministic else 'stochastic'} actions",
+                    provenance=provenance)
 
 
 def plan_jobs(tasks: str | None, runs: str | None, checkpoint: str | None, agent: str | None, episodes: int,
-              noise_std: float, out: str | Path, stochastic: bool) -> list[tuple[str, str | None, str]]:
+              noise_std: float, out: str | Path, stochastic: bool, seed: int = 0) -> list[tuple[str, str | None, str]]:
     """``(task, checkpoint or None for the scripted policy, agent)`` per dataset to write; ValueError for an unknown
     task, a dataset that exists, a checkpoint that doesn't load, an ``--agent`` that isn't the run's."""
     if runs is not None:
@@ -305,7 +357,7 @@ def plan_jobs(tasks: str | None, runs: str | None, checkpoint: str | None, agent
     for task, job_checkpoint, job_agent in jobs:
         if job_checkpoint is None:
             check_scripted(task, episodes, noise_std)
-            check_new(scripted_dataset_id(task, noise_std), out)
+            check_new(scripted_dataset_id(task, noise_std, episodes, seed), out)
             continue
         cfg = run_config(job_checkpoint)
         if agent is not None and cfg is not None and cfg.agent.kind != agent:
@@ -322,7 +374,7 @@ def collect_all(tasks: str | None = None, runs: str | None = None, checkpoint: s
     prints and returns the ids of the agent datasets by task (what a continual config's ``data.dataset_ids`` takes).
     ConfigError for a job that can't be done."""
     try:  # validate every task before anything is written
-        jobs = plan_jobs(tasks, runs, checkpoint, agent, episodes, noise_std, out, stochastic)
+        jobs = plan_jobs(tasks, runs, checkpoint, agent, episodes, noise_std, out, stochastic, seed)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
     written: dict[str, str] = {}

@@ -15,7 +15,7 @@ from plasticrl.lab.collect import collect_scripted, datasets_path
 from plasticrl.modulation import ModulationPool
 
 SMALL = DTConfig(state_dim=7, max_action_dim=3, context=4, d_model=32, n_layers=2, n_heads=2, dropout=0.0,
-                 max_timestep=50, return_scale=10.0)
+                 max_timestep=50)
 
 
 def batch(b=2, t=4, state_width=5, action_width=2, seed=0):
@@ -108,19 +108,43 @@ def test_overfits_tiny_dataset():
         assert torch.equal(discretize(decoded), discretize(actions[i, -1]))
 
 
+def test_query_is_the_mean_layer_normed_state_token():
+    """L2M's query: the mean over the context of embed_ln(state embedding + timestep embedding) at the state tokens
+    (here plus the state type's embedding), by hand from the weights; it is what the first block sees there."""
+    m = model()
+    with torch.no_grad():  # LayerNorm's affine parameters away from their (1, 0) init, so that they count
+        m.embed_ln.weight.uniform_(0.5, 1.5)
+        m.embed_ln.bias.uniform_(-0.5, 0.5)
+    states, actions, rtg, timesteps = batch()
+    query = m.query_embedding(states, timesteps)
+    assert query.shape == (2, SMALL.d_model)
+    w, b = m.embed_state.weight.detach().double().numpy(), m.embed_state.bias.detach().double().numpy()
+    padded = np.pad(states.double().numpy(), ((0, 0), (0, 0), (0, SMALL.state_dim - states.shape[-1])))
+    x = padded @ w.T + b + m.embed_timestep.weight.detach().double().numpy()[timesteps.numpy()]
+    x = x + m.embed_type.weight.detach().double().numpy()[1]
+    normed = (x - x.mean(-1, keepdims=True)) / np.sqrt(x.var(-1, keepdims=True) + 1e-5)
+    by_hand = (normed * m.embed_ln.weight.detach().double().numpy() + m.embed_ln.bias.detach().double().numpy())
+    np.testing.assert_allclose(query.detach().numpy(), by_hand.mean(axis=1), rtol=1e-4, atol=1e-5)
+    seen = []
+    handle = m.blocks[0].register_forward_pre_hook(lambda module, args: seen.append(args[0]))
+    m(states, actions, rtg, timesteps)
+    handle.remove()
+    state_tokens = seen[0][:, 1::m.tokens_per_step]  # [R, s, a_1..a_A] per timestep
+    torch.testing.assert_close(query, state_tokens.mean(dim=1))
+    later = m.query_embedding(states, timesteps + 5)
+    assert not torch.allclose(later, query)  # time-aware
+
+
 def test_modulation_pool_lora():
     m = model()
     states, actions, rtg, timesteps = batch()
     before = m(states, actions, rtg, timesteps)
     pool = ModulationPool(pool_size=4, key_dim=SMALL.d_model, rank=2, kind="lora")
     names = pool.attach(m)
-    expected = {f"blocks.{i}.{layer}" for i in range(SMALL.n_layers)
-                for layer in ("attn.q_proj", "attn.v_proj", "ff.fc1", "ff.fc2")}
-    assert set(names) == expected
+    expected = [f"blocks.{i}.{layer}" for i in range(SMALL.n_layers) for layer in ("attn.q_proj", "attn.v_proj",
+                                                                                  "ff.fc1")]
+    assert names == expected  # L2M's placement: fc2 untouched
     query = m.query_embedding(states, timesteps)
-    assert query.shape == (2, SMALL.d_model)
-    padded = torch.nn.functional.pad(states, (0, SMALL.state_dim - states.shape[-1]))
-    assert torch.allclose(query, m.embed_state(padded).mean(dim=1))  # mean embedded state over the context
     idx = pool.select(query)
     with pool.selected(idx):
         assert torch.equal(m(states, actions, rtg, timesteps), before)
@@ -146,7 +170,7 @@ def push_dataset(tmp_path_factory):
 def rollout(agent, steps=6):
     env = envs.make("metaworld:push-v3")
     obs, _ = env.reset(seed=0)
-    agent.reset(target_return=1500.0, action_dim=4)
+    agent.reset(target_return=1500.0, action_dim=4, return_scale=200.0)
     actions, reward = [], 0.0
     for _ in range(steps):
         action, state = agent.predict(obs, reward=reward)
@@ -201,6 +225,10 @@ def test_agent_learns_from_episode_dicts_and_validates():
     agent = L2MAgent(SMALL, device="cpu", batch_size=4)
     data = agent.prepare_episodes([episode, short])
     assert data.lengths.tolist() == [10, 6] and len(data) == 2
+    halved = agent.prepare_episodes([episode, short], return_scale=[1.0, 2.0])  # one scale per item
+    assert halved.rtg[1, :6].tolist() == [7.5, 7.5, 7.0, 6.0, 4.5, 2.5] and torch.equal(halved.rtg[0], data.rtg[0])
+    with pytest.raises(ValueError, match="one return scale per item"):
+        agent.prepare_episodes([episode, short], return_scale=[1.0])
     assert data.states.shape == (2, 10, SMALL.state_dim) and data.actions.shape == (2, 10, SMALL.max_action_dim)
     assert data.rtg[0].tolist() == list(range(10, 0, -1))  # rtg per episode from rewards, in reward units
     assert data.rtg[1, :6].tolist() == [15.0, 15.0, 14.0, 12.0, 9.0, 5.0] and not data.rtg[1, 6:].any()
@@ -266,15 +294,16 @@ def test_act_batch_equals_single_calls_and_hand_decoding():
 
 
 def test_predict_batch_in_lockstep_matches_explicit_windows():
+    """Each row acts on its own last ``context`` steps, its returns-to-go divided by its return scale."""
     agent = L2MAgent(SMALL, device="cpu", seed=2)
     rng = np.random.default_rng(0)
-    n, steps, dims, targets = 3, 7, [2, 3, 1], [20.0, 5.0, 12.0]
+    n, steps, dims, targets, scales = 3, 7, [2, 3, 1], [20.0, 5.0, 12.0], [200.0, 100.0, 1.0]
     obs, rewards = rng.normal(size=(steps, n, 5)).astype(np.float32), rng.uniform(0, 3, (steps, n))
-    batch = agent.new_episodes(targets, dims)
+    batch = agent.new_episodes(targets, dims, scales)
     seen = []
 
-    def select(states, rows):
-        seen.append((states.shape, rows.tolist()))
+    def select(states, timesteps, rows):
+        seen.append((states.shape, timesteps.tolist(), rows.tolist()))
         return contextlib.nullcontext()
 
     taken, rtgs = [[] for _ in range(n)], [[t] for t in targets]
@@ -288,12 +317,14 @@ def test_predict_batch_in_lockstep_matches_explicit_windows():
         first = max(0, step + 1 - SMALL.context)
         for a, r in zip(actions, rows):
             prev = np.array(taken[r][first:], np.float32).reshape(-1, dims[r])
-            expected = agent.model.act(obs[first:step + 1, r], prev, np.array(rtgs[r][first:], np.float32),
+            expected = agent.model.act(obs[first:step + 1, r], prev,
+                                       np.array(rtgs[r][first:], np.float32) / np.float32(scales[r]),
                                        np.arange(first, step + 1), action_dim=dims[r]).numpy()
             np.testing.assert_array_equal(a[: dims[r]], expected)
             assert not a[dims[r]:].any()
             taken[r].append(a[: dims[r]])
-        assert seen[-1] == ((len(rows), step + 1 - first, SMALL.state_dim), rows.tolist())
+        assert seen[-1] == ((len(rows), step + 1 - first, SMALL.state_dim),
+                            [list(range(first, step + 1))] * len(rows), rows.tolist())
     np.testing.assert_allclose(batch.rtg_now, [rtgs[r][-1] for r in range(n)])  # reward units
     with pytest.raises(ValueError, match="lockstep"):
         agent.predict_batch(batch, obs[0], rewards[0])  # row 1 is behind
@@ -387,7 +418,7 @@ def test_save_and_load_keep_the_pool_and_extras(tmp_path):
     agent.save(tmp_path / "a.pt")
     saved = torch.load(tmp_path / "a.pt", weights_only=False)
     assert saved["model"].keys() == DecisionTransformer(SMALL).state_dict().keys()  # the backbone's own keys
-    assert saved["pool"]["layers"] == layers
+    assert list(saved["pool"]["layers"]) == layers and saved["pool"]["layers"]["blocks.0.ff.fc1"] == "output"
     loaded = L2MAgent.load(tmp_path / "a.pt", device="cpu")
     assert loaded.pool is not None and torch.equal(loaded.pool.counts, pool.counts)
     assert torch.equal(loaded.extras["note"]["tensor"], torch.ones(2))

@@ -2,18 +2,20 @@
 
 import contextlib
 import json
+import shutil
 import subprocess
 import sys
 import typing
 from pathlib import Path
 
+import minari
 import numpy as np
 import pytest
 import torch
 
 from plasticrl import continual_metrics, envs
 from plasticrl.agents.l2m import L2MAgent
-from plasticrl.lab import continual
+from plasticrl.lab import collect, continual
 from plasticrl.lab.config import continual as cc
 from plasticrl.lab.config.train import ConfigError
 from plasticrl.lab.plots import panel_keys
@@ -112,18 +114,19 @@ def test_plasticity_probes_match_a_hand_computation(l2m_run, data_dir):
     agent = L2MAgent(continual.dt_config(cfg), device="cpu", seed=cfg.run.seed)
     agent.model.load_state_dict(final)
     p = cfg.pool
-    pool = ModulationPool(pool_size=p.pool_size, key_dim=cfg.model.d_model, rank=p.rank, kind=p.kind, top_k=p.top_k)
+    pool = ModulationPool(pool_size=p.pool_size, key_dim=cfg.model.d_model, rank=p.rank, kind=p.kind, top_k=p.top_k,
+                          placement=p.placement)
     pool.attach(agent.model)
     pool.load_state_dict(pool_state)
     task = len(cfg.sequence.tasks) - 1
     ids = continual.ensure_datasets(cfg, [cfg.sequence.tasks[task]])
-    data = agent.prepare_episodes(continual.load_episodes(data_dir, ids[cfg.sequence.tasks[task]]))
+    data = agent.prepare_episodes(continual.load_episodes(data_dir, ids[cfg.sequence.tasks[task]]), 200.0)
     g = torch.Generator().manual_seed(cfg.run.seed * 1_000 + task)
     states, actions, rtg, timesteps, mask = agent.sample_batch(data, cfg.sequence.probe_batch_size, generator=g)
     seen = []
     handle = agent.model.blocks[0].ff.act.register_forward_hook(lambda m, i, o: seen.append(o.detach()))
     agent.model.eval()
-    with torch.no_grad(), pool.selected(pool.select(agent.model.query_embedding(states), evaluate=True)):
+    with torch.no_grad(), pool.selected(pool.select(agent.model.query_embedding(states, timesteps), evaluate=True)):
         agent.model(states, actions, rtg, timesteps, mask)
     handle.remove()
     h = seen[0].numpy()  # (tokens, units)
@@ -311,14 +314,15 @@ def test_unknown_key_and_task():
 
 
 def test_lockstep_evaluation_equals_one_episode_at_a_time(data_dir):
-    """Evaluator (all tasks x episodes in lockstep, batched) against a plain loop over episodes with predict."""
-    tasks, episodes, seed, steps = ["metaworld:push-v3", "metaworld:window-close-v3"], 2, 3, 15
+    """Evaluator (all tasks x episodes in lockstep, batched) against a plain loop over episodes with predict: each
+    episode from its reset seed, returns-to-go scaled by Meta-World's 200."""
+    tasks, seeds, steps = ["metaworld:push-v3", "metaworld:window-close-v3"], [7, 3], 15
     targets = [900.0, 400.0]
     agent = L2MAgent(continual.dt_config(smoke(data_dir)), device="cpu", seed=0)
-    evaluator = continual.Evaluator(tasks, episodes, seed, steps)
+    evaluator = continual.Evaluator(tasks, seeds, steps)
     seen = []
 
-    def select(states, task_indices):
+    def select(states, timesteps, task_indices):
         seen.append(task_indices.tolist())
         return contextlib.nullcontext()
 
@@ -329,10 +333,10 @@ def test_lockstep_evaluation_equals_one_episode_at_a_time(data_dir):
     assert seen[0] == [1, 1, 0, 0] and len(seen) == steps  # every row's sequence index, every step
     for k, j in enumerate([1, 0]):
         rets, wins = [], []
-        env = envs.make(tasks[j], seed=seed, max_episode_steps=steps)
-        for e in range(episodes):
-            obs, _ = env.reset(seed=seed + e)
-            agent.reset(targets[j], 4)
+        env = envs.make(tasks[j], max_episode_steps=steps)
+        for seed in seeds:
+            obs, _ = env.reset(seed=seed)
+            agent.reset(targets[j], 4, return_scale=200.0)
             reward, ret, win = 0.0, 0.0, False
             for _ in range(steps):
                 action, _ = agent.predict(obs, reward=reward)
@@ -446,3 +450,114 @@ def test_wandb_gets_the_success_matrix_table_and_heatmap(data_dir, pretrained, t
                                         [[names[0], 0.3, 0.4], [names[1], 0.7, 0.8]]]
     assert len(list(files.glob("media/images/eval/success_matrix_plot_*.png"))) >= 2  # identical images share a file
     assert json.loads((run / "success_matrix.json").read_text())["perf"] == [[0.3, 0.4], [0.7, 0.8]]
+
+
+def data_seeds(out_dir, dataset_id):
+    """The reset seed of every episode of a dataset, as Minari stored it per episode."""
+    with collect.datasets_path(out_dir):
+        dataset = minari.load_dataset(dataset_id)
+        return [int(m["seed"]) for m in dataset.storage.get_episode_metadata(range(dataset.total_episodes))]
+
+
+def test_evaluation_starts_are_held_out_from_the_data(data_dir, l2m_run):
+    """No evaluation reset seed is a seed of the data, and no evaluation episode starts where a training episode
+    started (random_init_all: object and goal positions come from the reset seed)."""
+    cfg = smoke(data_dir)
+    ids = continual.ensure_datasets(cfg, envs.task_ids(cfg.sequence.tasks))
+    seeds = continual.eval_seeds(cfg.run.seed, cfg.sequence.eval_episodes)
+    assert seeds == [1_000_000_000]  # 1e9 + 1000 * run.seed + e
+    for env_id, dataset_id in ids.items():
+        used = data_seeds(data_dir, dataset_id)
+        assert used == [0, 1]  # data.seed (= run.seed 0) + episode
+        assert not set(used) & set(seeds)
+        starts = [ep["observations"][0] for ep in continual.load_episodes(data_dir, dataset_id)]
+        env = envs.make(env_id)
+        for seed in seeds + [1_000_000_001, 1_000_000_002]:
+            obs, _ = env.reset(seed=seed)
+            assert all(not np.allclose(obs[36:39], start[36:39]) for start in starts)  # other goals
+        env.close()
+    assert continual.eval_seeds(2, 3) == [1_000_002_000, 1_000_002_001, 1_000_002_002]
+    with pytest.raises(ConfigError, match="data.seed"):
+        smoke(data_dir, "data.seed=999999999")  # its 2 episodes would reach the evaluation seeds
+
+
+def test_another_episode_count_and_seed_collect_another_dataset(data_dir, l2m_run):
+    """The reported case: after the smoke run (2 episodes, seed 0), `--set data.episodes_per_task=5 --set
+    run.seed=3` trains on 5 new episodes from seed 3, not on the first run's data. The id names everything that made
+    the dataset, and the metadata records it."""
+    first = continual.ensure_datasets(smoke(data_dir), ["metaworld:push-v3"])["metaworld:push-v3"]
+    assert first == "plasticrl/push-v3/scripted-noise0p1-ep2-seed0-random_init_all-v0"
+    cfg = smoke(data_dir, "data.episodes_per_task=5", "run.seed=3")
+    run = continual.ContinualRun(cfg)  # checks and data, nothing written to the run folder yet
+    second = run.dataset_ids["metaworld:push-v3"]
+    assert second == "plasticrl/push-v3/scripted-noise0p1-ep5-seed3-random_init_all-v0"
+    assert len(continual.load_episodes(data_dir, second)) == 5 and data_seeds(data_dir, second) == [3, 4, 5, 6, 7]
+    assert collect.read_provenance(data_dir, second) == {
+        "env_id": "metaworld:push-v3", "policy": "metaworld-scripted", "noise_std": 0.1, "episodes": 5,
+        "reset_seeds": [3, 7], "noise_seed": 3, "randomization": "random_init_all", "max_episode_steps": 200}
+    assert len(continual.load_episodes(data_dir, first)) == 2  # the first run's data is untouched
+    # data.seed decouples the data from run.seed: seed-3 runs on the seed-0 data
+    assert continual.ensure_datasets(smoke(data_dir, "run.seed=3", "data.seed=0"), ["metaworld:push-v3"]) == \
+        {"metaworld:push-v3": first}
+
+
+def test_a_dataset_that_differs_from_its_id_is_refused(data_dir, l2m_run, tmp_path):
+    """A dataset under a scripted id whose recorded provenance says otherwise (here: edited to 7 episodes, and one
+    with no provenance at all) stops the run with one line naming the fields and the fix."""
+    dataset_id = "plasticrl/push-v3/scripted-noise0p1-ep2-seed0-random_init_all-v0"
+    out = tmp_path / "data"
+    shutil.copytree(data_dir / dataset_id, out / dataset_id)
+    meta_path = out / dataset_id / "data" / "metadata.json"
+    meta = json.loads(meta_path.read_text())
+    meta[collect.PROVENANCE_KEY]["episodes"] = 7
+    meta_path.write_text(json.dumps(meta))
+    cfg = smoke(data_dir, f"data.out_dir={out}")
+    with pytest.raises(ConfigError) as err:
+        continual.ensure_datasets(cfg, ["metaworld:push-v3"])
+    message = str(err.value)
+    assert "episodes: 7 there, 2 wanted" in message and f"remove {out / dataset_id}" in message
+    assert "\n" not in message and "noise_std" not in message  # one line, only the differing field
+    del meta[collect.PROVENANCE_KEY]
+    meta_path.write_text(json.dumps(meta))
+    with pytest.raises(ConfigError, match="env_id: not recorded there, metaworld:push-v3 wanted"):
+        continual.ensure_datasets(cfg, ["metaworld:push-v3"])
+
+
+def test_listed_dataset_of_another_task_is_refused(data_dir, l2m_run):
+    dataset_id = "plasticrl/push-v3/scripted-noise0p1-ep2-seed0-random_init_all-v0"
+    cfg = smoke(data_dir, f"data.dataset_ids={{metaworld:reach-v3: {dataset_id}}}")
+    with pytest.raises(ConfigError, match="collected on metaworld:push-v3, not on metaworld:reach-v3"):
+        continual.ensure_datasets(cfg, ["metaworld:reach-v3"])
+
+
+def test_stochastic_evaluation_samples_the_bins_reproducibly(data_dir):
+    """eval_deterministic=false samples each action dimension's bin from its softmax, with the evaluator's own
+    generator: the same sample seed gives the same episodes, the argmax gives others."""
+    agent = L2MAgent(continual.dt_config(smoke(data_dir)), device="cpu", seed=0)
+    tasks, seeds, steps = ["metaworld:push-v3"], [1_000_000_000, 1_000_000_001], 12
+
+    def returns(deterministic, sample_seed=0):
+        evaluator = continual.Evaluator(tasks, seeds, steps, deterministic=deterministic, sample_seed=sample_seed)
+        try:
+            return evaluator.run(agent, [0], [500.0])[1]
+        finally:
+            evaluator.close()
+
+    sampled = returns(False)
+    assert np.array_equal(returns(False), sampled)
+    assert not np.array_equal(returns(False, sample_seed=1), sampled)
+    assert not np.array_equal(returns(True), sampled)
+    assert cc.load(SMOKE).sequence.eval_deterministic is True  # L2M's discrete DT decodes by argmax
+
+
+@pytest.mark.parametrize(("method", "steps_per_optimizer"), [("l2m", 2 * 4), ("reference", 4)])
+def test_one_optimizer_serves_the_whole_sequence(data_dir, pretrained, method, steps_per_optimizer, tmp_path):
+    """As L2M (reset_optim_on_switch=False): the sequence methods step one AdamW through every task, so after 2
+    tasks of 4 steps its step count is 8; the single-task reference starts each task with a fresh one."""
+    cfg = smoke(data_dir, f"pretrain.checkpoint={pretrained}", f"sequence.method={method}",
+                "sequence.steps_per_task=4", "sequence.eval_every=0", "sequence.probe_batch_size=0")
+    run = continual.ContinualRun(cfg, tmp_path)
+    run.run()
+    steps = {int(state["step"]) for state in run.optimizer.state.values()}
+    assert steps == {steps_per_optimizer}
+    assert {id(p) for p in run.optimizer.param_groups[0]["params"]} == {id(p) for p in run.method.trainable()}

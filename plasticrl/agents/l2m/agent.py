@@ -23,14 +23,27 @@ __all__ = ["EpisodeBatch", "EpisodeData", "L2MAgent"]
 Batch = tuple[Tensor, ...]  # ``L2MAgent.sample_batch``'s (states, actions, rtg, timesteps, action_mask)
 
 
-def _episodes(datasets: Iterable[Any]) -> Iterable[dict[str, np.ndarray]]:
-    """Episodes as dicts of observations, actions, rewards from minari datasets or episode dicts."""
-    for data in datasets:
+def _per_item(value: float | Sequence[float], n: int, name: str) -> list[float]:
+    """``value`` for each of ``n`` items (one float for all, or one per item); ValueError for another count or a
+    value that is not > 0."""
+    values = [float(value)] * n if np.ndim(value) == 0 else [float(v) for v in value]
+    if len(values) != n:
+        raise ValueError(f"need one {name} per item: {n} items, {len(values)} values")
+    if not all(v > 0 for v in values):
+        raise ValueError(f"{name} must be > 0, got {values}")
+    return values
+
+
+def _episodes(datasets: Sequence[Any], scales: list[float]) -> Iterable[tuple[dict[str, np.ndarray], float]]:
+    """(episode, its return scale) pairs, episodes as dicts of observations, actions, rewards from minari datasets
+    or episode dicts."""
+    for data, scale in zip(datasets, scales):
         if isinstance(data, dict):
-            yield data
+            yield data, scale
         else:
             for episode in data.iterate_episodes():
-                yield {"observations": episode.observations, "actions": episode.actions, "rewards": episode.rewards}
+                yield {"observations": episode.observations, "actions": episode.actions,
+                       "rewards": episode.rewards}, scale
 
 
 @dataclass
@@ -38,8 +51,8 @@ class EpisodeData:
     """Prepared episodes of one task set, zero-padded to the longest, on the training device.
 
     ``states`` (E, L, state_dim) float32, ``actions`` (E, L, max_action_dim) float32 in [-1, 1], ``action_mask``
-    (E, max_action_dim) bool (the env's real action dims), ``rtg`` (E, L) float32 return-to-go in reward units,
-    ``lengths`` (E,) long env steps per episode (each >= context)."""
+    (E, max_action_dim) bool (the env's real action dims), ``rtg`` (E, L) float32 return-to-go divided by its
+    episode's return scale (what the model takes), ``lengths`` (E,) long env steps per episode (each >= context)."""
 
     states: Tensor
     actions: Tensor
@@ -53,12 +66,15 @@ class EpisodeData:
 
 class EpisodeBatch:
     """N episodes acted in lockstep (``L2MAgent.predict_batch``): per row the last ``context`` states (zero-padded
-    to state_dim), actions, returns-to-go (reward units) and the step count, kept on the host."""
+    to state_dim), actions, returns-to-go (divided by the row's return scale, as the model takes them) and the step
+    count, kept on the host. ``rtg_now`` is each row's return still to collect, in reward units."""
 
-    def __init__(self, config: DTConfig, target_returns: Sequence[float], action_dims: Sequence[int]) -> None:
+    def __init__(self, config: DTConfig, target_returns: Sequence[float], action_dims: Sequence[int],
+                 return_scales: float | Sequence[float] = 1.0) -> None:
         n, t = len(target_returns), config.context
         if len(action_dims) != n:
             raise ValueError(f"need one action dim per episode: {n} targets, {len(action_dims)} action dims")
+        self.return_scales = np.asarray(_per_item(return_scales, n, "return scale"), dtype=np.float64)
         self.action_dims = np.asarray(action_dims, dtype=np.int64)
         if n and not np.all((self.action_dims >= 1) & (self.action_dims <= config.max_action_dim)):
             raise ValueError(f"action dims must be in [1, {config.max_action_dim}], got {self.action_dims.tolist()}")
@@ -91,7 +107,7 @@ class EpisodeBatch:
         self.states[rows, slot] = 0.0
         self.states[rows, slot, : obs.shape[1]] = obs
         self.actions[rows, slot] = 0.0
-        self.rtg[rows, slot] = self.rtg_now[rows]
+        self.rtg[rows, slot] = self.rtg_now[rows] / self.return_scales[rows]
         self.steps[rows] += 1
         return slot + 1
 
@@ -101,8 +117,9 @@ class L2MAgent:
     ``save``/``load``); not an SB3 algorithm (no env, no rollouts). Building one changes no process-wide state: the
     weights come from ``seed`` through a forked generator (dropout still draws from torch's global generator).
 
-    Units: returns-to-go are sums of raw env rewards (the model divides by ``config.return_scale``); timesteps are
-    0-based env-step indices within an episode.
+    Units: target returns and rewards are raw env rewards; the model sees returns-to-go divided by each task's
+    return scale (``return_scale`` of ``prepare_episodes``, ``new_episodes`` and ``reset``; L2M: 200 for
+    Meta-World, 100 for DMC). Timesteps are 0-based env-step indices within an episode.
     """
 
     def __init__(self, config: DTConfig | None = None, device: str | torch.device = "auto",
@@ -130,7 +147,7 @@ class L2MAgent:
         self.generator = torch.Generator(device=self.device).manual_seed(seed)  # batch sampling
         self.num_steps = 0
         self.pool: ModulationPool | None = None  # attach_pool's
-        self._pool_layers: list[str] = []  # the model layers the pool wraps
+        self._pool_layers: dict[str, str] = {}  # the model layers the pool wraps -> their sites
         self.extras: dict[str, Any] = {}  # a training method's own state, kept by save/load (e.g. EWC's Fisher)
         self.reset(0.0, self.config.max_action_dim)
 
@@ -140,14 +157,14 @@ class L2MAgent:
         return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=cuda, capturable=cuda)
 
     # ---- data --------------------------------------------------------------------------
-    def prepare_episodes(self, datasets: Sequence[Any]) -> EpisodeData:
+    def prepare_episodes(self, datasets: Sequence[Any], return_scale: float | Sequence[float] = 1.0) -> EpisodeData:
         """The episodes of ``datasets`` (minari datasets, or episode dicts with observations (L or L+1, S),
         actions (L, A'), rewards (L,)) as one padded ``EpisodeData`` on the agent's device; returns-to-go from
-        the rewards. Episodes shorter than ``context`` are skipped; ValueError if none is left or a width is too
-        large for the model."""
+        the rewards, divided by ``return_scale`` (one for all, or one per item of ``datasets``). Episodes shorter
+        than ``context`` are skipped; ValueError if none is left or a width is too large for the model."""
         cfg = self.config
         kept = []
-        for ep in _episodes(datasets):
+        for ep, scale in _episodes(datasets, _per_item(return_scale, len(datasets), "return scale")):
             actions = np.asarray(ep["actions"], dtype=np.float32)
             steps = len(actions)
             states = np.asarray(ep["observations"], dtype=np.float32)[:steps]  # drop the final observation
@@ -158,7 +175,7 @@ class L2MAgent:
                                  f"DTConfig.max_action_dim={cfg.max_action_dim}")
             if steps >= cfg.context:
                 rewards = np.asarray(ep["rewards"], dtype=np.float64).reshape(steps)
-                kept.append((states, actions, np.cumsum(rewards[::-1])[::-1].astype(np.float32)))
+                kept.append((states, actions, (np.cumsum(rewards[::-1])[::-1] / scale).astype(np.float32)))
         if not kept:
             raise ValueError(f"no episode with at least context={cfg.context} steps")
         e, longest = len(kept), max(len(a) for _, a, _ in kept)
@@ -263,15 +280,17 @@ class L2MAgent:
         return self
 
     # ---- modulation -------------------------------------------------------------------
-    def attach_pool(self, pool: ModulationPool, layers: list[str] | None = None) -> list[str]:
-        """Wraps the model's layers (``layers``, default ``ModulationPool``'s targets) with ``pool`` (moved to the
-        agent's device) and freezes the backbone; ``save`` keeps the pool. Returns the wrapped layer names."""
+    def attach_pool(self, pool: ModulationPool, layers: dict[str, str] | None = None) -> list[str]:
+        """Wraps the model's layers (``layers``: qualified name -> site, default the pool's placement) with ``pool``
+        (moved to the agent's device) and freezes the backbone; ``save`` keeps the pool and its layers' sites.
+        Returns the wrapped layer names."""
         if self.pool is not None:
             raise RuntimeError("this agent already has a modulation pool")
         self.pool = pool.to(self.device)
-        self._pool_layers = pool.attach(self.model, layers)
+        names = pool.attach(self.model, layers)
+        self._pool_layers = {name: pool.sites[name] for name in names}
         pool.freeze_backbone(self.model)
-        return self._pool_layers
+        return names
 
     def backbone_state_dict(self) -> dict[str, Tensor]:
         """The model's own ``state_dict`` (the keys of a model without a pool), whether a pool is attached or not."""
@@ -284,19 +303,22 @@ class L2MAgent:
             self.pool.attach(self.model, self._pool_layers)
 
     # ---- acting ------------------------------------------------------------------------
-    def new_episodes(self, target_returns: Sequence[float], action_dims: Sequence[int]) -> EpisodeBatch:
-        """Starts N episodes acted in lockstep by ``predict_batch``: desired returns (reward units) and each env's
-        action width."""
-        return EpisodeBatch(self.config, target_returns, action_dims)
+    def new_episodes(self, target_returns: Sequence[float], action_dims: Sequence[int],
+                     return_scales: float | Sequence[float] = 1.0) -> EpisodeBatch:
+        """Starts N episodes acted in lockstep by ``predict_batch``: desired returns (reward units), each env's
+        action width and return scale (one for all, or one per episode)."""
+        return EpisodeBatch(self.config, target_returns, action_dims, return_scales)
 
     def predict_batch(self, episodes: EpisodeBatch, observations: np.ndarray, rewards: np.ndarray | None = None,
                       rows: np.ndarray | None = None, deterministic: bool = True, temperature: float = 1.0,
-                      select: Callable[[Tensor, np.ndarray], Any] | None = None) -> np.ndarray:
+                      select: Callable[[Tensor, Tensor, np.ndarray], Any] | None = None,
+                      generator: torch.Generator | None = None) -> np.ndarray:
         """Actions (n, max_action_dim) float32 for observations (n, S) of ``episodes``' ``rows`` (default: all;
         they must be in lockstep); row i's entries beyond its action width are 0. ``rewards`` (n,): rewards of the
-        previous actions (ignored at the first step). ``select(states, rows)``, if given, returns a context manager
-        the model acts under (e.g. a modulation-pool selection), from the context states (n, T, state_dim) on the
-        device. Sampled at ``temperature`` unless ``deterministic``."""
+        previous actions (ignored at the first step). ``select(states, timesteps, rows)``, if given, returns a
+        context manager the model acts under (e.g. a modulation-pool selection), from the context states (n, T,
+        state_dim) and timesteps (n, T) on the device. Sampled at ``temperature`` unless ``deterministic``, with
+        ``generator`` (one on the agent's device; default torch's global one)."""
         rows = np.arange(len(episodes)) if rows is None else np.asarray(rows, dtype=np.int64)
         rewards = np.zeros(len(rows)) if rewards is None else rewards
         t = episodes.push(rows, observations, rewards)
@@ -308,21 +330,22 @@ class L2MAgent:
         states, rtg = window(episodes.states), window(episodes.rtg)
         timesteps = torch.arange(count - t, count, device=self.device).expand(len(rows), t)
         self.model.eval()
-        with contextlib.nullcontext() if select is None else select(states, rows):
+        with contextlib.nullcontext() if select is None else select(states, timesteps, rows):
             actions = self.model.act_batch(states, window(episodes.actions)[:, : t - 1], rtg, timesteps,
                                            torch.as_tensor(episodes.action_dims[rows]),
-                                           temperature=None if deterministic else temperature)
+                                           temperature=None if deterministic else temperature, generator=generator)
         out = np.zeros((len(rows), self.config.max_action_dim), np.float32)
         out[:, : actions.shape[1]] = actions.cpu().numpy()
         episodes.actions[rows, t - 1] = out
         return out
 
-    def reset(self, target_return: float, action_dim: int) -> None:
-        """Starts an episode: ``target_return`` is the desired return (raw reward units); ``action_dim`` the env's."""
+    def reset(self, target_return: float, action_dim: int, return_scale: float = 1.0) -> None:
+        """Starts an episode: ``target_return`` is the desired return (raw reward units); ``action_dim`` the env's;
+        ``return_scale`` its task's (the returns-to-go the model sees are divided by it)."""
         if not 1 <= action_dim <= self.config.max_action_dim:
             raise ValueError(f"action_dim must be in [1, {self.config.max_action_dim}], got {action_dim}")
         self.action_dim = action_dim
-        self._episode = self.new_episodes([target_return], [action_dim])
+        self._episode = self.new_episodes([target_return], [action_dim], return_scale)
 
     def predict(self, observation: np.ndarray, deterministic: bool = True, *, reward: float = 0.0,
                 temperature: float = 1.0) -> tuple[np.ndarray, None]:
@@ -342,8 +365,8 @@ class L2MAgent:
         pool = None if self.pool is None else {
             "sizes": {"pool_size": self.pool.pool_size, "key_dim": self.pool.key_dim, "rank": self.pool.rank,
                       "kind": self.pool.kind, "top_k": self.pool.top_k, "pull_coef": self.pool.pull_coef,
-                      "count_penalty": self.pool.count_penalty},
-            "layers": list(self._pool_layers), "state": self.pool.state_dict()}
+                      "count_penalty": self.pool.count_penalty, "placement": self.pool.placement},
+            "layers": dict(self._pool_layers), "state": self.pool.state_dict()}
         torch.save({"config": asdict(self.config), "model": self.backbone_state_dict(),
                     "optimizer": self.optimizer.state_dict(), "num_steps": self.num_steps,
                     "hparams": {"learning_rate": self.learning_rate, "batch_size": self.batch_size,
@@ -360,7 +383,13 @@ class L2MAgent:
     @classmethod
     def from_checkpoint(cls, data: dict[str, Any], device: str | torch.device = "auto", **hparams: Any) -> L2MAgent:
         """An agent (in eval mode) on ``device`` from ``read_checkpoint``'s contents; ``hparams`` (e.g. ``seed``,
-        ``precision``, ``cuda_graph``) replace the saved ones. The pool, if saved, is attached again."""
+        ``precision``, ``cuda_graph``) replace the saved ones. The pool, if saved, is attached again. ValueError for
+        a checkpoint of another DT (other config keys, e.g. one saved before ``embed_ln`` and per-task return
+        scales)."""
+        fields = set(asdict(DTConfig()))
+        if set(data["config"]) != fields:
+            raise ValueError(f"a checkpoint of another Decision Transformer: config keys {sorted(data['config'])}, "
+                             f"this one has {sorted(fields)}; pre-train again")
         agent = cls(DTConfig(**data["config"]), device=device, **{**data["hparams"], **hparams})
         agent.model.load_state_dict(data["model"])
         keep_own_optimizer_flags(data["optimizer"], agent.optimizer)  # this device's flags, not the saver's

@@ -5,18 +5,26 @@ Token layout (per timestep ``t``, ``A = max_action_dim``)::
 
     [R_t, s_t, a_t1, a_t2, ..., a_tA]          -> 2 + A tokens per timestep, T * (2 + A) in the sequence
 
-* ``R_t``: return-to-go (sum of the episode's rewards from ``t`` on, in reward units, i.e. un-normalised; the
-  model embeds ``R_t / return_scale`` with a Linear).
+* ``R_t``: return-to-go (sum of the episode's rewards from ``t`` on) already divided by its domain's return scale
+  (the agent divides; L2M: 200 for Meta-World, 100 for DMC), embedded with a Linear.
 * ``s_t``: the state zero-padded to ``state_dim`` (39, Meta-World's width; DMC states are padded), a Linear.
 * ``a_tk``: action dimension ``k`` discretised into ``n_bins`` uniform bins over [-1, 1] (``discretize``), an
   ``nn.Embedding(n_bins + 1, d)``; action dimensions beyond the env's ``action_dim`` use the PAD id ``n_bins``.
 
 Each token also gets a learned timestep embedding (``t`` is the env step index inside the episode, 0-based,
-clamped to ``max_timestep - 1``) and a token-type embedding (``2 + A`` types: rtg, state, a_1..a_A). Pre-LayerNorm
-causal blocks over the flattened sequence; the attention Linears are named ``q_proj``/``k_proj``/``v_proj``/
-``out_proj`` and the feed-forward ones ``fc1``/``fc2``, so ``plasticrl.modulation.ModulationPool.attach(model)``
-wraps the query/value projections and feed-forward layers of every block. The head ``Linear(d, n_bins)`` predicts
-``a_tk``'s bin from the output at the token before it: ``s_t`` predicts ``a_t1``, ``a_t1`` predicts ``a_t2``, ...
+clamped to ``max_timestep - 1``) and a token-type embedding (``2 + A`` types: rtg, state, a_1..a_A), then the
+embedding LayerNorm ``embed_ln`` (as Hugging Face's Decision Transformer, which L2M builds on, normalises its stacked
+inputs). Pre-LayerNorm causal blocks over the flattened sequence; the attention Linears are named
+``q_proj``/``k_proj``/``v_proj``/``out_proj`` and the feed-forward ones ``fc1``/``fc2``, the names
+``plasticrl.modulation``'s placements look for. The head ``Linear(d, n_bins)`` predicts ``a_tk``'s bin from the
+output at the token before it: ``s_t`` predicts ``a_t1``, ``a_t1`` predicts ``a_t2``, ...
+
+The pool's query (``query_embedding``) is L2M's: the mean over the context of the state tokens as the first block
+sees them, ``embed_ln(embed_state(s_t) + embed_timestep(t) + type_s)`` (ml-jku/L2M
+``src/algos/models/online_decision_transformer_model.py``: ``compute_learnable_prompt_inputs`` hands the stacked,
+``embed_ln``-ed inputs to the prompt, which takes the state tokens and their mean, ``src/algos/prompt/base_prompt.py``
+``aggregate_embeds`` with ``agg_token: s``, ``embed_key: mean``). L2M's tokens have no type embedding; here the state
+type's is a constant added to every state token.
 """
 
 from __future__ import annotations
@@ -34,10 +42,8 @@ __all__ = ["DTConfig", "DecisionTransformer", "bin_centers", "discretize"]
 
 @dataclass
 class DTConfig:
-    """Decision-Transformer sizes. ``return_scale``: return-to-go (reward units) is divided by it before embedding.
-
-    ``context`` counts timesteps (each ``2 + max_action_dim`` tokens); ``max_timestep`` is the size of the
-    timestep embedding (env steps; later steps share the last entry)."""
+    """Decision-Transformer sizes. ``context`` counts timesteps (each ``2 + max_action_dim`` tokens);
+    ``max_timestep`` is the size of the timestep embedding (env steps; later steps share the last entry)."""
 
     state_dim: int = 39
     max_action_dim: int = 6
@@ -48,15 +54,12 @@ class DTConfig:
     n_heads: int = 4
     dropout: float = 0.1
     max_timestep: int = 1000
-    return_scale: float = 1000.0
 
     def __post_init__(self) -> None:
         if self.d_model % self.n_heads:
             raise ValueError(f"d_model ({self.d_model}) must be divisible by n_heads ({self.n_heads})")
         if min(self.state_dim, self.max_action_dim, self.n_bins, self.context, self.max_timestep) < 1:
             raise ValueError(f"sizes must be >= 1: {self}")
-        if not self.return_scale > 0:
-            raise ValueError(f"return_scale must be > 0, got {self.return_scale}")
 
 
 def discretize(a: Tensor | np.ndarray, n_bins: int = 64) -> Tensor:
@@ -129,7 +132,8 @@ class DecisionTransformer(nn.Module):
     """Multi-domain DT with per-dimension discrete action tokens; see the module docstring for the layout.
 
     Shapes: ``states`` (B, T, S) with S <= state_dim (zero-padded here), ``actions`` (B, T, A') in [-1, 1] with
-    A' <= max_action_dim, ``rtg`` (B, T) or (B, T, 1) in reward units, ``timesteps`` (B, T) long env-step indices,
+    A' <= max_action_dim, ``rtg`` (B, T) or (B, T, 1) scaled returns-to-go, ``timesteps`` (B, T) long env-step
+    indices,
     ``action_mask`` (B, T, A) or (A,) bool, True for the env's real action dims (default: the first A' dims).
     T <= context.
     """
@@ -145,6 +149,7 @@ class DecisionTransformer(nn.Module):
         self.embed_action = nn.Embedding(config.n_bins + 1, d)  # id n_bins = PAD
         self.embed_timestep = nn.Embedding(config.max_timestep, d)
         self.embed_type = nn.Embedding(self.tokens_per_step, d)
+        self.embed_ln = nn.LayerNorm(d)
         self.drop = nn.Dropout(config.dropout)
         self.blocks = nn.ModuleList(Block(d, config.n_heads, config.dropout) for _ in range(config.n_layers))
         self.ln_f = nn.LayerNorm(d)
@@ -193,18 +198,19 @@ class DecisionTransformer(nn.Module):
         return t.clamp(0, self.config.max_timestep - 1)
 
     def embed(self, states: Tensor, action_tokens: Tensor, rtg: Tensor, timesteps: Tensor) -> Tensor:
-        """Token embeddings (B, T * (2 + A), d) before the first block, in the module docstring's order."""
+        """Token embeddings (B, T * (2 + A), d) before the first block (after ``embed_ln``, before dropout), in the
+        module docstring's order."""
         b, t = action_tokens.shape[:2]
         if t > self.config.context:
             raise ValueError(f"{t} timesteps exceed the context of {self.config.context}")
         rtg = torch.as_tensor(rtg, dtype=torch.float32, device=self._device()).reshape(b, t, 1)
         tokens = torch.cat([
-            self.embed_rtg(rtg / self.config.return_scale).unsqueeze(2),
+            self.embed_rtg(rtg).unsqueeze(2),
             self.embed_state(self.pad_states(states)).unsqueeze(2),
             self.embed_action(action_tokens),
         ], dim=2)  # (B, T, 2 + A, d)
         tokens = tokens + self.embed_timestep(self._timesteps(timesteps)).unsqueeze(2) + self.embed_type.weight
-        return tokens.reshape(b, t * self.tokens_per_step, -1)
+        return self.embed_ln(tokens).reshape(b, t * self.tokens_per_step, -1)
 
     # ---- model ----------------------------------------------------------------------
     def forward_tokens(self, states: Tensor, action_tokens: Tensor, rtg: Tensor, timesteps: Tensor) -> Tensor:
@@ -235,12 +241,12 @@ class DecisionTransformer(nn.Module):
         mask = mask.reshape(-1).float()
         return (ce * mask).sum() / mask.sum().clamp(min=1.0)
 
-    def query_embedding(self, states: Tensor, timesteps: Tensor | None = None) -> Tensor:
-        """L2M key-query input (B, d): mean over the context of the embedded states ``embed_state(s_t)``.
-
-        Taken before the timestep/type embeddings and the first block, so it depends on the states only;
-        ``timesteps`` is accepted for API symmetry and unused."""
-        return self.embed_state(self.pad_states(states)).mean(dim=1)
+    def query_embedding(self, states: Tensor, timesteps: Tensor) -> Tensor:
+        """L2M's key query (B, d) for states (B, T, S) at env steps ``timesteps`` (B, T): the mean over the T state
+        tokens as the first block sees them, ``embed_ln(embed_state(s_t) + embed_timestep(t) + type_s)`` (see the
+        module docstring for L2M's code)."""
+        tokens = self.embed_state(self.pad_states(states)) + self.embed_timestep(self._timesteps(timesteps))
+        return self.embed_ln(tokens + self.embed_type.weight[1]).mean(dim=1)
 
     @torch.no_grad()
     def act_batch(self, states: Tensor | np.ndarray, actions: Tensor | np.ndarray, rtg: Tensor | np.ndarray,
@@ -248,8 +254,8 @@ class DecisionTransformer(nn.Module):
                   temperature: float | None = None, generator: torch.Generator | None = None) -> Tensor:
         """Actions (N, max(action_dims)) in [-1, 1] for the last timestep of N contexts of equal length T.
 
-        ``states`` (N, T, S), ``rtg`` (N, T) in reward units and ``timesteps`` (N, T) include the current timestep;
-        ``actions`` (N, T - 1, A') holds the earlier actions (a T-th row is ignored), A' >= max(action_dims).
+        ``states`` (N, T, S), ``rtg`` (N, T) scaled returns-to-go and ``timesteps`` (N, T) include the current
+        timestep; ``actions`` (N, T - 1, A') holds the earlier actions (a T-th row is ignored), A' >= max(action_dims).
         ``action_dims``: the env's action width per row (an int for all rows). Dimensions are decoded one at a time
         (argmax bin, or sampled from softmax(logits / temperature)), each fed back as the next token; a row's
         dimensions beyond its width stay PAD and are returned as 0. Returns bin centres (float32, model device)."""

@@ -21,16 +21,28 @@ from plasticrl.lab.config.base import (
     validate_model,
 )
 
+# Reset seeds: data collection uses data seed + i (episode i), evaluation EVAL_SEED_BASE + EVAL_SEEDS_PER_RUN *
+# run.seed + e (episode e), so evaluation starts are never those of the data (validated below)
+EVAL_SEED_BASE = 1_000_000_000
+EVAL_SEEDS_PER_RUN = 1_000
+MAX_RUN_SEED = 1_000_000  # keeps every evaluation seed below 2**32 (dm_control's RandomState)
+
 
 class RunConfig(BaseRunConfig):
     name: str = Field("continual", min_length=1, description="experiment name; runs go to <out_dir>/<name>/")
-    seed: int = Field(0, ge=0, description="seed of networks, sampling, Meta-World goals and data collection")
+    seed: int = Field(0, ge=0, le=MAX_RUN_SEED,
+                      description="seed of networks, sampling, the evaluation episodes' Meta-World starts (reset "
+                                  "seeds 1e9 + 1000 * seed + e) and, unless data.seed is set, data collection")
 
 
 class DataConfig(Section):
     out_dir: str = Field("data", description="Minari datasets folder (MINARI_DATASETS_PATH)")
     episodes_per_task: int = Field(100, ge=1, description="scripted episodes collected per Meta-World task")
     noise_std: float = Field(0.1, ge=0, description="scripted policies' Gaussian action noise (action units)")
+    seed: int | None = Field(
+        None, ge=0, description="seed of scripted collection: episode i resets with seed + i (new object and goal "
+                                "positions, random_init_all) and the action noise is seeded with it; null: run.seed. "
+                                "The dataset id records it with the task, noise, episodes and protocol")
     dataset_ids: dict[str, str] = Field(
         default_factory=dict,
         description="env id -> existing Minari dataset id under out_dir (needed for dmc tasks, e.g. from "
@@ -77,7 +89,13 @@ class SequenceConfig(Section):
         "all", description="tasks of the evaluations every eval_every steps: all tasks of the sequence (Continual "
                            "World's per-task curves) or only the task in training (enough for forward transfer; "
                            "cheaper); every task's end evaluates all tasks either way")
-    eval_episodes: int = Field(10, ge=1, description="episodes per task and evaluation")
+    eval_episodes: int = Field(
+        5, ge=1, le=EVAL_SEEDS_PER_RUN,
+        description="episodes per task and evaluation (L2M: 5, configs/eval_params/finetune_md_cl.yaml), each from "
+                    "its own held-out start (reset seed 1e9 + 1000 * run.seed + e), the same at every evaluation")
+    eval_deterministic: bool = Field(
+        True, description="decode each action dimension's bin by argmax (true, as L2M's multi-domain discrete DT "
+                          "does) or sample it from the softmax of its logits (false)")
     probe_batch_size: int = Field(
         256, ge=0, description="context windows of the fixed batch per task (from its data) that the plasticity "
                                "monitor probes at every evaluation (0: no probes)")
@@ -99,6 +117,11 @@ class PoolConfig(Section):
     pool_size: int = Field(30, ge=1, description="entries in the modulation pool (one key and one modulator set each)")
     rank: int = Field(8, ge=1, description="LoRA rank")
     kind: Literal["lora", "ia3"] = Field("lora", description="modulator of an entry: LoRA or (IA)^3")
+    placement: Literal["l2m", "standard"] = Field(
+        "l2m", description="where the modulators act. l2m (L2M's code): LoRA on q and v (their input) and on the "
+                           "first feed-forward layer's output, A drawn by one kaiming-uniform over the whole pool; "
+                           "(IA)^3 on k, v and the post-GELU activation. standard (LoRA only): LoRA of Hu et al. on "
+                           "the q, v, fc1 and fc2 inputs, A drawn per layer as nn.Linear does (an ablation)")
     top_k: int = Field(1, ge=1, description="entries each sample selects (must be <= pool_size)")
     pull_coef: float = Field(0.5, ge=0, description="weight of the key loss, 1 - cos(query, selected key)")
     count_penalty: bool = Field(True, description="usage penalty on entries picked by earlier tasks")
@@ -126,6 +149,13 @@ def validate(data: dict[str, Any], source: str = "config") -> ContinualConfig:
         problems.append(f"model.d_model: {cfg.model.d_model} must be divisible by model.n_heads={cfg.model.n_heads}")
     if cfg.pool.top_k > cfg.pool.pool_size:
         problems.append(f"pool.top_k: {cfg.pool.top_k} must be <= pool.pool_size={cfg.pool.pool_size}")
+    if cfg.pool.kind == "ia3" and cfg.pool.placement == "standard":
+        problems.append("pool.placement: standard is a LoRA placement; (IA)^3 has one (k, v and the post-GELU "
+                        "activation): set pool.placement=l2m")
+    data_seed = cfg.run.seed if cfg.data.seed is None else cfg.data.seed
+    if data_seed + cfg.data.episodes_per_task > EVAL_SEED_BASE:
+        problems.append(f"data.seed: {data_seed} + data.episodes_per_task {cfg.data.episodes_per_task} reaches the "
+                        f"evaluation seeds (from {EVAL_SEED_BASE:,}); use a smaller seed")
     check_problems(problems, source)
     return cfg
 

@@ -61,6 +61,10 @@ def load_pretrained(cfg: Any) -> dict[str, Any]:
     except Exception as exc:  # noqa: BLE001 - any unreadable file gets the same advice
         raise ConfigError(f"pretrain.checkpoint: {str(path)!r} is not an L2MAgent checkpoint ({exc})") from None
     wanted = asdict(dt_config(cfg))
+    if set(saved) != set(wanted):
+        raise ConfigError(f"pretrain.checkpoint: {str(path)!r} is a checkpoint of another Decision Transformer "
+                          f"(config keys {sorted(saved)}, now {sorted(wanted)}); pre-train again with "
+                          "pretrain.checkpoint=null")
     diff = [f"{k}={saved.get(k)!r} (config: {v!r})" for k, v in wanted.items() if saved.get(k) != v]
     if diff:
         raise ConfigError(f"pretrain.checkpoint: {str(path)!r} was built with other DT sizes: {', '.join(diff)}; "

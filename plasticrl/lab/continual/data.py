@@ -1,5 +1,6 @@
-"""The continual runner's data: Minari datasets per task (scripted Meta-World data collected when missing), their
-episodes, and the DMC references of the data-normalised score (a random policy's return, the data's return)."""
+"""The continual runner's data: Minari datasets per task (scripted Meta-World data collected when missing, checked
+against their recorded provenance when reused), their episodes, and the DMC references of the data-normalised score
+(a random policy's return, the data's return)."""
 
 from __future__ import annotations
 
@@ -14,27 +15,55 @@ import minari
 import numpy as np
 
 from plasticrl import envs
-from plasticrl.lab.collect import collect_scripted, datasets_path, scripted_dataset_id
+from plasticrl.lab.collect import (
+    collect_scripted,
+    datasets_path,
+    provenance_differences,
+    read_provenance,
+    scripted_dataset_id,
+    scripted_provenance,
+)
 from plasticrl.lab.config.base import ConfigError
 from plasticrl.lab.continual.evaluation import MAX_EPISODE_STEPS, env_options, score_kinds
 
 Episode = dict[str, np.ndarray]  # observations (L or L + 1, S), actions (L, A), rewards (L,)
 
 
+def data_seed(cfg: Any) -> int:
+    """The seed of scripted collection: ``data.seed``, else ``run.seed``."""
+    return cfg.run.seed if cfg.data.seed is None else cfg.data.seed
+
+
 def ensure_datasets(cfg: Any, tasks: list[str]) -> dict[str, str]:
     """Dataset id per task: ``data.dataset_ids`` entries, else scripted Meta-World data, collected if missing (in
-    parallel processes, ``min(missing, os.cpu_count())`` of them, when several are missing)."""
+    parallel processes, ``min(missing, os.cpu_count())`` of them, when several are missing).
+
+    A scripted dataset's id names everything that made it (task, noise, episodes, seed, randomization), so another
+    setting collects another dataset; an existing one is used only if its recorded provenance matches, else
+    ConfigError naming the differing fields (e.g. a dataset written by hand under that id). A ``data.dataset_ids``
+    entry that records its provenance must have been collected on its task."""
     out, ids, missing = Path(cfg.data.out_dir), {}, []
+    episodes, noise, seed = cfg.data.episodes_per_task, cfg.data.noise_std, data_seed(cfg)
     for env_id in dict.fromkeys(tasks):
         if env_id in cfg.data.dataset_ids:
             ids[env_id] = cfg.data.dataset_ids[env_id]
             if not (out / ids[env_id]).exists():
                 raise ConfigError(f"data.dataset_ids: {ids[env_id]!r} ({env_id}) not found under {out}")
+            recorded = read_provenance(out, ids[env_id])
+            if recorded is not None and recorded.get("env_id") != env_id:
+                raise ConfigError(f"data.dataset_ids: {ids[env_id]!r} was collected on {recorded.get('env_id')}, "
+                                  f"not on {env_id}; give a dataset of {env_id}")
             continue
-        ids[env_id] = scripted_dataset_id(env_id, cfg.data.noise_std)
+        ids[env_id] = scripted_dataset_id(env_id, noise, episodes, seed)
         if not (out / ids[env_id]).exists():
             missing.append(env_id)
-    args = [(env_id, cfg.data.episodes_per_task, cfg.data.noise_std, cfg.run.seed, out) for env_id in missing]
+            continue
+        differ = provenance_differences(read_provenance(out, ids[env_id]),
+                                        scripted_provenance(env_id, noise, episodes, seed))
+        if differ:
+            raise ConfigError(f"data: {ids[env_id]!r} under {out} does not hold what its id says ({'; '.join(differ)});"
+                              f" remove {out / ids[env_id]} to collect it anew")
+    args = [(env_id, episodes, noise, seed, out) for env_id in missing]
     workers = min(len(missing), os.cpu_count() or 1)
     if workers > 1:
         print(f"collecting {len(missing)} scripted datasets with {workers} processes into {out}", flush=True)

@@ -7,13 +7,33 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+import torch
 
 from plasticrl import envs
 from plasticrl.continual_metrics import data_normalized_score
+from plasticrl.lab.config.continual import EVAL_SEED_BASE, EVAL_SEEDS_PER_RUN
 
 MAX_EPISODE_STEPS = 10_000  # a hard cap on any episode the runner plays (an env without a time limit ends here)
+# Returns-to-go are divided by these before the DT sees them: L2M's per-domain reward scales
+# (ml-jku/L2M configs/env_params/multi_domain_ft.yaml, reward_scale: mt50 200, dmcontrol 100)
+RETURN_SCALES = {"metaworld": 200.0, "dmc": 100.0}
 
-Select = Callable[[Any, np.ndarray], Any]  # (context states (n, T, state_dim), task index per row) -> context manager
+Select = Callable[[Any, Any, np.ndarray], Any]  # (context states (n, T, state_dim), timesteps (n, T), task index
+# per row) -> context manager
+
+
+def return_scale(env_id: str) -> float:
+    """The return-to-go scale of ``env_id``'s domain (``RETURN_SCALES``, by the id's prefix)."""
+    return RETURN_SCALES[env_id.partition(":")[0]]
+
+
+def eval_seeds(run_seed: int, episodes: int) -> list[int]:
+    """Reset seeds of the ``episodes`` evaluation episodes of a run: ``EVAL_SEED_BASE + EVAL_SEEDS_PER_RUN *
+    run_seed + e``. Data collection resets with seeds below ``EVAL_SEED_BASE`` (the config checks it), so every
+    evaluation episode starts from a Meta-World state (object and goal positions) that no training episode had."""
+    if episodes > EVAL_SEEDS_PER_RUN:
+        raise ValueError(f"at most {EVAL_SEEDS_PER_RUN} evaluation episodes, got {episodes}")
+    return [EVAL_SEED_BASE + EVAL_SEEDS_PER_RUN * run_seed + e for e in range(episodes)]
 
 
 def env_options(env_id: str, seed: int, max_episode_steps: int) -> dict[str, Any]:
@@ -39,44 +59,68 @@ def task_scores(tasks: list[int], successes: np.ndarray, returns: np.ndarray,
 
 class Evaluator:
     """Lockstep evaluation of an ``L2MAgent`` on tasks x episodes: one env per (task, episode e), built on first use
-    with ``seed`` and reset with ``seed + e``, kept for later evaluations; all running envs are stepped together,
+    and reset with ``seeds[e]`` at every evaluation (the same held-out starts each time; Meta-World draws its object
+    and goal positions from the reset seed), kept for later evaluations; all running envs are stepped together,
     one batched ``predict_batch`` per env step, each until its episode ends (Meta-World: truncated after
     ``max_episode_steps``; DMC: the suite's 1,000 frames; at most ``MAX_EPISODE_STEPS``). Success:
-    ``info["success"] >= 1`` at any step (dmc has none: 0)."""
+    ``info["success"] >= 1`` at any step (dmc has none: 0).
 
-    def __init__(self, tasks: list[str], episodes: int, seed: int, max_episode_steps: int) -> None:
-        self.tasks, self.episodes, self.seed, self.max_episode_steps = tasks, episodes, seed, max_episode_steps
+    ``deterministic``: argmax decoding of the action bins; else sampled from their softmax with the evaluator's own
+    generator (seeded with ``sample_seed`` at the first evaluation, then continued). Returns-to-go are scaled per
+    domain (``return_scale``)."""
+
+    def __init__(self, tasks: list[str], seeds: list[int], max_episode_steps: int, deterministic: bool = True,
+                 sample_seed: int = 0) -> None:
+        if not seeds:
+            raise ValueError("need at least one evaluation episode (one reset seed)")
+        self.tasks, self.seeds, self.max_episode_steps = tasks, list(seeds), max_episode_steps
+        self.deterministic, self.sample_seed = deterministic, sample_seed
         self._envs: dict[int, list[Any]] = {}
+        self._generator: torch.Generator | None = None
+
+    @property
+    def episodes(self) -> int:
+        return len(self.seeds)
 
     def envs_of(self, task: int) -> list[Any]:
         """The ``episodes`` envs of task index ``task``."""
         if task not in self._envs:
             env_id = self.tasks[task]
-            self._envs[task] = [envs.make(env_id, **env_options(env_id, self.seed, self.max_episode_steps))
-                                for _ in range(self.episodes)]
+            self._envs[task] = [envs.make(env_id, **env_options(env_id, seed, self.max_episode_steps))
+                                for seed in self.seeds]
         return self._envs[task]
+
+    def _sampler(self, device: torch.device) -> torch.Generator | None:
+        if self.deterministic:
+            return None
+        if self._generator is None:
+            self._generator = torch.Generator(device=device).manual_seed(self.sample_seed)
+        return self._generator
 
     def run(self, agent: Any, tasks: list[int], targets: list[float],
             select: Select | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(success rate, mean return), each (len(tasks),), of ``agent`` on the task indices ``tasks``; ``targets``
-        the target return per task (reward units). ``select(states, task_indices)`` -> context manager (see
-        ``L2MAgent.predict_batch``), called with the sequence index of each row's task."""
+        the target return per task (reward units). ``select(states, timesteps, task_indices)`` -> context manager
+        (see ``L2MAgent.predict_batch``), called with the sequence index of each row's task."""
         rows = [(k, e, env) for k, j in enumerate(tasks) for e, env in enumerate(self.envs_of(j))]
         n, width = len(rows), agent.config.state_dim
         task_of_row = np.array([tasks[k] for k, _, _ in rows])
         dims = [int(np.prod(env.action_space.shape)) for _, _, env in rows]
-        batch = agent.new_episodes([targets[k] for k, _, _ in rows], dims)
+        scales = [return_scale(self.tasks[tasks[k]]) for k, _, _ in rows]
+        batch = agent.new_episodes([targets[k] for k, _, _ in rows], dims, scales)
+        generator = self._sampler(agent.device)
         obs = np.zeros((n, width), np.float32)
         for r, (_, e, env) in enumerate(rows):
-            o = np.asarray(env.reset(seed=self.seed + e)[0], np.float32).reshape(-1)
+            o = np.asarray(env.reset(seed=self.seeds[e])[0], np.float32).reshape(-1)
             obs[r, : o.size] = o
         rewards, returns, success = np.zeros(n), np.zeros(n), np.zeros(n, bool)
         active = np.arange(n)
-        wrapped = None if select is None else (lambda states, r: select(states, task_of_row[r]))
+        wrapped = None if select is None else (lambda states, steps, r: select(states, steps, task_of_row[r]))
         for _ in range(MAX_EPISODE_STEPS):
             if active.size == 0:
                 break
-            actions = agent.predict_batch(batch, obs[active], rewards[active], rows=active, select=wrapped)
+            actions = agent.predict_batch(batch, obs[active], rewards[active], rows=active, select=wrapped,
+                                          deterministic=self.deterministic, generator=generator)
             still = []
             for a, r in zip(actions, active):
                 o, reward, terminated, truncated, info = rows[r][2].step(a[: dims[r]])

@@ -19,7 +19,7 @@ from plasticrl.lab.config.base import ConfigError
 from plasticrl.modulation import ModulationPool
 
 Batch = tuple[Tensor, ...]  # ``L2MAgent.sample_batch``'s (states, actions, rtg, timesteps, action_mask)
-Select = Callable[[Tensor, np.ndarray], Any]  # (context states, task index per row) -> context manager
+Select = Callable[[Tensor, Tensor, np.ndarray], Any]  # (context states, timesteps, task index per row) -> context
 
 REGISTRY: dict[str, type[Method]] = {}
 
@@ -38,7 +38,9 @@ def make_method(name: str, agent: L2MAgent, cfg: Any, n_tasks: int) -> Method:
 class Method:
     """Fine-tuning interface of one method on a pre-trained ``L2MAgent``; the base trains every DT parameter.
 
-    ``isolated_tasks``: each task is learned alone (not a sequence) and only it is evaluated."""
+    ``isolated_tasks``: each task is learned alone (not a sequence), with an optimizer of its own, and only it is
+    evaluated. The sequence methods keep one optimizer for the whole sequence, as L2M does
+    (``reset_optim_on_switch=False``, ml-jku/L2M ``src/algos/decision_transformer_sb3.py``)."""
 
     name: ClassVar[str]
     isolated_tasks: ClassVar[bool] = False
@@ -55,12 +57,12 @@ class Method:
         return {"dt": self.model}
 
     def trainable(self) -> list[nn.Parameter]:
-        """The parameters a task's optimizer trains."""
+        """The parameters the optimizer trains."""
         return [p for p in self.model.parameters() if p.requires_grad]
 
     @property
     def weight_decay(self) -> float:
-        """AdamW's weight decay of a task's optimizer."""
+        """AdamW's weight decay of the optimizer."""
         return self.agent.weight_decay
 
     def stat_names(self) -> list[str]:
@@ -106,9 +108,11 @@ class Method:
 
 @register
 class L2M(Method):
-    """L2M: a ``ModulationPool`` on the frozen DT. Per batch, query ``model.query_embedding(states)``, entries by
-    ``pool.select``; loss = DT loss under ``pool.selected(idx)`` + ``pool.key_loss``; ``pool.end_task()`` after
-    each task. At evaluation the selection is task-agnostic (``pool.eval()``)."""
+    """L2M: a ``ModulationPool`` on the frozen DT. Per batch, query ``model.query_embedding(states, timesteps)``
+    (L2M's: the mean of the LayerNorm-ed state tokens), entries by ``pool.select``; loss = DT loss under
+    ``pool.selected(idx)`` + ``pool.key_loss``; ``pool.end_task()`` after each task. At evaluation the selection is
+    task-agnostic (``pool.eval()``). The pool trains without weight decay (L2M puts raw parameters in AdamW's
+    no-decay group, ``src/algos/models/online_decision_transformer_model.py`` ``get_optim_groups``)."""
 
     name = "l2m"
     oracle: ClassVar[bool] = False  # select the entries by task index instead of by key similarity
@@ -122,7 +126,8 @@ class L2M(Method):
         """The pool of the ``pool`` section, keys of the DT's width."""
         p = cfg.pool
         return ModulationPool(pool_size=p.pool_size, key_dim=cfg.model.d_model, rank=p.rank, kind=p.kind,
-                              top_k=p.top_k, pull_coef=p.pull_coef, count_penalty=p.count_penalty)
+                              top_k=p.top_k, pull_coef=p.pull_coef, count_penalty=p.count_penalty,
+                              placement=p.placement)
 
     def modules(self) -> dict[str, nn.Module]:
         return {"dt": self.model, "pool": self.pool}
@@ -135,7 +140,7 @@ class L2M(Method):
         return 0.0
 
     def loss(self, batch: Batch, task: int) -> tuple[Tensor, ...]:
-        query = self.model.query_embedding(batch[0])
+        query = self.model.query_embedding(batch[0], batch[3])
         idx = self.pool.select(query, task, oracle=self.oracle)
         with self.pool.selected(idx):
             dt_loss = self.model.loss(*batch)
@@ -151,13 +156,14 @@ class L2M(Method):
         self.model.eval()
 
     def forward(self, batch: Batch, task: int) -> Tensor:
-        idx = self.pool.select(self.model.query_embedding(batch[0]), task, oracle=self.oracle, evaluate=True)
+        idx = self.pool.select(self.model.query_embedding(batch[0], batch[3]), task, oracle=self.oracle,
+                               evaluate=True)
         with self.pool.selected(idx):
             return self.model(*batch)
 
     def select(self) -> Select:
-        def acting(states: Tensor, task_indices: np.ndarray) -> Any:
-            query = self.model.query_embedding(states)
+        def acting(states: Tensor, timesteps: Tensor, task_indices: np.ndarray) -> Any:
+            query = self.model.query_embedding(states, timesteps)
             idx = self.pool.select(query, torch.as_tensor(task_indices), oracle=self.oracle, evaluate=True)
             return self.pool.selected(idx)
 
@@ -193,7 +199,7 @@ class LoRA(L2M):
     def make_pool(self, cfg: Any) -> ModulationPool:
         p = cfg.pool
         return ModulationPool(pool_size=1, key_dim=cfg.model.d_model, rank=p.rank, kind=p.kind, top_k=1,
-                              pull_coef=p.pull_coef, count_penalty=False)
+                              pull_coef=p.pull_coef, count_penalty=False, placement=p.placement)
 
 
 @register

@@ -23,7 +23,7 @@ from plasticrl.continual_metrics import (
 from plasticrl.lab.config.base import dump, wandb_settings
 from plasticrl.lab.continual.checks import check_inputs, dt_config
 from plasticrl.lab.continual.data import best_return, dmc_references, ensure_datasets, load_episodes
-from plasticrl.lab.continual.evaluation import Evaluator, score_kinds, task_scores
+from plasticrl.lab.continual.evaluation import Evaluator, eval_seeds, return_scale, score_kinds, task_scores
 from plasticrl.lab.continual.methods import Batch, Method, make_method
 from plasticrl.lab.plots import plot_success_matrix
 from plasticrl.lab.runtime import resolve_device
@@ -95,7 +95,9 @@ class ContinualRun:
         wandb = wandb_settings(cfg.logging.wandb, cfg.run.name, cfg.run.seed, ["continual", method_name])
         self.logger = RunLogger(self.run_dir, cfg.model_dump(mode="json"), wandb)
         print(f"run folder: {self.run_dir}  (device {self.device}, method {method_name})", flush=True)
-        self.evaluator = Evaluator(self.tasks, self.seq.eval_episodes, cfg.run.seed, self.seq.max_episode_steps)
+        self.evaluator = Evaluator(self.tasks, eval_seeds(cfg.run.seed, self.seq.eval_episodes),
+                                   self.seq.max_episode_steps, deterministic=self.seq.eval_deterministic,
+                                   sample_seed=cfg.run.seed)
         try:
             self.episodes = {t: load_episodes(cfg.data.out_dir, self.dataset_ids[t])
                              for t in dict.fromkeys(self.inputs.pretrain_tasks + self.tasks)}
@@ -137,9 +139,11 @@ class ContinualRun:
         return agent
 
     def pretrain(self, agent: L2MAgent, started: float) -> None:
-        """``pretrain.steps`` steps of ``agent.learn`` on the episodes of every pre-training task."""
+        """``pretrain.steps`` steps of ``agent.learn`` on the episodes of every pre-training task (returns-to-go
+        scaled per domain)."""
         tasks, total = self.inputs.pretrain_tasks, self.cfg.pretrain.steps
-        data = agent.prepare_episodes([ep for t in tasks for ep in self.episodes[t]])
+        data = agent.prepare_episodes([ep for t in tasks for ep in self.episodes[t]],
+                                      [return_scale(t) for t in tasks for _ in self.episodes[t]])
         progress = PretrainProgress(self.logger, total, started)
         agent.learn(data, total, callback=progress, callback_steps=progress.due)
         self.step = total
@@ -149,11 +153,16 @@ class ContinualRun:
 
     # ---- the sequence ------------------------------------------------------------------
     def train_sequence(self) -> None:
-        """Every task in turn (``train_task``), with its wall time logged and printed."""
+        """Every task in turn (``train_task``), with its wall time logged and printed. One optimizer serves the whole
+        sequence (L2M's ``reset_optim_on_switch=False``); a method with ``isolated_tasks`` gets a fresh one per
+        task."""
         seq_started = time.time()
+        self.optimizer = self.make_optimizer()
         for i, env_id in enumerate(self.tasks):
             began, eval_before = time.time(), self.eval_wall
             self.method.start_task(i)
+            if self.method.isolated_tasks and i > 0:
+                self.optimizer = self.make_optimizer()
             self.curves.append(self.train_task(i, [i] if self.method.isolated_tasks else list(range(self.n))))
             wall, evals = time.time() - began, self.eval_wall - eval_before
             self.logger.log({"task/wall_s": wall, "task/train_wall_s": wall - evals, "task/eval_wall_s": evals,
@@ -164,19 +173,23 @@ class ContinualRun:
                   flush=True)
         self.sequence_wall = time.time() - seq_started
 
+    def make_optimizer(self) -> torch.optim.Optimizer:
+        """AdamW over the method's trainable parameters (``sequence.learning_rate``, the method's weight decay)."""
+        return self.agent.make_optimizer(self.method.trainable(), self.seq.learning_rate, self.method.weight_decay)
+
     def train_task(self, i: int, eval_tasks: list[int]) -> list[float]:
-        """``steps_per_task`` steps on task ``i`` (fresh optimizer); returns task i's curve at the eval points
+        """``steps_per_task`` steps on task ``i`` with ``self.optimizer``; returns task i's curve at the eval points
         and fills ``perf[i]`` with the last evaluation (sequence methods)."""
         agent, method, seq = self.agent, self.method, self.seq
-        data = agent.prepare_episodes(self.episodes[self.tasks[i]])
+        env_id = self.tasks[i]
+        data = agent.prepare_episodes(self.episodes[env_id], return_scale(env_id))
         if seq.probe_batch_size:  # fixed for the task, drawn apart from the training batches
             g = torch.Generator(device=agent.device).manual_seed(self.cfg.run.seed * 1_000 + i)
             self.probe_batches[i] = agent.sample_batch(data, seq.probe_batch_size, generator=g)
         params = method.trainable()
-        optimizer = agent.make_optimizer(params, seq.learning_rate, method.weight_decay)
         names = method.stat_names()
-        # on CUDA one graph per task (its optimizer, task index and EWC terms are baked in)
-        update = agent.make_update(lambda batch: method.loss(batch, i), optimizer, params)
+        # on CUDA one graph per task (its task index and EWC terms are baked in), all stepping the one optimizer
+        update = agent.make_update(lambda batch: method.loss(batch, i), self.optimizer, params)
         curve = []
         for k in range(seq.steps_per_task):
             method.train()
