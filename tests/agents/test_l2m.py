@@ -428,3 +428,14 @@ def test_save_and_load_keep_the_pool_and_extras(tmp_path):
     idx = torch.tensor([[1], [2]])
     with pool.selected(idx), loaded.pool.selected(idx):
         assert torch.equal(agent.model(states, actions, rtg, timesteps), loaded.model(states, actions, rtg, timesteps))
+
+
+def test_checkpoints_of_another_dt_are_refused(tmp_path):
+    """A checkpoint whose DT config has other keys (e.g. one saved with a single return_scale and no embed_ln) is
+    refused with a message, not loaded into the wrong network."""
+    agent = L2MAgent(SMALL, device="cpu")
+    agent.save(tmp_path / "a.pt")
+    saved = torch.load(tmp_path / "a.pt", weights_only=False)
+    saved["config"]["return_scale"] = 1000.0
+    with pytest.raises(ValueError, match="another Decision Transformer.*pre-train again"):
+        L2MAgent.from_checkpoint(saved, device="cpu")

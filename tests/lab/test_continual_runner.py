@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from plasticrl import continual_metrics, envs
-from plasticrl.agents.l2m import L2MAgent
+from plasticrl.agents.l2m import DecisionTransformer, L2MAgent
 from plasticrl.lab import collect, continual
 from plasticrl.lab.config import continual as cc
 from plasticrl.lab.config.train import ConfigError
@@ -561,3 +561,41 @@ def test_one_optimizer_serves_the_whole_sequence(data_dir, pretrained, method, s
     steps = {int(state["step"]) for state in run.optimizer.state.values()}
     assert steps == {steps_per_optimizer}
     assert {id(p) for p in run.optimizer.param_groups[0]["params"]} == {id(p) for p in run.method.trainable()}
+
+
+def test_paper_config_has_l2ms_sizes_steps_and_evaluation(tmp_path):
+    """configs/continual/l2m_cw10_paper.yaml against ml-jku/L2M's configs: dt_mediumplus_64 (6 layers, 12 heads,
+    hidden 768, context 5; about 40M parameters), 1M pre-training steps on MT40 + DMC10 (2 x 256 per step), 100k
+    steps per CW10 task at batch 256, evaluation every 50k steps on 5 episodes, the l2m_lora pool (30 x rank 8)."""
+    cfg = cc.load("configs/continual/l2m_cw10_paper.yaml")
+    m, pre, seq, pool = cfg.model, cfg.pretrain, cfg.sequence, cfg.pool
+    assert (m.d_model, m.n_layers, m.n_heads, m.context, m.dropout) == (768, 6, 12, 5, 0.1)
+    assert (pre.steps, pre.batch_size, pre.learning_rate) == (1_000_000, 512, 1e-4)
+    assert continual.resolve_task_list(pre.tasks, "pretrain.tasks") == envs.sequence("mt40") + envs.sequence("dmc10")
+    assert continual.resolve_task_list(seq.tasks, "sequence.tasks") == envs.sequence("cw10")
+    assert (seq.method, seq.steps_per_task, seq.batch_size, seq.learning_rate) == ("l2m", 100_000, 256, 1e-4)
+    assert (seq.eval_every, seq.eval_scope, seq.eval_episodes, seq.eval_deterministic) == (50_000, "all", 5, True)
+    assert seq.max_episode_steps == 200
+    assert (pool.pool_size, pool.rank, pool.kind, pool.placement, pool.top_k, pool.pull_coef, pool.count_penalty) == \
+        (30, 8, "lora", "l2m", 1, 0.5, True)
+    assert cfg.data.episodes_per_task * 200 == 2_000_000  # L2M's cw10_v2_cwnet_2M: 2M transitions per task
+    assert set(cfg.data.dataset_ids) == set(envs.sequence("dmc10"))
+    with torch.device("meta"):  # sizes only, no memory
+        dt = DecisionTransformer(continual.dt_config(cfg))
+    assert 40e6 < sum(p.numel() for p in dt.parameters()) < 45e6
+    # without the DMC data the run stops before writing anything, naming every missing dataset and the fix
+    with pytest.raises(ConfigError, match="scripts/train_sac_state.sh"):
+        continual.check_continual(cc.load("configs/continual/l2m_cw10_paper.yaml", [f"data.out_dir={tmp_path}"]))
+
+
+def test_pool_placement_and_seed_limits_are_validated():
+    assert cc.load(SMOKE).pool.placement == "l2m"
+    assert cc.load(SMOKE, ["pool.placement=standard"]).pool.placement == "standard"
+    with pytest.raises(ConfigError, match="pool.placement: standard is a LoRA placement"):
+        cc.load(SMOKE, ["pool.kind=ia3", "pool.placement=standard"])
+    with pytest.raises(ConfigError, match="pool.placement"):
+        cc.load(SMOKE, ["pool.placement=peft"])
+    with pytest.raises(ConfigError, match="sequence.eval_episodes"):
+        cc.load(SMOKE, ["sequence.eval_episodes=1001"])  # evaluation seeds of one run: 1000
+    with pytest.raises(ConfigError, match="run.seed"):
+        cc.load(SMOKE, ["run.seed=1000001"])  # evaluation seeds must stay below 2**32
