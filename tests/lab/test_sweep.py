@@ -1,0 +1,298 @@
+"""`plasticrl sweep`: expansion (the product, names, validation), the local backend end to end with SIGTERM and
+resume, the Ray backend on a real local instance, and `plasticrl report` on the sweep's run folders."""
+
+import csv
+import itertools
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from plasticrl.lab import sweep as sweeps
+from plasticrl.lab.cli import main
+from plasticrl.lab.config import train as train_config
+from plasticrl.lab.config.base import ConfigError
+from plasticrl.runlog import read_jsonl
+
+ROOT = Path(__file__).resolve().parents[2]
+SMOKE_SWEEP = ROOT / "configs" / "sweeps" / "smoke.yaml"
+TABLE1 = ROOT / "configs" / "sweeps" / "adaptive_rr_table1.yaml"
+TRAIN = ROOT / "configs" / "train"
+# tiny runs: evaluations at agent steps 50, 100, 150, 200 (400 ... 1600 frames at the smoke config's action repeat 8)
+TINY = ["run.total_steps=200", "agent.learning_starts=50", "eval.every=50", "monitor.every=100"]
+
+
+def write_sweep(folder: Path, text: str) -> Path:
+    path = folder / "sweep.yaml"
+    path.write_text(text)
+    return path
+
+
+@pytest.fixture(autouse=True)
+def _at_root(monkeypatch):
+    monkeypatch.chdir(ROOT)  # sweep paths are relative to the current folder, as on the command line
+
+
+def test_expansion_is_arms_x_grid_x_seeds_with_deterministic_names(tmp_path):
+    path = write_sweep(tmp_path, f"""
+name: grid
+base: [configs/train/smoke_sac.yaml]
+grid:
+  env.id: [dmc:cartpole-swingup, dmc:walker-walk]
+  agent.batch_size: [16, 32]
+arms:
+  rr2: [configs/train/overlays/rr2.yaml]
+  three: [replay_ratio.ratio=3]
+seeds: 2
+overrides: [eval.episodes=2]
+out_dir: {tmp_path}/runs
+""")
+    runs = sweeps.expand(sweeps.load(path))
+    expected = [f"grid/{arm}/{env}{f',agent.batch_size={bs}'}/seed{seed}" for seed, env, bs, arm in
+                itertools.product([0, 1], ["cartpole-swingup", "walker-walk"], [16, 32], ["rr2", "three"])]
+    assert [r.name for r in runs] == expected  # seed-major: seed 0 of every arm and task first
+    for run in runs:
+        arm, task, seed = run.name.split("/")[1:]
+        cfg = run.cfg
+        assert run.folder == tmp_path / "runs" / run.name  # the same folder on every re-run
+        assert (run.arm, run.task, f"seed{run.seed}") == (arm, task, seed)
+        assert cfg.run.name == run.name and cfg.run.out_dir == str(tmp_path / "runs")
+        assert cfg.run.seed == int(seed[4:]) and cfg.eval.episodes == 2
+        assert f"dmc:{task.split(',')[0]}" == cfg.env.id and f"agent.batch_size={cfg.agent.batch_size}" in task
+        assert cfg.replay_ratio.ratio == (2.0 if arm == "rr2" else 3.0)
+        assert (cfg.logging.wandb.group, cfg.logging.wandb.name) == ("grid", f"{arm}/{task}/{seed}")
+        # the run's command line gives `plasticrl train` exactly this config
+        assert train_config.load(run.config, run.overrides, overlays=run.overlays) == cfg
+        assert run.command("py")[:5] == ["py", "-m", "plasticrl", "train", str(TRAIN / "smoke_sac.yaml")]
+
+
+def test_without_arms_and_seeds_one_arm_named_base_and_the_configs_seed(tmp_path):
+    path = write_sweep(tmp_path, "name: s\nbase: configs/train/smoke_sac.yaml\ngrid:\n  run.seed: [4, 7]\n")
+    runs = sweeps.expand(sweeps.load(path), ["run.total_steps=123"])
+    assert [r.name for r in runs] == ["s/base/cartpole-swingup/seed4", "s/base/cartpole-swingup/seed7"]
+    assert [r.cfg.run.total_steps for r in runs] == [123, 123]
+    path = write_sweep(tmp_path, "name: s\nbase: configs/train/smoke_sac.yaml\n")
+    assert [r.name for r in sweeps.expand(sweeps.load(path))] == ["s/base/cartpole-swingup/seed0"]
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("name: s\nbase: configs/train/smoke_sac.yaml\nsedes: 3\n", ["sedes: unknown key", "Did you mean 'seeds'"]),
+    ("name: s\nbase: configs/train/smoke_sac.yaml\ngrid:\n  env.id: dmc:walker-walk\n",
+     ["grid.env.id", "valid list"]),
+    ("name: s/x\nbase: configs/train/smoke_sac.yaml\n", ["name: 's/x' is not allowed"]),
+    ("name: s\nbase: configs/train/smoke_sac.yaml\narms:\n  a b: []\n", ["arms.a b"]),
+    ("name: s\nbase: configs/train/smoke_sac.yaml\nseeds: 2\ngrid:\n  run.seed: [1]\n", ["seeds: given twice"]),
+    ("name: s\nbase: configs/train/smoke_sac.yaml\ngrid:\n  run.name: [a]\n", ["grid.run.name: set by the sweep"]),
+    ("name: s\nbase: configs/train/smoke_sac.yaml\noverrides: [eval.every]\n", ["overrides.0: 'eval.every' is not"]),
+    ("name: s\nbase: []\n", ["base"]),
+])
+def test_bad_sweep_files_name_the_key(tmp_path, text, expected):
+    with pytest.raises(ConfigError) as info:
+        sweeps.load(write_sweep(tmp_path, text))
+    for part in expected:
+        assert part in str(info.value)
+
+
+def test_a_bad_run_fails_at_once_naming_the_run_and_key(tmp_path, capsys):
+    out = tmp_path / "runs"
+    path = write_sweep(tmp_path, """
+name: bad
+base: configs/train/smoke_sac.yaml
+grid:
+  env.id: [dmc:cartpole-swingup, dmc:walker-wlak]
+arms:
+  a: [agent.batch_sizee=8]
+  b: [configs/train/overlays/missing.yaml]
+  c: []
+seeds: [0, 3]
+""")
+    assert main(["sweep", str(path), "--out-dir", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "run bad/a/cartpole-swingup/seed0 (and 3 more): agent.batch_sizee: unknown key" in err
+    assert "arms.b.0: 'configs/train/overlays/missing.yaml' not found" in err
+    assert "run bad/c/walker-wlak/seed0 (and 1 more): env.id: Unknown env id 'dmc:walker-wlak'" in err
+    assert "bad/c/cartpole-swingup" not in err  # the valid runs are not named
+    assert not out.exists()  # nothing started, nothing written
+    assert main(["sweep", str(SMOKE_SWEEP), "--set", "run.out_dir=x", "--dry-run"]) == 2
+    assert "--set run.out_dir=x: set by the sweep itself (use --out-dir)" in capsys.readouterr().err
+    assert main(["sweep", str(SMOKE_SWEEP), "--only", "nothing/*", "--dry-run"]) == 2
+    assert "no run matches" in capsys.readouterr().err
+
+
+def test_table1_sweep_is_the_papers_grid():
+    """3 tasks x 3 arms x 5 seeds, 2M frames = 1M agent steps at action repeat 2, an evaluation every 10k frames over
+    10 episodes; each run is its task's drq config + the 2M-frame overlay + its arm's overlay."""
+    runs = sweeps.expand(sweeps.load(TABLE1))
+    assert len(runs) == 45
+    arms = {"rr0.5": ("static", 0.5), "rr2": ("static", 2.0), "adaptive_rr": ("adaptive", None)}
+    tasks = ["cheetah-run", "walker-run", "quadruped-run"]
+    assert {(r.arm, r.task, r.seed) for r in runs} == set(itertools.product(arms, tasks, range(5)))
+    for run in runs:
+        cfg = run.cfg
+        assert cfg.run.total_steps * cfg.env.action_repeat == 2_000_000 and cfg.env.action_repeat == 2
+        assert (cfg.eval.every * cfg.env.action_repeat, cfg.eval.episodes) == (10_000, 10)
+        kind, ratio = arms[run.arm]
+        assert cfg.replay_ratio.kind == kind and (ratio is None or cfg.replay_ratio.ratio == ratio)
+        own = train_config.load(TRAIN / f"drq_{run.task.replace('-', '_')}.yaml",
+                                [f"run.seed={run.seed}", "eval.every=5000", f"run.name={run.name}",
+                                 f"run.out_dir={cfg.run.out_dir}", "logging.wandb.group=adaptive_rr_table1",
+                                 f"logging.wandb.name={run.arm}/{run.task}/seed{run.seed}"],
+                                overlays=[TRAIN / "overlays" / "ma2024.yaml", TRAIN / "overlays" / f"{run.arm}.yaml"])
+        assert cfg == own
+
+
+def test_default_concurrency_and_ray_resources_follow_the_stated_rule():
+    cpu_cfg = train_config.load(TRAIN / "smoke_sac.yaml")  # run.device cpu
+    auto_cfg = train_config.load(TRAIN / "quickstart.yaml")  # run.device auto
+    cpu_runs = [sweeps.Run("a", "a", "t", 0, Path("x"), "c", [], [], cpu_cfg)]
+    auto_runs = [sweeps.Run("a", "a", "t", 0, Path("x"), "c", [], [], auto_cfg)]
+    none = sweeps.ResourcesConfig()
+    assert sweeps.default_concurrency(cpu_runs, cores=16, gpus=0, resources=none) == 8  # cores / 2
+    assert sweeps.default_concurrency(cpu_runs, cores=16, gpus=4, resources=none) == 8  # CPU runs ignore GPUs
+    assert sweeps.default_concurrency(cpu_runs, cores=1, gpus=0, resources=none) == 1
+    assert sweeps.default_concurrency(auto_runs, cores=16, gpus=4, resources=none) == 4  # one run per GPU
+    half = sweeps.ResourcesConfig(gpus_per_run=0.5)
+    assert sweeps.default_concurrency(auto_runs, cores=16, gpus=4, resources=half) == 8
+    assert sweeps.ray_resources(cpu_cfg, none, cluster_gpus=8) == (1.0, 0.0)
+    assert sweeps.ray_resources(auto_cfg, none, cluster_gpus=8) == (1.0, 1.0)
+    assert sweeps.ray_resources(auto_cfg, none, cluster_gpus=0) == (1.0, 0.0)
+    four = train_config.load(TRAIN / "smoke_sac.yaml", ["env.n_envs=4", "run.device=cuda"])
+    assert sweeps.ray_resources(four, none, cluster_gpus=0) == (4.0, 1.0)
+    assert sweeps.ray_resources(four, sweeps.ResourcesConfig(cpus_per_run=2, gpus_per_run=0.25), 8) == (2.0, 0.25)
+
+
+# --- the local backend end to end: SIGTERM mid-sweep, then a re-run ---------------------------------------------
+
+def sweep_command(out: Path, *extra: str) -> list[str]:
+    sets = [a for s in TINY for a in ("--set", s)]
+    return [sys.executable, "-m", "plasticrl", "sweep", str(SMOKE_SWEEP), "--out-dir", str(out), *sets, *extra]
+
+
+def wait_for(condition, timeout: float, proc: subprocess.Popen) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert proc.poll() is None, f"the sweep ended early: {proc.communicate()[0][-3000:]}"
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.2)
+
+
+def processes_mentioning(text: str) -> list[str]:
+    """Command lines of live processes that contain ``text``."""
+    found = []
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            cmd = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        if text in cmd:
+            found.append(cmd)
+    return found
+
+
+@pytest.fixture(scope="module")
+def smoke_sweep(tmp_path_factory):
+    """The smoke sweep, one run at a time: SIGTERM while the second run trains, then the same command again."""
+    out = tmp_path_factory.mktemp("sweeps")
+    first = out / "smoke" / "rr0.5" / "cartpole-swingup" / "seed0"
+    second = out / "smoke" / "rr2" / "cartpole-swingup" / "seed0"
+    proc = subprocess.Popen(sweep_command(out, "--max-concurrent", "1"), cwd=ROOT, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    wait_for(lambda: (first / "done.json").is_file() and sweeps.current_step(second) > 0, 300, proc)
+    proc.send_signal(signal.SIGTERM)
+    stopped_output = proc.communicate(timeout=120)[0]
+    stopped = {"rc": proc.returncode, "output": stopped_output, "left": processes_mentioning(str(out)),
+               "first_marker": (first / "done.json").read_text(), "second": sorted(p.name for p in second.rglob("*"))}
+    rerun = subprocess.run(sweep_command(out), cwd=ROOT, text=True, capture_output=True, timeout=300)
+    return {"out": out, "first": first, "second": second, "stopped": stopped, "rerun": rerun}
+
+
+def test_sigterm_stops_the_running_run_cleanly_and_keeps_the_finished_one(smoke_sweep):
+    stopped = smoke_sweep["stopped"]
+    assert stopped["rc"] == 128 + signal.SIGTERM, stopped["output"][-3000:]
+    assert "done     smoke/rr0.5/cartpole-swingup/seed0" in stopped["output"]
+    assert "interrupted smoke/rr2/cartpole-swingup/seed0" in stopped["output"]
+    assert stopped["left"] == []  # no training left running
+    assert "interrupted.zip" in stopped["second"]  # it stopped through its Ctrl-C path
+    assert "done.json" not in stopped["second"] and "final.zip" not in stopped["second"]
+    assert json.loads(stopped["first_marker"])["env_step"] == 200
+
+
+def test_rerun_skips_the_finished_run_and_restarts_the_interrupted_one(smoke_sweep):
+    rerun, first, second = smoke_sweep["rerun"], smoke_sweep["first"], smoke_sweep["second"]
+    assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-3000:]
+    assert "skip     smoke/rr0.5/cartpole-swingup/seed0 (finished at step 200)" in rerun.stdout
+    assert "restart  smoke/rr2/cartpole-swingup/seed0" in rerun.stdout
+    assert "start    smoke/rr0.5" not in rerun.stdout
+    assert (first / "done.json").read_text() == smoke_sweep["stopped"]["first_marker"]  # untouched
+    aside = second.with_name("seed0.interrupted-1")
+    assert sorted(p.name for p in aside.rglob("*")) == smoke_sweep["stopped"]["second"]  # the old folder, kept
+    (old,), (new,) = sweeps.train_dirs(aside), sweeps.train_dirs(second)
+    assert old.name != new.name and (new / "checkpoints" / "final.zip").is_file()
+    assert json.loads((second / "done.json").read_text())["run_dir"] == new.name
+
+
+def test_each_run_folder_holds_its_log_config_and_marker(smoke_sweep):
+    for folder, arm, ratio in ((smoke_sweep["first"], "rr0.5", 0.5), (smoke_sweep["second"], "rr2", 2.0)):
+        (train_dir,) = sweeps.train_dirs(folder)
+        marker = json.loads((folder / "done.json").read_text())
+        assert (marker["run_dir"], marker["env_step"], marker["total_steps"]) == (train_dir.name, 200, 200)
+        assert sweeps.last_env_step(train_dir / "metrics.jsonl") == 200
+        cfg = yaml.safe_load((train_dir / "config.yaml").read_text())
+        assert cfg["run"]["name"] == f"smoke/{arm}/cartpole-swingup/seed0"
+        assert cfg["replay_ratio"]["ratio"] == ratio and cfg["run"]["total_steps"] == 200
+        assert cfg["logging"]["wandb"]["group"] == "smoke"
+        assert cfg["logging"]["wandb"]["name"] == f"{arm}/cartpole-swingup/seed0"
+        log = (folder / "train.log").read_text()
+        assert log.startswith("$ ") and f"run folder: {train_dir}" in log and f"done: {train_dir}" in log
+
+
+def test_report_on_the_smoke_sweeps_run_folders(smoke_sweep):
+    """Budgets 500, 1000, 1600 and 3200 frames: each value is the last evaluation at or before the budget, read here
+    from metrics.jsonl; 3200 frames is past the runs' 1600 (200 agent steps x action repeat 8): short."""
+    out = smoke_sweep["out"] / "report"
+    proc = subprocess.run([sys.executable, "-m", "plasticrl", "report", str(smoke_sweep["out"] / "smoke"),
+                           "--budgets", "500,1k,1.6k,3.2k", "--out", str(out), "--reps", "200"],
+                          cwd=ROOT, text=True, capture_output=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = list(csv.DictReader((out / "report.csv").open()))
+    assert len(rows) == 2 * 4  # 2 arms x 4 budgets; the interrupted folder is not a run
+    for row in rows:
+        folder = smoke_sweep["first"] if row["arm"] == "rr0.5" else smoke_sweep["second"]
+        (train_dir,) = sweeps.train_dirs(folder)
+        evals = [(r["env_step"] * 8, r["eval/return_mean"]) for r in read_jsonl(train_dir) if "eval/return_mean" in r]
+        budget = int(row["frames"])
+        assert int(row["agent_steps"]) == budget // 8 and row["task"] == "cartpole-swingup"
+        if budget > 1600:
+            assert (row["runs"], row["short"], row["mean"], row["iqm"]) == ("0", "1", "", "")
+            continue
+        expected = [v for frames, v in evals if frames <= budget][-1]
+        assert (row["runs"], row["short"]) == ("1", "0")
+        for key in ("mean", "iqm", "iqm_ci_low", "iqm_ci_high"):  # one seed: all equal its value
+            assert float(row[key]) == pytest.approx(expected)
+        assert float(row["std"]) == 0.0
+    assert "| cartpole-swingup | rr2 | 1.6k | 200 | 1 | 0 |" in (out / "report.md").read_text()
+    assert (out / "curves.png").stat().st_size > 10_000
+
+
+# --- the Ray backend -------------------------------------------------------------------------------------------
+
+def test_ray_backend_runs_each_run_as_a_task_on_a_local_instance(tmp_path):
+    """A real local Ray instance (bound to the loopback address) runs both smoke runs as tasks of 1 CPU, 0 GPUs."""
+    env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}  # Ray's local-only mode: 127.0.0.1
+    cmd = sweep_command(tmp_path, "--backend", "ray") + ["--set", "run.total_steps=100"]
+    proc = subprocess.run(cmd, cwd=ROOT, text=True, capture_output=True, timeout=400, env=env)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    for arm in ("rr0.5", "rr2"):
+        name = f"smoke/{arm}/cartpole-swingup/seed0"
+        assert f"start    {name} (Ray task: 1 CPUs, 0 GPUs)" in proc.stdout and f"done     {name}" in proc.stdout
+        marker = json.loads((tmp_path / name / "done.json").read_text())
+        assert marker["env_step"] == 100
+        assert (tmp_path / name / marker["run_dir"] / "checkpoints" / "final.zip").is_file()
+    assert "2 done, 0 failed" in proc.stdout
+    assert processes_mentioning(str(tmp_path)) == []
