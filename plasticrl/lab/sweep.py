@@ -534,10 +534,15 @@ def run_local(runs: list[Run], max_concurrent: int, gpus: int, display: Display,
         display.note(f"stopping {len(running)} run(s): each saves checkpoints/interrupted.zip (Ctrl-C again: kill)")
         procs = [p for _, p in running.values()]
         stop(procs, grace=0 if signals.force else GRACE_S)
-        for name, (run, _) in running.items():
-            status[name] = "interrupted"
-            display.finished(run, "interrupted")
+        for name, (run, proc) in running.items():
+            status[name] = _after_stop(run, proc.returncode)
+            display.finished(run, status[name])
     return status
+
+
+def _after_stop(run: Run, returncode: int | None) -> str:
+    """``done`` for a run that finished while the sweep stopped, else ``interrupted``."""
+    return "done" if completion(run.folder, run.cfg.run.total_steps, returncode) is not None else "interrupted"
 
 
 def ray_resources(cfg: train_config.Config, resources: ResourcesConfig, cluster_gpus: float) -> tuple[float, float]:
@@ -593,8 +598,8 @@ def run_ray(runs: list[Run], address: str | None, max_concurrent: int | None, re
                 ray.cancel(ref, force=signals.force)
             ray.wait(list(refs), num_returns=len(refs), timeout=GRACE_S + 10)
             for run in refs.values():
-                status[run.name] = "interrupted"
-                display.finished(run, "interrupted")
+                status[run.name] = _after_stop(run, None)
+                display.finished(run, status[run.name])
         return status
     finally:
         ray.shutdown()
