@@ -138,7 +138,8 @@ class LoRAModulator(nn.Module):
 
 class IA3Modulator(nn.Module):
     """Per-entry (IA)^3 vector for one Linear, ones at init: ``site="output"`` scales its output, ``base(x) * l``
-    (l: out_features); ``site="input"`` its input, ``base(x * l)`` (l: in_features)."""
+    (l: out_features); ``site="input"`` its input, ``base(x * l)`` (l: in_features). ``rank`` and ``bound`` are
+    unused (``LoRAModulator``'s signature, so that the pool builds either the same way)."""
 
     def __init__(self, pool_size: int, in_features: int, out_features: int, rank: int, site: str = "output",
                  bound: float | None = None, **factory) -> None:
