@@ -310,16 +310,17 @@ class ContinualRun:
 def run_sequence(cfg: Any, out_dir: str | Path | None = None) -> Path:
     """Runs one continual-learning experiment from a validated ``ContinualConfig``; returns its run folder.
 
-    Data (scripted Meta-World datasets, collected if missing) -> pre-training of an ``plasticrl.agents.l2m.L2MAgent`` on
-    ``pretrain.tasks`` (or the agent of ``pretrain.checkpoint``) -> ``sequence.steps_per_task`` gradient steps per
-    task with ``sequence.method`` (``methods.METHODS``: l2m, l2m_oracle, lora, finetune, ewc, reference; each class
-    there says what it does).
+    Data (scripted Meta-World datasets from random_init_all starts, collected if missing, checked against their
+    provenance if not) -> pre-training of an ``plasticrl.agents.l2m.L2MAgent`` on ``pretrain.tasks`` (or the agent
+    of ``pretrain.checkpoint``) -> ``sequence.steps_per_task`` gradient steps per task with ``sequence.method``
+    (``methods.METHODS``: l2m, l2m_oracle, lora, finetune, ewc, reference; each class there says what it does), one
+    optimizer for the sequence.
 
     Every ``eval_every`` steps (every task of the sequence, or with ``eval_scope: current`` only the task in
-    training) and at the end of each task (every task), tasks are evaluated in lockstep (``Evaluator``;
-    task-agnostic selection, ``pool.eval()``). ``out_dir`` overrides ``run.out_dir``. Writes config.yaml,
-    metrics.jsonl, success_matrix.json, plots/success_matrix.png, summary.json (reference: reference_curves.json
-    and summary.json, no success matrix) and checkpoints/pretrained.pt and final.pt, both ``L2MAgent.save`` files
-    (``L2MAgent.load`` reads them); final.pt also holds the pool of the pool methods and, for ewc, its Fisher sum
-    and anchor in ``extras["ewc"]``."""
+    training) and at the end of each task (every task), tasks are evaluated in lockstep (``Evaluator``, from the
+    held-out starts of ``eval_seeds``; task-agnostic selection, ``pool.eval()``). ``out_dir`` overrides
+    ``run.out_dir``. Writes config.yaml, metrics.jsonl, success_matrix.json, plots/success_matrix.png, summary.json
+    (reference: reference_curves.json and summary.json, no success matrix) and checkpoints/pretrained.pt and
+    final.pt, both ``L2MAgent.save`` files (``L2MAgent.load`` reads them); final.pt also holds the pool of the pool
+    methods and, for ewc, its Fisher sum and anchor in ``extras["ewc"]``."""
     return ContinualRun(cfg, out_dir).run()
