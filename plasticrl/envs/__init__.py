@@ -57,7 +57,8 @@ def make(env_id: str, **options: Any) -> gym.Env:
 
     dmc options: pixels=True, size=84, frame_stack=3, action_repeat=2,
     camera=None (2 for quadruped, else 0), seed=None.
-    metaworld options: seed=0 (fixes the goal), max_episode_steps=200.
+    metaworld options: seed=0, max_episode_steps=200, randomization="random_init_all" (new object and goal
+    positions at every reset, drawn from the reset seed, as Continual World and L2M).
     Raises ValueError for unknown ids and TypeError for unknown options.
     """
     prefix, _, name = env_id.partition(":")

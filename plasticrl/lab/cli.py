@@ -110,7 +110,8 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--episodes", type=int, default=10, help="episodes per task")
     c.add_argument("--noise-std", type=float, default=0.0,
                    help="scripted policies: std of Gaussian action noise (actions in [-1, 1], clipped)")
-    c.add_argument("--seed", type=int, default=0, help="env seed (Meta-World: the goal) and noise/sampling seed")
+    c.add_argument("--seed", type=int, default=0,
+                   help="episode i resets with seed + i (Meta-World: object and goal positions); noise, sampling seed")
     c.add_argument("--out", default="data", help="datasets folder (MINARI_DATASETS_PATH), default ./data")
     c.add_argument("--checkpoint", default=None, help="SB3-format agent checkpoint (.zip) instead of scripted policies")
     c.add_argument("--runs", default=None,

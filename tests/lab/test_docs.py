@@ -4,6 +4,7 @@ short; no page mentions how or where measurements were made beyond what they nee
 import argparse
 import importlib.util
 import re
+import typing
 from pathlib import Path
 
 import pytest
@@ -16,7 +17,7 @@ from plasticrl.lab.config.train import Config
 ROOT = Path(__file__).resolve().parents[2]
 README = (ROOT / "README.md").read_text()
 DOCS = ROOT / "docs"
-ROW = re.compile(r"^\| `([a-z_.0-9]+)` \|", flags=re.MULTILINE)
+ROW = re.compile(r"^\| `([a-z_.0-9\[\]=]+)` \|", flags=re.MULTILINE)
 
 
 def _hook():
@@ -30,12 +31,30 @@ def _hook():
 HOOK = _hook()
 
 
+def _union_members(annotation) -> list[type[BaseModel]]:
+    """The schemas of a ``list[Annotated[A | B | ..., discriminator]]`` field (``interventions``), else []."""
+    if typing.get_origin(annotation) is not list:
+        return []
+    item = typing.get_args(annotation)[0]
+    if typing.get_origin(item) is typing.Annotated:
+        item = typing.get_args(item)[0]
+    return [m for m in typing.get_args(item) if isinstance(m, type) and issubclass(m, BaseModel)]
+
+
 def key_paths(model: type[BaseModel], prefix: str = "") -> list[str]:
-    """Dotted paths of every leaf field of a config model, e.g. ``agent.fused_q_heads``."""
+    """Dotted paths of every leaf field of a config model, e.g. ``agent.fused_q_heads``; a list of kind-tagged
+    sections gives ``interventions[].kind``, the keys all kinds share, then ``interventions[kind=redo].tau``."""
     paths = []
     for name, field in model.model_fields.items():
         sub = field.annotation
-        if isinstance(sub, type) and issubclass(sub, BaseModel):
+        members = _union_members(sub)
+        if members:
+            shared = [k for k in members[0].model_fields if all(k in m.model_fields for m in members)]
+            paths += [f"{prefix}{name}[].kind"] + [f"{prefix}{name}[].{k}" for k in shared if k != "kind"]
+            for m in members:
+                kind = typing.get_args(m.model_fields["kind"].annotation)[0]
+                paths += [f"{prefix}{name}[kind={kind}].{k}" for k in m.model_fields if k not in shared]
+        elif isinstance(sub, type) and issubclass(sub, BaseModel):
             paths += key_paths(sub, f"{prefix}{name}.")
         else:
             paths.append(f"{prefix}{name}")
