@@ -5,7 +5,8 @@ from __future__ import annotations
 # the distributions `pip install "plasticrl[lab]"` adds, by the top-level module a missing one leaves unimportable
 LAB_MODULES = {"stable_baselines3": "stable-baselines3", "gymnasium": "gymnasium", "dm_control": "dm-control",
                "mujoco": "mujoco", "metaworld": "metaworld", "minari": "minari", "wandb": "wandb",
-               "pydantic": "pydantic", "yaml": "pyyaml", "matplotlib": "matplotlib", "tqdm": "tqdm", "h5py": "h5py"}
+               "pydantic": "pydantic", "yaml": "pyyaml", "matplotlib": "matplotlib", "tqdm": "tqdm", "h5py": "h5py",
+               "ray": "ray", "rliable": "rliable", "rich": "rich", "arch": "arch", "pandas": "pandas"}
 
 
 class ConfigError(ValueError):
