@@ -17,6 +17,7 @@ from pathlib import Path
 import matplotlib
 import numpy as np
 from matplotlib.figure import Figure  # no pyplot: no global backend or figure registry
+from matplotlib.ticker import EngFormatter, MaxNLocator
 
 from plasticrl.runlog import STEP_KEY, read_jsonl
 
@@ -110,10 +111,14 @@ def plot_runs(run_dirs: list[Path], out: Path | None = None) -> Path:
         ax.set_title(title)
         ax.set_ylabel(title)
         ax.set_xlabel("steps (env; continual runs: gradient)")
+        ax.xaxis.set_major_locator(MaxNLocator(5))
+        ax.xaxis.set_major_formatter(EngFormatter(sep=""))  # 25k, 1.5M: readable at any run length
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     for ax in list(axes.flat)[len(panels):]:
         ax.axis("off")
+    fig.suptitle(", ".join(f"{config} ({len(runs)} seed{'s' if len(runs) > 1 else ''})"
+                           for config, runs in sorted(by_config.items())))
     fig.tight_layout()
     out = Path(out) if out else run_dirs[0] / "plots" / "dashboard.png"
     out.parent.mkdir(parents=True, exist_ok=True)
