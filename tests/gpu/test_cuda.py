@@ -484,3 +484,29 @@ def test_drqv2_graphed_update_equals_eager_update(monkeypatch):
     for (name, pa), pb in zip(a.policy.named_parameters(), b.policy.parameters()):
         torch.testing.assert_close(pa, pb, rtol=1e-5, atol=1e-6, msg=name)
     env.close()
+
+
+def test_drqv2_acting_graph_reads_the_scheduled_std_in_place():
+    """DrQV2's acting graph (one per batch shape) reads ``policy.actor_std`` where it lives: with std 0 a sampled
+    action is the deterministic one; after the std is written in place (as ``set_actor_std`` does), the same graph,
+    not captured again, adds noise of that std (empirical std of action - tanh(mu) over 512 x A entries within 10 %)."""
+    from stable_baselines3.common.env_util import make_vec_env
+
+    from plasticrl import envs
+    from plasticrl.agents import DrQV2
+
+    env = make_vec_env(lambda: envs.make("dmc:walker-walk", size=84), n_envs=1, seed=0)
+    model = DrQV2("CnnPolicy", env, buffer_size=1000, seed=0, device="cuda", std_schedule=0.0)
+    obs = torch.as_tensor(env.reset(), device="cuda").repeat(512, 1, 1, 1)
+    policy = model.policy
+    with torch.no_grad():
+        mean = policy._predict(obs, deterministic=True)
+        policy.actor_std.fill_(0.0)
+        torch.testing.assert_close(policy._predict(obs, deterministic=False), mean)
+        graph = policy.act_graphs[(tuple(obs.shape), False)].graph
+        policy.actor_std.fill_(0.3)
+        noisy = policy._predict(obs, deterministic=False)
+    assert policy.act_graphs[(tuple(obs.shape), False)].graph is graph
+    inside = (noisy.abs() < 0.999) & (mean.abs() < 0.5)  # away from the clamp at +-1
+    assert float((noisy - mean)[inside].std()) == pytest.approx(0.3, rel=0.1)
+    env.close()
