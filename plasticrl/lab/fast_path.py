@@ -4,8 +4,9 @@ On CUDA a DrQ or DrQV2 run gets bf16 autocast (``agent.precision``), a compiled 
 minute of compiling at the first update), fused Q heads, the env step overlapped with the updates
 (``agent.async_env_step``) and ``env.n_envs = min(16, cores)`` env workers: 16 is where the env-throughput benchmark
 stops paying (``benchmarks/env_throughput.py`` on the H100 machine: 759 / 1,014 / 1,096 agent steps/s with 8 / 16 /
-32 ``SubprocVecEnv`` workers; see docs/performance.md). On the CPU, and for ``agent.kind: sac``, every ``auto`` is
-the plain setting (fp32, eager, two Q MLPs, synchronous, one env). A value set in the config is kept as it is.
+32 ``SubprocVecEnv`` workers; see docs/performance.md). On the CPU every ``auto`` is the plain setting (fp32, eager,
+two Q MLPs, synchronous, one env); with ``agent.kind: sac`` only ``env.n_envs`` is resolved (to 1). A value set in
+the config is kept as it is.
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ def resolve_auto(cfg: Config, device: str) -> tuple[Config, str]:
     }
     current = {"env.n_envs": cfg.env.n_envs, "agent.precision": a.precision, "agent.compile": a.compile,
                "agent.fused_q_heads": a.fused_q_heads, "agent.async_env_step": a.async_env_step}
+    if cfg.agent.kind == "sac":  # the DrQ keys don't apply to SB3's SAC: they stay auto (and valid for it)
+        current = {"env.n_envs": current["env.n_envs"]}
     picked = {key: chosen[key] for key, value in current.items() if value == "auto"}
     if not picked:
         return cfg, ""

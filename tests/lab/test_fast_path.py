@@ -29,5 +29,7 @@ def test_values_set_in_the_config_are_kept_and_sac_takes_the_plain_path():
     everything = validate({"env": {"n_envs": 2}, "agent": {"precision": "bf16", "compile": False,
                                                            "fused_q_heads": False, "async_env_step": False}})
     assert resolve_auto(everything, "cuda") == (everything, "")
-    sac, _ = resolve_auto(validate({"agent": {"kind": "sac"}}), "cuda")
-    assert (sac.env.n_envs, sac.agent.precision, sac.agent.compile) == (1, "fp32", False)
+    sac, line = resolve_auto(validate({"agent": {"kind": "sac"}}), "cuda")
+    assert (sac.env.n_envs, sac.agent.precision, sac.agent.compile) == (1, "auto", "auto")  # DrQ keys: unused
+    assert line == "auto settings, plain path: env.n_envs=1"
+    validate(sac.model_dump(mode="json"))  # the resolved config (a run's config.yaml) validates again
