@@ -54,7 +54,12 @@ class ResourcesConfig(Section):
 
 class SweepConfig(Section):
     name: str = Field(description="sweep name: the first part of every run name, and the W&B group")
-    base: list[str] = Field(min_length=1, description="a train config, then overlays merged over it in order")
+    base: list[str] = Field(default_factory=list, description="a train config, then overlays merged over it in "
+                                                             "order (or give tasks)")
+    tasks: dict[str, list[str]] = Field(default_factory=dict, description="{task: [train config, overlays...]}: one "
+                                                                          "base per task, for tasks whose configs "
+                                                                          "differ in more than env.id; crossed with "
+                                                                          "arms, grid and seeds")
     grid: dict[str, list[Any]] = Field(default_factory=dict, description="{dotted train config key: [values]}; "
                                                                          "every combination is a run")
     arms: dict[str, list[str]] = Field(default_factory=dict, description="{arm name: [overlay path or key=value]}, "
@@ -70,10 +75,18 @@ class SweepConfig(Section):
     def _one_path(cls, value: Any) -> Any:
         return [value] if isinstance(value, str) else value
 
+    def bases(self) -> list[list[str]]:
+        """The base (config + overlays) of every task: ``tasks``' values, or ``[base]``."""
+        return [list(b) for b in self.tasks.values()] or [self.base]
+
 
 def sweep_problems(s: SweepConfig) -> list[str]:
     """What the schema can't say: names that are not one path segment, keys the sweep sets itself, seeds twice."""
     problems = []
+    if bool(s.base) == bool(s.tasks):
+        problems.append("base, tasks: give exactly one: base (one train config and overlays, tasks by a grid of "
+                        "env.id) or tasks ({task: [train config, overlays...]})")
+    problems += [f"tasks.{task}: give a train config, then overlays" for task, b in s.tasks.items() if not b]
     if not NAME.match(s.name):
         problems.append(f"name: {s.name!r} is not allowed: use letters, digits and _ . + - (it is a folder name)")
     problems += [f"arms.{arm}: {arm!r} is not an allowed arm name: use letters, digits and _ . + - (it is a folder "
@@ -103,7 +116,7 @@ def sweep_problems(s: SweepConfig) -> list[str]:
 
 def load(path: str | Path) -> SweepConfig:
     """Reads and validates a sweep file; ConfigError naming each bad key."""
-    data = read_yaml(path, sections="name, base, grid, arms, seeds, overrides, out_dir, resources",
+    data = read_yaml(path, sections="name, base, tasks, grid, arms, seeds, overrides, out_dir, resources",
                      examples=" (configs/sweeps/*.yaml)")
     sweep = validate_model(SweepConfig, data, source=str(path))
     check_problems(sweep_problems(sweep), source=str(path))
@@ -156,10 +169,10 @@ def task_name(env_id: str, point: dict[str, Any]) -> str:
     return re.sub(r"[/\s]", "_", ",".join([env_id.partition(":")[2] or env_id, *extras]))
 
 
-def _compose(sweep: SweepConfig, arm: str, entries: list[str], point: dict[str, Any], cli: list[str],
-             out_dir: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+def _compose(sweep: SweepConfig, base: list[str], arm: str, entries: list[str], point: dict[str, Any],
+             cli: list[str], out_dir: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     """A run's ``Run`` fields (all but ``cfg``) and its config data, not yet validated."""
-    config, *base_overlays = [_existing(p, f"base.{i}") for i, p in enumerate(sweep.base)]
+    config, *base_overlays = [_existing(p, f"base.{i}") for i, p in enumerate(base)]
     overlays = base_overlays + [_existing(e, f"arms.{arm}.{i}") for i, e in enumerate(entries)
                                 if not OVERRIDE.match(e)]
     overrides = sweep.overrides + [e for e in entries if OVERRIDE.match(e)]
@@ -202,11 +215,11 @@ def expand(sweep: SweepConfig, cli_overrides: list[str] | None = None, source: s
     out_dir = Path(sweep.out_dir).resolve()
     runs: list[Run] = []
     failures: dict[str, list[str]] = {}  # problem line -> the runs that have it
-    for seed, point, (arm, entries) in itertools.product(seed_values, points, arms.items()):
+    for seed, base, point, (arm, entries) in itertools.product(seed_values, sweep.bases(), points, arms.items()):
         full = point if seed is None else {**point, "run.seed": seed}
         label = f"{sweep.name}/{arm}"
         try:
-            fields, data = _compose(sweep, arm, entries, full, list(cli_overrides or []), out_dir)
+            fields, data = _compose(sweep, base, arm, entries, full, list(cli_overrides or []), out_dir)
             label = fields["name"]
             cfg = train_config.validate(data, source=f"run {label}")
             check_config(cfg)

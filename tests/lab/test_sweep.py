@@ -23,6 +23,7 @@ from plasticrl.runlog import read_jsonl
 ROOT = Path(__file__).resolve().parents[2]
 SMOKE_SWEEP = ROOT / "configs" / "sweeps" / "smoke.yaml"
 TABLE1 = ROOT / "configs" / "sweeps" / "adaptive_rr_table1.yaml"
+TABLE1_DRQ = ROOT / "configs" / "sweeps" / "adaptive_rr_table1_drq.yaml"
 TRAIN = ROOT / "configs" / "train"
 # tiny runs: evaluations at agent steps 50, 100, 150, 200 (400 ... 1600 frames at the smoke config's action repeat 8)
 TINY = ["run.total_steps=200", "agent.learning_starts=50", "eval.every=50", "monitor.every=100"]
@@ -126,9 +127,33 @@ seeds: [0, 3]
 
 
 def test_table1_sweep_is_the_papers_grid():
+    """DrQ-v2: 3 tasks x 7 arms x 5 seeds = 105 runs, each its task's own drqv2 config (walker-run n-step 1 and
+    batch 512, quadruped-run replay 100k) + its arm's overlays: 2M frames, an evaluation every 10k frames over 10
+    episodes, the replay ratio of the arm, and Reset (actor and critic) or ReDo (critic) where the arm has it."""
+    runs = sweeps.expand(sweeps.load(TABLE1))
+    assert len(runs) == 105
+    rr = {"rr0.5": ("static", 0.5), "rr2": ("static", 2.0), "adaptive_rr": ("adaptive", None)}
+    arms = [f"{r}{x}" for r in ("rr0.5", "rr2") for x in ("", "+reset", "+redo")] + ["adaptive_rr"]
+    tasks = ["cheetah-run", "walker-run", "quadruped-run"]
+    assert {(r.arm, r.task, r.seed) for r in runs} == set(itertools.product(arms, tasks, range(5)))
+    for run in runs:
+        cfg = run.cfg
+        assert cfg.agent.kind == "drqv2" and cfg.agent.init == "orthogonal"
+        assert cfg.run.total_steps * cfg.env.action_repeat == 2_000_000 and cfg.env.action_repeat == 2
+        assert (cfg.eval.every * cfg.env.action_repeat, cfg.eval.episodes) == (10_000, 10)
+        kind, ratio = rr[run.arm.split("+")[0]]
+        assert cfg.replay_ratio.kind == kind and (ratio is None or cfg.replay_ratio.ratio == ratio)
+        kinds = [(i.kind, i.groups) for i in cfg.interventions]
+        assert kinds == {"": [], "reset": [("reset", ["actor", "critic"])], "redo": [("redo", ["critic"])]}[
+            run.arm.partition("+")[2]]
+        assert (cfg.agent.n_step, cfg.agent.batch_size) == ((1, 512) if run.task == "walker-run" else (3, 256))
+        assert cfg.agent.buffer_size == (100_000 if run.task == "quadruped-run" else 1_000_000)
+
+
+def test_table1_drq_sweep_is_the_papers_grid_with_sac_based_drq():
     """3 tasks x 3 arms x 5 seeds, 2M frames = 1M agent steps at action repeat 2, an evaluation every 10k frames over
     10 episodes; each run is its task's drq config + the 2M-frame overlay + its arm's overlay."""
-    runs = sweeps.expand(sweeps.load(TABLE1))
+    runs = sweeps.expand(sweeps.load(TABLE1_DRQ))
     assert len(runs) == 45
     arms = {"rr0.5": ("static", 0.5), "rr2": ("static", 2.0), "adaptive_rr": ("adaptive", None)}
     tasks = ["cheetah-run", "walker-run", "quadruped-run"]
@@ -141,7 +166,7 @@ def test_table1_sweep_is_the_papers_grid():
         assert cfg.replay_ratio.kind == kind and (ratio is None or cfg.replay_ratio.ratio == ratio)
         own = train_config.load(TRAIN / f"drq_{run.task.replace('-', '_')}.yaml",
                                 [f"run.seed={run.seed}", "eval.every=5000", f"run.name={run.name}",
-                                 f"run.out_dir={cfg.run.out_dir}", "logging.wandb.group=adaptive_rr_table1",
+                                 f"run.out_dir={cfg.run.out_dir}", "logging.wandb.group=adaptive_rr_table1_drq",
                                  f"logging.wandb.name={run.arm}/{run.task}/seed{run.seed}"],
                                 overlays=[TRAIN / "overlays" / "ma2024.yaml", TRAIN / "overlays" / f"{run.arm}.yaml"])
         assert cfg == own
@@ -296,3 +321,15 @@ def test_ray_backend_runs_each_run_as_a_task_on_a_local_instance(tmp_path):
         assert (tmp_path / name / marker["run_dir"] / "checkpoints" / "final.zip").is_file()
     assert "2 done, 0 failed" in proc.stdout
     assert processes_mentioning(str(tmp_path)) == []
+
+
+def test_a_sweep_gives_either_base_or_tasks(tmp_path):
+    """``base`` and ``tasks`` are two ways to give the runs' base configs: exactly one of them, each task a list."""
+    smoke = "configs/train/smoke_sac.yaml"
+    for body, expected in (("name: s\n", "base, tasks: give exactly one"),
+                           (f"name: s\nbase: [{smoke}]\ntasks: {{a: [{smoke}]}}\n", "base, tasks: give exactly one"),
+                           ("name: s\ntasks: {a: []}\n", "tasks.a: give a train config")):
+        path = tmp_path / "s.yaml"
+        path.write_text(body)
+        with pytest.raises(ConfigError, match=expected):
+            sweeps.load(path)
