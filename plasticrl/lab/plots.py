@@ -1,11 +1,17 @@
 """PNG dashboards from run folders' ``metrics.jsonl`` (no W&B needed), and continual runs' success matrices.
 
-Panels: episode and evaluation return (continual runs: mean score), replay ratio in force, and for each monitored
-group its dormant ratio, FAU and srank, all over env steps (continual runs: gradient steps); interventions
-(``intervention/<kind>/<group>/count`` records) are dotted vertical lines in every panel. Runs are grouped by
-config (the run folder's parent, ``runs/<name>/``); a group of several seeds is drawn as its mean with a shaded band
-of one standard deviation, groups side by side in colour. ``plot_success_matrix`` draws a continual run's task x task
-success matrix; ``plasticrl plot`` redraws it for continual run folders (``plot_success_matrix_of_run``).
+A figure for a paper draft: one panel per quantity, over env steps (continual runs: gradient steps). Panels: return
+(training episodes thin and light, evaluations thick with markers; continual runs: mean score), the critic and actor
+losses and Q (when logged), the replay ratio (only when it changes), and one panel per plasticity metric (dormant
+ratio, FAU, srank) with a line per monitored group (encoder, actor, critic: line styles). Ratios keep the fixed
+range [0, 1]; ranks start at 0, so that 116 -> 115 does not fill a panel. Dotted vertical lines mark interventions
+(``intervention/<kind>/<group>/count`` records), dashed ones the replay-ratio switch of adaptive runs.
+
+Runs are grouped by *config*: folders under one ``runs/<name>/`` whose ``config.yaml`` differ (in anything but the
+seed, folders and W&B names) are different arms, labelled ``<name> [key=value, ...]`` with the keys that tell them
+apart; seeds of one arm are drawn as their mean with a shaded band of one standard deviation, arms in colour.
+``plot_success_matrix`` draws a continual run's task x task success matrix; ``plasticrl plot`` redraws it for
+continual run folders (``plot_success_matrix_of_run``).
 """
 
 from __future__ import annotations
@@ -13,15 +19,22 @@ from __future__ import annotations
 import json
 from collections import defaultdict
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 import numpy as np
+import yaml
 from matplotlib.figure import Figure  # no pyplot: no global backend or figure registry
 from matplotlib.ticker import EngFormatter, MaxNLocator
 
 from plasticrl.runlog import STEP_KEY, read_jsonl
 
 GROUP_METRICS = ("dormant_ratio", "fau", "srank")
+TRAIN_PANELS = (("critic loss", "train/critic_loss"), ("actor loss", "train/actor_loss"), ("Q", "train/q"))
+FIXED_RANGE = {"dormant_ratio": (0.0, 1.0), "fau": (0.0, 1.0)}
+GROUP_STYLES = ("-", "-.", (0, (5, 1)), (0, (3, 1, 1, 1)))  # ":" and "--" mark interventions and RR switches
+# config keys that differ between seeds of one arm, not between arms
+_NOT_ARM = ("run.seed", "run.out_dir", "run.name", "logging.wandb.name", "logging.wandb.group")
 
 
 def series(records: list[dict], key: str) -> tuple[np.ndarray, np.ndarray]:
@@ -33,18 +46,22 @@ def series(records: list[dict], key: str) -> tuple[np.ndarray, np.ndarray]:
     return np.asarray(steps, dtype=float), np.asarray(values, dtype=float)
 
 
+def _ratio_changes(records: list[dict]) -> bool:
+    return len(set(series(records, "replay_ratio/ratio")[1].tolist())) > 1
+
+
 def panel_keys(runs: list[list[dict]]) -> list[tuple[str, list[str]]]:
-    """(title, keys) per panel, for the keys these runs contain."""
+    """(title, keys) per panel, for the keys these runs contain: return, score, losses and Q, the replay ratio when
+    some run changes it, and per metric of ``GROUP_METRICS`` the key of every monitored group."""
     keys = {k for records in runs for r in records for k in r}
     groups = sorted({k.split("/")[1] for k in keys if k.startswith("plasticity/") and k.count("/") == 2})
     panels = [("return", [k for k in ("train/episode_return", "eval/return_mean") if k in keys]),
-              ("score (continual runs)", [k for k in ("eval/mean_score", "eval/mean_success") if k in keys][:1]),
-              ("replay ratio", [k for k in ("replay_ratio/ratio",) if k in keys])]
-    for group in groups:
-        for metric in GROUP_METRICS:
-            key = f"plasticity/{group}/{metric}"
-            if key in keys:
-                panels.append((f"{group} {metric}", [key]))
+              ("score (continual runs)", [k for k in ("eval/mean_score", "eval/mean_success") if k in keys][:1])]
+    panels += [(title, [key] if key in keys else []) for title, key in TRAIN_PANELS]
+    panels.append(("replay ratio", ["replay_ratio/ratio"] if any(_ratio_changes(r) for r in runs) else []))
+    for metric in GROUP_METRICS:
+        panels.append((metric.replace("_", " "), [f"plasticity/{g}/{metric}" for g in groups
+                                                  if f"plasticity/{g}/{metric}" in keys]))
     return [(title, ks) for title, ks in panels if ks]
 
 
@@ -59,6 +76,53 @@ def interventions(records: list[dict]) -> list[tuple[float, str]]:
     return found
 
 
+def ratio_switches(records: list[dict]) -> list[float]:
+    """Env steps at which the logged replay ratio changed (an adaptive run's switch)."""
+    steps, values = series(records, "replay_ratio/ratio")
+    return [float(steps[i]) for i in range(1, len(values)) if values[i] != values[i - 1]]
+
+
+def _flat(data: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(data, dict):
+        return {prefix[:-1]: json.dumps(data, sort_keys=True)}
+    out: dict[str, Any] = {}
+    for k, v in data.items():
+        out.update(_flat(v, f"{prefix}{k}."))
+    return out
+
+
+def _arm_config(run_dir: Path) -> dict[str, Any]:
+    """The run's ``config.yaml`` flattened, without the keys that differ between seeds ({} without one)."""
+    path = run_dir / "config.yaml"
+    if not path.is_file():
+        return {}
+    flat = _flat(yaml.safe_load(path.read_text()) or {})
+    return {k: v for k, v in flat.items() if k not in _NOT_ARM}
+
+
+def arms(run_dirs: list[Path]) -> dict[str, list[Path]]:
+    """Run folders grouped into arms (label -> folders): by their parent name, split further by config where folders
+    under one name were run with different configs; such labels get the keys that tell them apart."""
+    by_name: dict[str, list[Path]] = defaultdict(list)
+    for d in run_dirs:
+        by_name[d.parent.name].append(d)
+    out: dict[str, list[Path]] = {}
+    for name, dirs in by_name.items():
+        configs = {d: _arm_config(d) for d in dirs}
+        distinct: list[dict[str, Any]] = []
+        for c in configs.values():
+            if c not in distinct:
+                distinct.append(c)
+        if len(distinct) == 1:
+            out[name] = dirs
+            continue
+        differing = sorted({k for c in distinct for k in c if any(c.get(k) != o.get(k) for o in distinct)})
+        for c in distinct:
+            label = f"{name} [{', '.join(f'{k}={c.get(k)}' for k in differing)}]"
+            out[label] = [d for d in dirs if configs[d] == c]
+    return out
+
+
 def _mean_band(curves: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Mean and std over seeds on the union of their steps (each seed interpolated, within its own range)."""
     grid = np.unique(np.concatenate([s for s, _ in curves]))
@@ -70,6 +134,24 @@ def _mean_band(curves: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray,
         return grid, np.nanmean(stacked, axis=0), np.nanstd(stacked, axis=0)
 
 
+def _line_style(title: str, key: str, keys: list[str]) -> tuple[str, str, dict[str, Any]]:
+    """(label suffix, line style, plot keywords) of ``key`` in a panel of ``keys``."""
+    if title == "return":
+        train = key.startswith("train/")
+        return ("train" if train else "eval"), "-", {"lw": 0.8 if train else 2.0, "alpha": 0.45 if train else 1.0}
+    if key.startswith("plasticity/"):
+        return key.split("/")[1], GROUP_STYLES[keys.index(key) % len(GROUP_STYLES)], {"lw": 1.5}
+    return "", "-", {"lw": 1.5}
+
+
+def _y_range(ax: Any, title: str) -> None:
+    metric = title.replace(" ", "_")
+    if metric in FIXED_RANGE:
+        ax.set_ylim(*FIXED_RANGE[metric])
+    elif metric == "srank":
+        ax.set_ylim(bottom=0)
+
+
 def plot_runs(run_dirs: list[Path], out: Path | None = None) -> Path:
     """Draws the dashboard of ``run_dirs`` into ``out`` (default ``<first run>/plots/dashboard.png``)."""
     run_dirs = [Path(d) for d in run_dirs]
@@ -77,10 +159,8 @@ def plot_runs(run_dirs: list[Path], out: Path | None = None) -> Path:
     if missing:
         raise FileNotFoundError(f"no metrics.jsonl in {', '.join(missing)}: pass run folders written by "
                                 "`plasticrl train` (runs/<name>/<seed>-<time>/)")
-    by_config: dict[str, list[list[dict]]] = defaultdict(list)
-    for d in run_dirs:
-        by_config[d.parent.name].append(read_jsonl(d))
-    panels = panel_keys([r for runs in by_config.values() for r in runs])
+    by_arm = {label: [read_jsonl(d) for d in dirs] for label, dirs in sorted(arms(run_dirs).items())}
+    panels = panel_keys([r for runs in by_arm.values() for r in runs])
     if not panels:
         raise ValueError("these runs logged nothing to plot yet (no returns, replay ratio or plasticity metrics)")
     cols = min(3, len(panels))
@@ -89,27 +169,29 @@ def plot_runs(run_dirs: list[Path], out: Path | None = None) -> Path:
     axes = fig.subplots(rows, cols, squeeze=False)
     colors = matplotlib.rcParams["axes.prop_cycle"].by_key()["color"]
     for ax, (title, keys) in zip(axes.flat, panels):
-        for ci, (config, runs) in enumerate(sorted(by_config.items())):
-            for ki, key in enumerate(keys):
+        for ci, (arm, runs) in enumerate(by_arm.items()):
+            color = colors[ci % len(colors)]
+            for key in keys:
                 curves = [c for c in (series(r, key) for r in runs) if len(c[0])]
                 if not curves:
                     continue
                 steps, mean, std = _mean_band(curves)
-                label = config if len(keys) == 1 else f"{config} {key.split('/')[0]}"
-                style = "-" if ki == 0 else "--"
+                suffix, style, kw = _line_style(title, key, keys)
+                label = f"{arm} {suffix}".strip() if len(by_arm) > 1 or suffix else arm
                 # markers on sparse curves: a series of one point (e.g. the final eval only) is otherwise invisible
-                ax.plot(steps, mean, style, color=colors[ci % len(colors)], label=label, lw=1.5,
-                        marker="o" if len(steps) <= 20 else None, ms=3)
+                ax.plot(steps, mean, linestyle=style, color=color, label=label,
+                        marker="o" if len(steps) <= 20 else None, ms=3, **kw)
                 if len(curves) > 1:
-                    ax.fill_between(steps, mean - std, mean + std, color=colors[ci % len(colors)], alpha=0.2)
-        for ci, (config, runs) in enumerate(sorted(by_config.items())):
+                    ax.fill_between(steps, mean - std, mean + std, color=color, alpha=0.2)
             labelled: set[str] = set()
             for step, what in (m for r in runs for m in interventions(r)):
-                ax.axvline(step, color=colors[ci % len(colors)], ls=":", lw=1,
-                           label=None if what in labelled else f"{config} {what}")
+                ax.axvline(step, color=color, ls=":", lw=1, label=None if what in labelled else f"{arm} {what}")
                 labelled.add(what)
+            for i, step in enumerate(s for r in runs for s in ratio_switches(r)):
+                ax.axvline(step, color=color, ls="--", lw=1, label=None if i else f"{arm} RR switch")
         ax.set_title(title)
         ax.set_ylabel(title)
+        _y_range(ax, title)
         ax.set_xlabel("steps (env; continual runs: gradient)")
         ax.xaxis.set_major_locator(MaxNLocator(5))
         ax.xaxis.set_major_formatter(EngFormatter(sep=""))  # 25k, 1.5M: readable at any run length
@@ -117,8 +199,7 @@ def plot_runs(run_dirs: list[Path], out: Path | None = None) -> Path:
         ax.legend(fontsize=7)
     for ax in list(axes.flat)[len(panels):]:
         ax.axis("off")
-    fig.suptitle(", ".join(f"{config} ({len(runs)} seed{'s' if len(runs) > 1 else ''})"
-                           for config, runs in sorted(by_config.items())))
+    fig.suptitle(", ".join(f"{arm} ({len(runs)} seed{'s' if len(runs) > 1 else ''})" for arm, runs in by_arm.items()))
     fig.tight_layout()
     out = Path(out) if out else run_dirs[0] / "plots" / "dashboard.png"
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -146,7 +146,8 @@ def test_plasticrl_plot_draws_a_continual_runs_dashboard_and_success_matrix(l2m_
 
     titles = [title for title, _ in panel_keys([read_jsonl(l2m_run)])]
     assert titles[0] == "score (continual runs)"
-    assert {"dt dormant_ratio", "dt fau", "dt srank"} <= set(titles)
+    panels = dict(panel_keys([read_jsonl(l2m_run)]))
+    assert {"dormant ratio", "fau", "srank"} <= set(titles) and "plasticity/dt/fau" in panels["fau"]
     matrix = l2m_run / "plots" / "success_matrix.png"
     matrix.unlink()
     out = tmp_path / "dash.png"

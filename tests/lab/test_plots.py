@@ -68,18 +68,20 @@ def assert_png(path: Path) -> None:
     assert len(data) > 10_000
 
 
-def test_panel_keys_are_returns_replay_ratio_and_three_metrics_per_group(runs):
+def test_panel_keys_are_returns_losses_replay_ratio_and_one_panel_per_metric(runs):
+    """Return (train and eval), the critic loss the runs logged, the replay ratio (the adaptive runs change it), then
+    one panel per metric with every group's key."""
     panels = panel_keys([read_jsonl(d) for d in runs])
     assert panels[0] == ("return", ["train/episode_return", "eval/return_mean"])
-    assert panels[1] == ("replay ratio", ["replay_ratio/ratio"])
-    expected = [(f"{g} {m}", [f"plasticity/{g}/{m}"]) for g in sorted(GROUPS) for m in GROUP_METRICS]
-    assert panels[2:] == expected
-    assert len(panels) == 2 + 3 * 3
+    assert panels[1] == ("critic loss", ["train/critic_loss"])
+    assert panels[2] == ("replay ratio", ["replay_ratio/ratio"])
+    assert panels[3:] == [(m.replace("_", " "), [f"plasticity/{g}/{m}" for g in sorted(GROUPS)]) for m in GROUP_METRICS]
 
 
-def test_panel_keys_skip_what_was_not_logged():
-    records = [{"env_step": 10, "train/episode_return": 1.0, "plasticity/critic/fau": 0.5}]
-    assert panel_keys([records]) == [("return", ["train/episode_return"]), ("critic fau", ["plasticity/critic/fau"])]
+def test_panel_keys_skip_what_was_not_logged_and_a_flat_replay_ratio():
+    records = [{"env_step": 10, "train/episode_return": 1.0, "plasticity/critic/fau": 0.5, "replay_ratio/ratio": 0.5},
+               {"env_step": 20, "replay_ratio/ratio": 0.5}]
+    assert panel_keys([records]) == [("return", ["train/episode_return"]), ("fau", ["plasticity/critic/fau"])]
 
 
 def test_plot_runs_writes_a_png(runs, tmp_path):
@@ -152,3 +154,44 @@ def test_interventions_are_vertical_lines_in_every_panel(tmp_path, monkeypatch):
         marks = [line for line in ax.get_lines() if line.get_linestyle() == ":"]
         assert sorted(line.get_xdata()[0] for line in marks) == [6000.0, 14000.0]
         assert [line.get_label() for line in marks].count("redo redo critic") == 1
+
+
+def _figure(monkeypatch):
+    from matplotlib.figure import Figure
+
+    figures = []
+    save = Figure.savefig
+    monkeypatch.setattr(Figure, "savefig", lambda fig, *a, **k: (figures.append(fig), save(fig, *a, **k)))
+    return figures
+
+
+def test_runs_under_one_name_with_different_configs_are_different_arms(tmp_path, monkeypatch):
+    """Two seeds of one config and one run of another, all under runs/exp/: two arms, told apart by the config key
+    that differs (not merged into one mean as if they were three seeds); the seed does not split them."""
+    figures = _figure(monkeypatch)
+    dirs = []
+    for seed, kind in ((0, "static"), (1, "static"), (2, "adaptive")):
+        d = write_run(tmp_path / "runs", "exp", seed, fake_records("static", seed))
+        (d / "config.yaml").write_text(f"run:\n  seed: {seed}\n  name: exp\nreplay_ratio:\n  kind: {kind}\n")
+        dirs.append(d)
+    plot_runs(dirs, tmp_path / "arms.png")
+    (fig,) = figures
+    labels = {line.get_label() for line in fig.axes[0].get_lines()}
+    assert {"exp [replay_ratio.kind=\"adaptive\"] train", "exp [replay_ratio.kind=\"static\"] train"} <= labels
+    assert fig.texts[0].get_text() == ('exp [replay_ratio.kind="adaptive"] (1 seed), '
+                                       'exp [replay_ratio.kind="static"] (2 seeds)')
+
+
+def test_ratios_have_fixed_ranges_ranks_start_at_zero_and_the_rr_switch_is_marked(runs, monkeypatch, tmp_path):
+    """Dormant ratio and FAU panels span [0, 1]; srank's starts at 0; each adaptive run's switch from RR 0.5 to 2
+    (at 10,000 steps in the fake records) is a dashed vertical line in every panel."""
+    figures = _figure(monkeypatch)
+    plot_runs(runs, tmp_path / "ranges.png")
+    (fig,) = figures
+    by_title = {ax.get_title(): ax for ax in fig.axes if ax.get_title()}
+    assert by_title["dormant ratio"].get_ylim() == (0.0, 1.0) and by_title["fau"].get_ylim() == (0.0, 1.0)
+    assert by_title["srank"].get_ylim()[0] == 0.0
+    for ax in by_title.values():
+        switches = [line for line in ax.get_lines() if line.get_linestyle() == "--"
+                    and list(line.get_xdata()) == [line.get_xdata()[0]] * 2]  # vertical lines, not dashed groups
+        assert sorted({line.get_xdata()[0] for line in switches}) == [10000.0]
