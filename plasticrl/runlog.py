@@ -61,12 +61,13 @@ class WandbSink:
 
     def __init__(self, run_dir: Path, config: dict[str, Any] | None, mode: str = "offline", project: str = "plasticrl",
                  entity: str | None = None, group: str | None = None, tags: list[str] | None = None,
-                 name: str | None = None):
+                 name: str | None = None, run_id: str | None = None):
         import wandb  # imported here: W&B is optional at run time (mode: disabled never imports it)
 
         self._wandb = wandb
+        resume = {"id": run_id, "resume": "allow"} if run_id else {}  # a resumed run continues its W&B run
         self.run = wandb.init(dir=str(run_dir), mode=mode, project=project, entity=entity, group=group, tags=tags,
-                              name=name, config=config, reinit="create_new",
+                              name=name, config=config, reinit="create_new", **resume,
                               settings=wandb.Settings(console="off", x_disable_stats=True, silent=True))
         self.run.define_metric(STEP_KEY)
         self.run.define_metric("*", step_metric=STEP_KEY)
@@ -98,16 +99,22 @@ class RunLogger:
         ``wandb/`` go there.
     :param config: the run's config, as W&B's run config (``None``: none).
     :param wandb_settings: keyword arguments of ``WandbSink`` (default W&B ``mode`` ``offline``; ``disabled`` skips
-        W&B entirely and never imports it).
+        W&B entirely and never imports it; ``run_id``: continue that W&B run).
+    :param resume_step: a resumed run: records of ``metrics.jsonl`` with ``env_step`` beyond it are dropped first
+        (``dropped`` counts them) and wall time continues from the last record kept.
     """
 
     def __init__(self, run_dir: str | Path, config: dict[str, Any] | None = None,
-                 wandb_settings: dict[str, Any] | None = None):
+                 wandb_settings: dict[str, Any] | None = None, resume_step: int | None = None):
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.started = time.time()
+        self.dropped = 0
+        if resume_step is not None:
+            wall_s, self.dropped = truncate_jsonl(self.run_dir / "metrics.jsonl", resume_step)
+            self.started -= wall_s
         self.jsonl = JsonlSink(self.run_dir / "metrics.jsonl")
         self.wandb: WandbSink | None = None
-        self.started = time.time()
         settings = dict(wandb_settings or {})
         if settings.get("mode", "offline") != "disabled":
             try:
@@ -115,6 +122,11 @@ class RunLogger:
             except Exception as exc:  # noqa: BLE001 - W&B must never take training down
                 self._warn(f"W&B could not start ({type(exc).__name__}: {exc}); training goes on with "
                            "metrics.jsonl only. Set logging.wandb.mode=offline or disabled, or run `wandb login`.")
+
+    @property
+    def wandb_id(self) -> str | None:
+        """The W&B run's id (None without W&B), for resuming the same W&B run."""
+        return None if self.wandb is None else str(self.wandb.run.id)
 
     @staticmethod
     def _warn(message: str) -> None:
@@ -158,13 +170,54 @@ class RunLogger:
             self.wandb = None
 
 
+def _parse_jsonl(path: Path) -> list[dict[str, Any]]:
+    """The records of a JSONL file; a truncated last line (a crash mid-write) is skipped with a warning naming the
+    file and line; a bad line elsewhere raises ValueError naming them."""
+    with open(path, encoding="utf-8") as f:
+        lines = f.read().split("\n")
+    records = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError as exc:
+            if any(rest.strip() for rest in lines[number:]):
+                raise ValueError(f"{path}:{number}: not a JSON record ({exc})") from None
+            warnings.warn(f"{path}:{number}: truncated last record skipped (the run stopped mid-write)",
+                          RuntimeWarning, stacklevel=3)
+    return records
+
+
 def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
-    """The records of a ``metrics.jsonl`` file (a run folder is accepted too)."""
+    """The records of a ``metrics.jsonl`` file (a run folder is accepted too); a truncated last line (a crash
+    mid-write) is skipped with a warning naming the file and line."""
     path = Path(path)
     if path.is_dir():
         path = path / "metrics.jsonl"
-    with open(path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
+    return _parse_jsonl(path)
+
+
+def truncate_jsonl(path: str | Path, step: int) -> tuple[float, int]:
+    """Drops the records of a ``metrics.jsonl`` with ``env_step`` beyond ``step`` (and a truncated last line),
+    rewriting it atomically; returns the last kept record's ``time/wall_s`` (0 if none) and the number dropped."""
+    path = Path(path)
+    if not path.is_file():
+        return 0.0, 0
+    records = _parse_jsonl(path)
+    kept = [r for r in records if int(r.get(STEP_KEY, 0)) <= step]
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.writelines(json.dumps(r) + "\n" for r in kept)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    wall = next((float(r["time/wall_s"]) for r in reversed(kept) if r.get("time/wall_s") is not None), 0.0)
+    return wall, len(records) - len(kept)
 
 
 def wandb_dir_files(run_dir: str | Path) -> list[str]:
@@ -173,4 +226,5 @@ def wandb_dir_files(run_dir: str | Path) -> list[str]:
     return [str(p) for p in root.rglob("*") if p.is_file()] if root.exists() else []
 
 
-__all__ = ["STEP_KEY", "JsonlSink", "RunLogger", "WandbSink", "make_run_dir", "read_jsonl", "wandb_dir_files"]
+__all__ = ["STEP_KEY", "JsonlSink", "RunLogger", "WandbSink", "make_run_dir", "read_jsonl", "truncate_jsonl",
+           "wandb_dir_files"]

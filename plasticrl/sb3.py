@@ -15,6 +15,7 @@ What the callbacks log goes to the model's SB3 logger (``model.logger``: SB3 wri
 
 from __future__ import annotations
 
+import os
 import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
@@ -383,6 +384,13 @@ class EpisodeLogCallback(_LoggingCallback):
                        f"fps {record['train/fps']:7.1f}")
         return True
 
+    def state_dict(self) -> dict[str, Any]:
+        """The episode count, for a resumed run."""
+        return {"episodes": self.episodes}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.episodes = int(state["episodes"])
+
 
 class PlasticityCallback(_LoggingCallback):
     """Every ``every`` env steps: a fixed-size probe batch through ``PlasticityMonitor``, logged as
@@ -450,6 +458,14 @@ class PlasticityCallback(_LoggingCallback):
             if self.run_logger is not None:
                 self.run_logger.log_histograms(values, self.num_timesteps)
         return metrics
+
+    def state_dict(self) -> dict[str, Any]:
+        """The probe clock, count and history, for a resumed run."""
+        return {"last": self._due.last, "probes": self.probes, "history": list(self.history)}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self._due.last, self.probes = int(state["last"]), int(state["probes"])
+        self.history = [(int(step), dict(metrics)) for step, metrics in state["history"]]
 
 
 class ReplayRatioCallback(_LoggingCallback):
@@ -547,6 +563,13 @@ class ReplayRatioCallback(_LoggingCallback):
     def _on_rollout_end(self) -> None:
         self.model.gradient_steps, self._due = self._due, 0
 
+    def state_dict(self) -> dict[str, Any]:
+        """The controller's state (``ReplayRatioController.state_dict``), for a resumed run."""
+        return {"controller": self.controller.state_dict()}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.controller.load_state_dict(state["controller"])
+
 
 def optimizers_of(model: BaseAlgorithm) -> list[torch.optim.Optimizer]:
     """Every optimizer of the model and its policy and its policy's modules (``actor.optimizer``,
@@ -606,17 +629,37 @@ class InterventionCallback(_LoggingCallback):
         self.counts: dict[tuple[str, str], int] = {}
         self.history: list[tuple[int, str, str, dict[str, float]]] = []  # (env step, kind, group, log)
         self._seen_probes = 0
+        self._loaded: Mapping[str, Any] | None = None  # load_state_dict's, applied once the groups are bound
 
     def _init_callback(self) -> None:  # at learn()'s start: a wrong group fails before any env step
         names = sorted({item.group for item in self.interventions})
         self.groups = resolve_groups(self.model, {name: name for name in names})
         for item in self.interventions:  # shrink & perturb towards the initial weights snapshots them now
             item.bind(self.target(item.group))
+        if self._loaded is not None:  # a resumed run: the schedules' firings and the initial-weights snapshots
+            for item, item_state in zip(self.interventions, self._loaded["items"], strict=True):
+                item.load_state_dict(item_state)
+            self._loaded = None
         needs_metrics = [item for item in self.interventions if item.schedule.when is not None]
         if needs_metrics and self.plasticity is None:
             raise ValueError(f"InterventionCallback: {needs_metrics[0].intervention.kind} on "
                              f"{needs_metrics[0].group!r} fires on a monitored metric; pass plasticity= the run's "
                              "PlasticityCallback (listed before this callback)")
+
+    def state_dict(self) -> dict[str, Any]:
+        """Each scheduled intervention's state (``ScheduledIntervention.state_dict``), the counts and history."""
+        return {"items": [item.state_dict() for item in self.interventions], "counts": dict(self.counts),
+                "history": list(self.history), "seen_probes": self._seen_probes}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restores ``state_dict``'s; the schedules' part is applied at ``learn``'s start, after binding."""
+        if len(state["items"]) != len(self.interventions):
+            raise ValueError(f"InterventionCallback.load_state_dict: {len(state['items'])} scheduled interventions "
+                             f"saved, {len(self.interventions)} configured")
+        self.counts = {tuple(k): int(v) for k, v in state["counts"].items()}
+        self.history = list(state["history"])
+        self._seen_probes = int(state["seen_probes"])
+        self._loaded = state
 
     def _new_metrics(self) -> dict[str, float] | None:
         """The metrics of a probe made since the last call, or None."""
@@ -693,24 +736,148 @@ class PeriodicEvalCallback(_LoggingCallback):
         tqdm.write(f"step {self.num_timesteps:>9,d}  eval return {mean:9.2f} +- {std:.2f} ({self.episodes} episodes)")
         return float(mean), float(std)
 
+    def state_dict(self) -> dict[str, Any]:
+        """The eval clock and results, for a resumed run."""
+        return {"last": self._due.last, "results": list(self.results)}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self._due.last = int(state["last"])
+        self.results = [(int(n), float(m), float(sd)) for n, m, sd in state["results"]]
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Training stopped on a signal (``signum``: SIGINT, SIGTERM) at a clean point between steps, after the
+    ``interrupted`` checkpoint (``path``) was saved."""
+
+    def __init__(self, signum: int, path: Path | None = None):
+        super().__init__(signum)
+        self.signum, self.path = signum, path
+
+
+def atomic_write(path: str | Path, write: Callable[[Any], Any]) -> Path:
+    """Writes ``path`` through ``write(file)`` on a temporary file in the same folder (``.<name>.tmp-<pid>``), synced
+    and renamed into place once whole: a full disk or a kill mid-write never leaves a truncated file under the real
+    name, and a previous file of that name stays until the new one is complete. On an error the temporary file is
+    removed and the error raised."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as file:
+            write(file)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise OSError(exc.errno, f"{path} not written ({exc.strerror or exc}); the files already in {path.parent} "
+                      "are intact: free disk space there (or make it writable)") from exc
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def save_model(model: BaseAlgorithm, path: str | Path) -> Path:
+    """``model.save`` (SB3's zip: parameters, optimizers, counters) written atomically (``atomic_write``)."""
+    return atomic_write(path, model.save)
+
+
+def save_torch(obj: Any, path: str | Path) -> Path:
+    """``torch.save(obj)`` written atomically (``atomic_write``)."""
+    return atomic_write(path, lambda file: torch.save(obj, file))
+
+
+def state_path(checkpoint: str | Path) -> Path:
+    """The full-state file beside a checkpoint: ``step_<N>.zip`` -> ``step_<N>.state.pt``."""
+    checkpoint = Path(checkpoint)
+    return checkpoint.with_name(checkpoint.stem + ".state.pt")
+
+
+def replay_path(checkpoint: str | Path) -> Path:
+    """The replay buffer beside a checkpoint: ``step_<N>.zip`` -> ``step_<N>.replay.pkl``."""
+    checkpoint = Path(checkpoint)
+    return checkpoint.with_name(checkpoint.stem + ".replay.pkl")
+
+
+def step_checkpoints(folder: str | Path) -> list[Path]:
+    """The ``step_<N>.zip`` files of a checkpoint folder, oldest (smallest N) first."""
+    found = []
+    for path in Path(folder).glob("step_*.zip"):
+        number = path.stem[len("step_"):]
+        if number.isdigit():
+            found.append((int(number), path))
+    return [path for _, path in sorted(found)]
+
 
 class PeriodicCheckpointCallback(BaseCallback):
     """Saves ``checkpoints/step_<N>.zip`` every ``every`` env steps (0: never; the CLI saves ``final.zip``) and,
-    with ``on_save``, calls it after each save (the CLI redraws the run's PNG dashboard there)."""
+    with ``on_save``, calls it after each save (the CLI redraws the run's PNG dashboard there).
 
-    def __init__(self, folder: str | Path, every: int, on_save: Callable[[], Any] | None = None):
+    A checkpoint is taken at a clean point: at the start of the rollout after the step that crossed the multiple
+    of ``every`` (its ``train()`` done), or at training's end. Every file is written atomically (``atomic_write``).
+    With ``state_fn``, its dict (the run's other state: callbacks, controller, RNG) goes to ``step_<N>.state.pt``
+    beside; with ``save_replay``, the replay buffer to ``step_<N>.replay.pkl``; ``keep`` > 0 keeps only the newest
+    ``keep`` step checkpoints (with their files). ``request_stop(signum)`` (from a signal handler) makes the next
+    clean point save ``interrupted.zip`` (and its state) and raise ``TrainingInterrupted``.
+    """
+
+    def __init__(self, folder: str | Path, every: int, on_save: Callable[[], Any] | None = None, keep: int = 0,
+                 save_replay: bool = False, state_fn: Callable[[], dict[str, Any]] | None = None):
         super().__init__()
         self.folder, self._due, self.on_save = Path(folder), _EveryN(every), on_save
+        self.keep, self.save_replay, self.state_fn = keep, save_replay, state_fn
+        self.stop_signal: int | None = None
+
+    def request_stop(self, signum: int) -> None:
+        """Stop at the next clean point, saving ``interrupted.zip`` there (safe to call from a signal handler)."""
+        self.stop_signal = signum
+
+    def save(self, name: str) -> Path:
+        """Saves ``<folder>/<name>.zip`` and, as configured, its state and replay files beside; returns the zip."""
+        path = self.folder / f"{name}.zip"
+        if self.save_replay and getattr(self.model, "replay_buffer", None) is not None:
+            atomic_write(replay_path(path), self.model.save_replay_buffer)
+        if self.state_fn is not None:
+            save_torch(self.state_fn(), state_path(path))
+        save_model(self.model, path)  # last: a zip whose state file is missing is never the newest full state
+        return path
+
+    def _prune(self) -> None:
+        if self.keep <= 0:
+            return
+        for old in step_checkpoints(self.folder)[:-self.keep]:
+            for path in (old, state_path(old), replay_path(old)):
+                path.unlink(missing_ok=True)
+
+    def _checkpoint(self) -> None:
+        self.save(f"step_{self.num_timesteps}")
+        self._prune()
+        if self.on_save is not None:
+            self.on_save()
+
+    def _on_rollout_start(self) -> None:
+        if self._due(self.num_timesteps):
+            self._checkpoint()
+        if self.stop_signal is not None:
+            raise TrainingInterrupted(self.stop_signal, self.save("interrupted"))
 
     def _on_step(self) -> bool:
-        if self._due(self.num_timesteps):
-            self.model.save(self.folder / f"step_{self.num_timesteps}.zip")
-            if self.on_save is not None:
-                self.on_save()
         return True
+
+    def _on_training_end(self) -> None:
+        if self._due(self.num_timesteps):
+            self._checkpoint()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"last": self._due.last}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self._due.last = int(state["last"])
 
 
 __all__ = ["EpisodeLogCallback", "InterventionCallback", "ObservationBatch", "OffPolicyAgent",
            "PeriodicCheckpointCallback", "PeriodicEvalCallback", "PlasticityCallback", "ReplayRatioCallback",
-           "TrainStatsAgent", "available_groups", "default_group_names", "default_groups", "module_at",
-           "optimizers_of", "probe_forward", "replay_batch", "resolve_groups", "rollout_batch", "target_pairs_of"]
+           "TrainStatsAgent", "TrainingInterrupted", "atomic_write", "available_groups", "default_group_names",
+           "default_groups", "module_at", "optimizers_of", "probe_forward", "replay_batch", "replay_path",
+           "resolve_groups", "rollout_batch", "save_model", "save_torch", "state_path", "step_checkpoints",
+           "target_pairs_of"]

@@ -1,6 +1,6 @@
-"""The ``plasticrl`` command line: train, eval, plot, collect, continual, bench, sweep, report. argparse only: each
-command's work lives in its own lab module (``train``, ``collect``, ``continual``, ``bench``, ``plots``, ``sweep``,
-``report``).
+"""The ``plasticrl`` command line: train, resume, eval, plot, collect, continual, bench, sweep, report. argparse only:
+each command's work lives in its own lab module (``train``, ``collect``, ``continual``, ``bench``, ``plots``,
+``sweep``, ``report``).
 
 argparse (standard library) keeps the CLI dependency-free and its help text plain; config validation is pydantic's
 (see ``plasticrl.lab.config``).
@@ -9,6 +9,7 @@ argparse (standard library) keeps the CLI dependency-free and its help text plai
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from pathlib import Path
 
@@ -21,6 +22,13 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from plasticrl.lab.config import train as train_config
 
     train.train(train_config.load(args.config, args.set, overlays=args.overlay))
+    return 0
+
+
+def _cmd_resume(args: argparse.Namespace) -> int:
+    from plasticrl.lab import train
+
+    train.resume_run(Path(args.run_dir), args.device)
     return 0
 
 
@@ -92,6 +100,10 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key, e.g. --set replay_ratio.kind=adaptive (repeatable)")
     t.set_defaults(func=_cmd_train)
+    rs = sub.add_parser("resume", help="continue an interrupted run from its newest checkpoint")
+    rs.add_argument("run_dir", help="the run folder, e.g. runs/quickstart/0-20250101-120000")
+    rs.add_argument("--device", default=None, choices=["auto", "cpu", "cuda"], help="default: the run's run.device")
+    rs.set_defaults(func=_cmd_resume)
     e = sub.add_parser("eval", help="evaluate a run's checkpoint")
     e.add_argument("run_dir")
     e.add_argument("--checkpoint", default=None, help="default: <run_dir>/checkpoints/final.zip")
@@ -183,6 +195,14 @@ def main(argv: list[str] | None = None) -> int:
     except FloatingPointError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 3
+    except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM: train has said what it saved
+        signum = getattr(exc, "signum", signal.SIGINT)
+        if not hasattr(exc, "signum"):
+            print("interrupted", file=sys.stderr)
+        return 128 + int(signum)
+    except OSError as exc:  # a full disk, a read-only folder: the run log is closed, the checkpoints are whole
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     except ModuleNotFoundError as exc:  # a core install (torch only) running a lab command
         fix = missing_dependency(exc)
         if fix is None:

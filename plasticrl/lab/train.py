@@ -1,12 +1,19 @@
 """``plasticrl train``: a validated config -> envs, agent, callbacks -> ``model.learn`` -> a run folder.
 
 The run folder ``<out_dir>/<name>/<seed>-<time>/`` holds the resolved ``config.yaml``, ``metrics.jsonl``,
-``checkpoints/`` (``step_<N>.zip``, ``final.zip``; ``interrupted.zip`` on Ctrl-C), ``wandb/`` and ``plots/``.
+``checkpoints/`` (``step_<N>.zip``, ``final.zip``; ``interrupted.zip`` on Ctrl-C or SIGTERM, each with its
+``.state.pt``), ``wandb/`` and ``plots/``. ``resume_run`` (``plasticrl resume``) continues a run from its newest
+full-state checkpoint.
 """
 
 from __future__ import annotations
 
+import os
+import signal
 import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -22,9 +29,11 @@ from plasticrl.lab.config.base import ConfigError, dump, wandb_settings
 from plasticrl.lab.config.train import WHEN, Config, InterventionSpec, load
 from plasticrl.lab.fast_path import resolve_auto
 from plasticrl.lab.plots import plot_runs
+from plasticrl.lab.resume import latest_checkpoint, restore_rng, rng_state
 from plasticrl.lab.runtime import configure_torch, resolve_device
 from plasticrl.replay_ratio import AdaptiveReplayRatio, StaticReplayRatio
 from plasticrl.runlog import RunLogger, make_run_dir
+from plasticrl.sb3 import TrainingInterrupted, replay_path, save_model
 
 AGENTS = ("drq", "drqv2", "sac")  # agent.kind and collect --agent: plasticrl.agents.DrQ, DrQV2, SB3's SAC
 
@@ -45,8 +54,15 @@ def make_vec_env(cfg: Config, seed: int, n_envs: int | None = None) -> Any:
     kind = cfg.env.vec_env if cfg.env.vec_env != "auto" else ("subproc" if n > 1 else "dummy")
     options = env_options(cfg)
     env_id = cfg.env.id
-    return sb3_make_vec_env(lambda: envs.make(env_id, **options), n_envs=n, seed=seed,
-                            vec_env_cls=SubprocVecEnv if kind == "subproc" else DummyVecEnv)
+    parent = os.getpid()
+
+    def make() -> Any:
+        if os.getpid() != parent:  # a SubprocVecEnv worker: Ctrl-C/SIGTERM are the trainer's to handle
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        return envs.make(env_id, **options)
+
+    return sb3_make_vec_env(make, n_envs=n, seed=seed, vec_env_cls=SubprocVecEnv if kind == "subproc" else DummyVecEnv)
 
 
 def build_controller(cfg: Config) -> Any:
@@ -141,6 +157,14 @@ def check_config(cfg: Config) -> None:
                           "dmc:<domain>-<task> env")
 
 
+def _make_run_dir(cfg: Config) -> Path:
+    try:
+        return make_run_dir(cfg.run.out_dir, cfg.run.name, cfg.run.seed)
+    except OSError as exc:
+        raise ConfigError(f"run.out_dir: cannot create a run folder in {cfg.run.out_dir!r} ({exc.strerror or exc}); "
+                          "set run.out_dir to a writable folder") from None
+
+
 def train(cfg: Config) -> Path:
     """Trains one run from a validated config; returns its run folder."""
     check_config(cfg)
@@ -149,23 +173,70 @@ def train(cfg: Config) -> Path:
     cfg, chosen = resolve_auto(cfg, device)  # config.yaml records what ran
     if chosen:
         print(chosen, flush=True)
-    run_dir = make_run_dir(cfg.run.out_dir, cfg.run.name, cfg.run.seed)
+    run_dir = _make_run_dir(cfg)
     (run_dir / "config.yaml").write_text(dump(cfg))
+    return _run(cfg, run_dir, device)
+
+
+def resume_run(run_dir: str | Path, device: str | None = None) -> Path:
+    """``plasticrl resume``: continues a run from its newest full-state checkpoint (``interrupted.zip`` or the newest
+    ``step_<N>.zip``) up to its ``run.total_steps``, in the same folder; returns it."""
+    run_dir = Path(run_dir)
+    checkpoint, state = latest_checkpoint(run_dir)
+    cfg = load(run_dir / "config.yaml")
+    device = resolve_device(device or cfg.run.device)
+    configure_torch(device)
+    cfg, _ = resolve_auto(cfg, device)
+    return _run(cfg, run_dir, device, checkpoint, state)
+
+
+@contextmanager
+def _stop_on_signals(checkpoints: adapters.PeriodicCheckpointCallback) -> Iterator[None]:
+    """Ctrl-C and SIGTERM stop training at the next clean point between steps (``interrupted.zip`` saved there); a
+    second one stops at once."""
+    if threading.current_thread() is not threading.main_thread():  # signals reach the main thread only
+        yield
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        if checkpoints.stop_signal is not None:
+            raise TrainingInterrupted(signum)
+        checkpoints.request_stop(signum)
+
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
+def _load_for_resume(cfg: Config, checkpoint: Path, env: Any, device: str) -> Any:
+    cls = {"drq": DrQ, "drqv2": DrQV2, "sac": SAC}[cfg.agent.kind]
+    return cls.load(checkpoint, env=env, device=device, force_reset=True)  # the envs start new episodes
+
+
+def _run(cfg: Config, run_dir: Path, device: str, checkpoint: Path | None = None,
+         state: dict[str, Any] | None = None) -> Path:
+    """Builds envs, agent and callbacks and trains up to ``run.total_steps``: from scratch, or from ``checkpoint``
+    with its saved ``state``."""
     tags = [cfg.agent.kind, cfg.env.id, f"rr-{cfg.replay_ratio.kind}"]
-    run_logger = RunLogger(run_dir, cfg.model_dump(mode="json"),
-                           wandb_settings(cfg.logging.wandb, cfg.run.name, cfg.run.seed, tags))
+    settings = wandb_settings(cfg.logging.wandb, cfg.run.name, cfg.run.seed, tags)
+    if state is not None and state.get("wandb_id") and settings.get("mode") != "disabled":
+        settings["run_id"] = state["wandb_id"]
+    run_logger = RunLogger(run_dir, cfg.model_dump(mode="json"), settings,
+                           resume_step=None if state is None else state["num_timesteps"])
     print(f"run folder: {run_dir}  (device {device})", flush=True)
+    folder = run_dir / "checkpoints"
     env = eval_env = model = None
     try:
         env = make_vec_env(cfg, cfg.run.seed)
         eval_env = make_vec_env(cfg, cfg.run.seed + 10_000, n_envs=1)
-        model = build_agent(cfg, env, device)
-        callbacks = [
+        model = build_agent(cfg, env, device) if checkpoint is None else _load_for_resume(cfg, checkpoint, env, device)
+        callbacks: list[Any] = [
             adapters.EpisodeLogCallback(run_logger, cfg.logging.print_episodes),
             adapters.ReplayRatioCallback(build_controller(cfg), run_logger),
             adapters.PeriodicEvalCallback(eval_env, run_logger, cfg.eval.every, cfg.eval.episodes),
-            adapters.PeriodicCheckpointCallback(run_dir / "checkpoints", cfg.run.checkpoint_every,
-                                        on_save=(lambda: _plot_quietly(run_dir)) if cfg.logging.plots else None),
         ]
         m = cfg.monitor
         plasticity = None
@@ -177,13 +248,33 @@ def train(cfg: Config) -> Path:
         if cfg.interventions:  # after the monitor: a metric trigger reads the probe of the same step
             callbacks.insert(2 if plasticity else 1, adapters.InterventionCallback(
                 build_interventions(cfg), run_logger, plasticity=plasticity, batch_size=m.batch_size))
-        try:
-            model.learn(cfg.run.total_steps, callback=callbacks, progress_bar=cfg.run.progress_bar)
-        except KeyboardInterrupt:
-            model.save(run_dir / "checkpoints" / "interrupted.zip")
-            print(f"interrupted: saved {run_dir / 'checkpoints' / 'interrupted.zip'}", file=sys.stderr)
-            raise
-        model.save(run_dir / "checkpoints" / "final.zip")
+
+        def full_state() -> dict[str, Any]:
+            return {"num_timesteps": int(model.num_timesteps), "rng": rng_state(),
+                    "action_space_rng": model.action_space.np_random.bit_generator.state,
+                    "callbacks": {type(cb).__name__: cb.state_dict() for cb in callbacks},
+                    "wandb_id": run_logger.wandb_id}
+
+        checkpoints = adapters.PeriodicCheckpointCallback(
+            folder, cfg.run.checkpoint_every, keep=cfg.run.keep_checkpoints, save_replay=cfg.run.save_replay,
+            state_fn=full_state, on_save=(lambda: _plot_quietly(run_dir)) if cfg.logging.plots else None)
+        callbacks.append(checkpoints)
+        if state is not None and checkpoint is not None:
+            _restore(cfg, model, callbacks, checkpoint, state)
+        with _stop_on_signals(checkpoints):
+            try:
+                model.learn(cfg.run.total_steps - model.num_timesteps, callback=callbacks,
+                            progress_bar=cfg.run.progress_bar, reset_num_timesteps=checkpoint is None)
+            except TrainingInterrupted as exc:
+                name = signal.Signals(exc.signum).name
+                saved = (f"saved {exc.path}" if exc.path is not None else
+                         "stopped at once on the second signal, nothing saved")
+                print(f"interrupted by {name} at step {model.num_timesteps}: {saved}; continue with "
+                      f"`plasticrl resume {run_dir}`", file=sys.stderr, flush=True)
+                raise
+            except OSError as exc:  # a checkpoint not written (full disk): the run log is closed below
+                raise OSError(exc.errno, f"{exc.strerror or exc}; then continue with `plasticrl resume {run_dir}`") from exc
+            save_model(model, folder / "final.zip")
     finally:
         run_logger.close()
         for e in (env, eval_env):
@@ -193,6 +284,25 @@ def train(cfg: Config) -> Path:
         _plot_quietly(run_dir)
     print(f"done: {run_dir}", flush=True)
     return run_dir
+
+
+def _restore(cfg: Config, model: Any, callbacks: list[Any], checkpoint: Path, state: dict[str, Any]) -> None:
+    """Sets a loaded model's replay buffer, the callbacks' state and the RNG states from a checkpoint's state."""
+    for cb in callbacks:
+        cb.load_state_dict(state["callbacks"][type(cb).__name__])
+    step = int(state["num_timesteps"])
+    replay = replay_path(checkpoint)
+    if replay.is_file():
+        model.load_replay_buffer(replay)
+        print(f"resumed from {checkpoint} at step {step} with its replay buffer ({model.replay_buffer.size()} "
+              "transitions); the envs start new episodes (their state is not saved)", flush=True)
+    else:  # the buffer is empty: a warm-up of learning_starts new transitions before updates resume
+        model.learning_starts = step + cfg.agent.learning_starts
+        print(f"resumed from {checkpoint} at step {step}; no replay buffer saved (run.save_replay: false), so it "
+              f"refills: {cfg.agent.learning_starts} warm-up steps before updates resume; the envs start new "
+              "episodes (their state is not saved)", flush=True)
+    restore_rng(state["rng"])
+    model.action_space.np_random.bit_generator.state = state["action_space_rng"]
 
 
 def _plot_quietly(run_dir: Path) -> None:

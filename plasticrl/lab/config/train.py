@@ -19,7 +19,6 @@ from plasticrl.lab.config.base import (
     BaseRunConfig,
     ConfigError,  # noqa: F401 - raised by load and validate; importable from here
     Section,
-    check_problems,
     read_yaml,
     validate_model,
 )
@@ -28,6 +27,8 @@ from plasticrl.lab.config.base import (
 class RunConfig(BaseRunConfig):
     total_steps: int = Field(100_000, gt=0, description="agent steps (transitions over all envs) to train")
     checkpoint_every: int = Field(0, ge=0, description="save a checkpoint every N agent steps (0: only final)")
+    keep_checkpoints: int = Field(3, ge=0, description="keep the newest N step checkpoints (0: all)")
+    save_replay: bool = Field(False, description="save the replay buffer with each checkpoint, for an exact resume")
     progress_bar: bool = Field(True, description="show a progress bar")
 
 
@@ -313,13 +314,54 @@ def intervention_problems(cfg: Config) -> list[str]:
     return problems
 
 
+# agent.* values that the CPU ignores (the plain path): set on a run.device=cpu run they would do nothing.
+CUDA_ONLY = {"compile": "torch.compile of the update", "precision": "bf16 autocast",
+             "buffer_device": "replay frames in GPU memory", "cuda_graph": "the update as one CUDA graph"}
+
+
+def device_problems(cfg: Config, device: str | None = None) -> list[str]:
+    """A problem per CUDA-only ``agent`` key (``CUDA_ONLY``) set explicitly on a CPU run; ``device``: the device the
+    run resolved to (default ``run.device``, so that ``auto`` is checked only once it is known). ``auto`` values are
+    always fine (``plasticrl.lab.fast_path`` picks the plain path on the CPU)."""
+    if (device or cfg.run.device) != "cpu" or cfg.agent.kind == "sac":  # sac: agent_problems refuses these keys
+        return []
+    a = cfg.agent
+    cuda_values = {"compile": a.compile not in ("auto", False), "precision": a.precision == "bf16",
+                   "buffer_device": a.buffer_device == "cuda", "cuda_graph": a.cuda_graph is True}
+    return [f"agent.{key}: {getattr(a, key)!r} needs CUDA ({what}) but run.device is cpu; remove the key (auto: the "
+            f"plain path on the CPU) or use run.device=cuda" for key, what in CUDA_ONLY.items() if cuda_values[key]]
+
+
+def env_problems(cfg: Config) -> list[str]:
+    """An unknown ``env.id`` (with close matches), a non-dmc env for a pixel agent, or no working MuJoCo GL backend
+    for dmc pixels (naming the system package); [] if the env can be built."""
+    from plasticrl import envs  # the registries import dm_control and metaworld: only when validating
+
+    try:
+        envs.check_id(cfg.env.id)
+    except ValueError as exc:
+        return [f"env.id: {exc}"]
+    if cfg.agent.kind in ("drq", "drqv2") and not cfg.env.id.startswith("dmc:"):
+        return [f"env.id: {cfg.env.id!r} has no pixel observations; agent.kind={cfg.agent.kind} needs a "
+                "dmc:<domain>-<task> env"]
+    if cfg.env.pixels and cfg.env.id.startswith("dmc:"):
+        from plasticrl.envs import dmc
+
+        problem = dmc.gl_problem()
+        return [f"env.pixels: {problem}"] if problem else []
+    return []
+
+
+def config_problems(cfg: Config) -> list[str]:
+    """Every cross-key problem of a schema-valid config: ``agent_problems``, ``intervention_problems``,
+    ``device_problems``, ``env_problems``."""
+    return agent_problems(cfg) + intervention_problems(cfg) + device_problems(cfg) + env_problems(cfg)
+
+
 def validate(data: dict[str, Any], source: str = "config") -> Config:
-    """A Config from plain data, or ConfigError listing each bad key with its value and what is allowed, and each
-    key that doesn't fit ``agent.kind`` (see ``agent_problems``)."""
-    cfg = validate_model(Config, data, source)
-    problems = agent_problems(cfg) + intervention_problems(cfg)
-    check_problems(problems, source)
-    return cfg
+    """A Config from plain data, or ConfigError listing, in one report, each bad key with its value and what is
+    allowed and each cross-key problem (``config_problems``: agent kind, interventions, CUDA-only keys, env id)."""
+    return validate_model(Config, data, source, checks=config_problems)
 
 
 def load(path: str | Path, overrides: list[str] | None = None, overlays: list[str | Path] | None = None) -> Config:
