@@ -81,8 +81,10 @@ def make(env_id: str, **options: Any) -> gym.Env:
 
 
 def check_id(env_id: str) -> None:
-    """Raises ValueError (with close matches) unless ``env_id`` is a valid id; builds nothing."""
-    if env_id not in list_ids():
+    """Raises ValueError (with close matches) unless ``env_id`` is a valid id; builds nothing, and imports only the
+    suite of its prefix (a Meta-World id does not need dm_control)."""
+    prefix = env_id.partition(":")[0]
+    if env_id not in list_ids(prefix if prefix in PREFIXES else None):
         raise _unknown_id(env_id)
 
 

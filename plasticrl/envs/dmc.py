@@ -22,7 +22,32 @@ _GL_ERROR = (
     "and MUJOCO_GL=osmesa. Install `libegl1` (EGL, for GPUs and Mesa) or `libosmesa6` "
     "(OSMesa) via apt, or set MUJOCO_GL yourself."
 )
+GL_PACKAGES = {"egl": "libegl1", "osmesa": "libosmesa6"}  # the apt package each headless backend needs
 _gl_backend: str | None = None  # backend chosen by setup_gl(), "" if none works
+_gl_error = ""  # why none works
+GL_OFF = ("off", "disable", "disabled", "false", "0")  # dm_control's names of no rendering: state envs only
+
+
+class GLBackendError(RuntimeError):
+    """No MuJoCo OpenGL backend can render here; the message names the system package to install."""
+
+
+def _set_backend_error(backend: str) -> str:
+    """Why ``MUJOCO_GL=backend`` (set by the user) can't be used, in one line naming the fix; "" if it can."""
+    if backend in GL_PACKAGES:
+        if _gl_context_works(backend):
+            return ""
+        other = "osmesa" if backend == "egl" else "egl"
+        return (f"MUJOCO_GL={backend} is set but {backend} can't create an OpenGL context (its library is missing?): "
+                f"install it (apt-get install {GL_PACKAGES[backend]}), or use MUJOCO_GL={other} (apt-get install "
+                f"{GL_PACKAGES[other]}), or unset MUJOCO_GL to use the first that works")
+    if backend.lower() in ("glfw", "on", "enable", "enabled", "true", "1"):  # dm_control's names of glfw
+        return ""
+    if backend.lower() in GL_OFF:
+        return (f"MUJOCO_GL={backend} turns rendering off, and pixel observations need it: use MUJOCO_GL=egl "
+                f"(apt-get install libegl1) or osmesa (libosmesa6), or unset MUJOCO_GL")
+    return (f"MUJOCO_GL={backend} is not a MuJoCo OpenGL backend for pixel observations; use egl, osmesa or glfw "
+            "(a display), or unset MUJOCO_GL to use the first that works")
 
 
 def _gl_context_works(backend: str) -> bool:
@@ -46,24 +71,37 @@ def _gl_context_works(backend: str) -> bool:
 def setup_gl(required: bool = True) -> str:
     """Choose the MuJoCo GL backend; must run before dm_control is imported.
 
-    Keeps `MUJOCO_GL` if it is set; otherwise tries `egl`, then `osmesa`, and
+    Keeps `MUJOCO_GL` if it is set and works; otherwise tries `egl`, then `osmesa`, and
     sets `MUJOCO_GL` to the first that can create a context. Returns the backend
-    name ("" when none works); raises RuntimeError then if `required`.
+    name ("" when none works); raises GLBackendError then if `required`, and always
+    when the `MUJOCO_GL` set can't work (dm_control would fail at import) unless it
+    turns rendering off (`GL_OFF`: state envs only).
     """
-    global _gl_backend
+    global _gl_backend, _gl_error
     if _gl_backend is None:
         if os.environ.get("MUJOCO_GL"):
-            _gl_backend = os.environ["MUJOCO_GL"]
+            _gl_error = _set_backend_error(os.environ["MUJOCO_GL"])
+            _gl_backend = "" if _gl_error else os.environ["MUJOCO_GL"]
         else:
-            _gl_backend = ""
+            _gl_backend, _gl_error = "", _GL_ERROR
             for backend in ("egl", "osmesa"):
                 if _gl_context_works(backend):
                     os.environ["MUJOCO_GL"] = backend
-                    _gl_backend = backend
+                    _gl_backend, _gl_error = backend, ""
                     break
-    if required and not _gl_backend:
-        raise RuntimeError(_GL_ERROR)
+    chosen = os.environ.get("MUJOCO_GL", "")
+    if not _gl_backend and (required or (chosen and chosen.lower() not in GL_OFF)):  # dm_control's import fails
+        raise GLBackendError(_gl_error)
     return _gl_backend
+
+
+def gl_problem() -> str:
+    """Why pixel observations can't be rendered here (one line naming the system package), "" when they can."""
+    try:
+        setup_gl(required=True)
+    except GLBackendError as exc:
+        return str(exc)
+    return ""
 
 
 def _suite() -> ModuleType:

@@ -336,17 +336,18 @@ def env_problems(cfg: Config) -> list[str]:
     """An unknown ``env.id`` (with close matches), a non-dmc env for a pixel agent, or no working MuJoCo GL backend
     for dmc pixels (naming the system package); [] if the env can be built."""
     from plasticrl import envs  # the registries import dm_control and metaworld: only when validating
+    from plasticrl.envs import dmc
 
     try:
         envs.check_id(cfg.env.id)
     except ValueError as exc:
         return [f"env.id: {exc}"]
+    except dmc.GLBackendError as exc:  # a MUJOCO_GL that dm_control can't import with
+        return [f"env.id: {exc}"]
     if cfg.agent.kind in ("drq", "drqv2") and not cfg.env.id.startswith("dmc:"):
         return [f"env.id: {cfg.env.id!r} has no pixel observations; agent.kind={cfg.agent.kind} needs a "
                 "dmc:<domain>-<task> env"]
     if cfg.env.pixels and cfg.env.id.startswith("dmc:"):
-        from plasticrl.envs import dmc
-
         problem = dmc.gl_problem()
         return [f"env.pixels: {problem}"] if problem else []
     return []
