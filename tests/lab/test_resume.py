@@ -1,0 +1,166 @@
+"""Training that survives preemption: atomic checkpoints, SIGTERM, SIGKILL and `plasticrl resume` (real runs of
+configs/train/smoke_sac.yaml in subprocesses)."""
+
+import errno
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[2]
+SMOKE_SAC = str(ROOT / "configs" / "train" / "smoke_sac.yaml")
+ENV = {**os.environ, "MUJOCO_GL": os.environ.get("MUJOCO_GL", "egl")}
+
+
+def start_train(out_dir, *sets):
+    args = [sys.executable, "-m", "plasticrl", "train", SMOKE_SAC, "--set", f"run.out_dir={out_dir}"]
+    for s in sets:
+        args += ["--set", s]
+    return subprocess.Popen(args, cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def cli(*args):
+    return subprocess.run([sys.executable, "-m", "plasticrl", *args], cwd=ROOT, env=ENV, capture_output=True,
+                          text=True, timeout=600)
+
+
+def run_folder(out_dir):
+    (folder,) = (Path(out_dir) / "smoke_sac").iterdir()
+    return folder
+
+
+def wait_for(path_glob, out_dir, proc, timeout=300):
+    start = time.time()
+    while time.time() - start < timeout:
+        found = list(Path(out_dir).glob(path_glob))
+        if found:
+            return found[0]
+        assert proc.poll() is None, f"the run ended before {path_glob}: {proc.communicate()}"
+        time.sleep(0.05)
+    raise AssertionError(f"no {path_glob} after {timeout} s")
+
+
+def assert_complete_log(run_dir, total_steps):
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    keys = [(r["env_step"], tuple(sorted(k for k in r if k != "time/wall_s"))) for r in records]
+    assert len(keys) == len(set(keys)), "a record was logged twice for one env step"
+    steps = [r["env_step"] for r in records]
+    assert steps == sorted(steps), "env steps go back: records of the lost steps were kept"
+    assert max(steps) == total_steps and any("eval/return_mean" in r and r["env_step"] == total_steps
+                                              for r in records)
+    walls = [r["time/wall_s"] for r in records]
+    assert walls == sorted(walls), "wall time restarted at the resume"
+
+
+def test_sigterm_saves_interrupted_and_resume_finishes(tmp_path):
+    proc = start_train(tmp_path, "run.total_steps=400", "run.checkpoint_every=50", "run.keep_checkpoints=2")
+    wait_for("smoke_sac/*/checkpoints/step_100.zip", tmp_path, proc)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    assert "Traceback" not in err
+    assert "interrupted by SIGTERM" in err and "plasticrl resume" in err
+    run_dir = run_folder(tmp_path)
+    ckpt = run_dir / "checkpoints"
+    assert (ckpt / "interrupted.zip").is_file() and (ckpt / "interrupted.state.pt").is_file()
+    assert not (ckpt / "final.zip").exists()
+    assert not list(ckpt.glob(".*")), "a temporary file was left behind"
+    stopped_at = torch.load(ckpt / "interrupted.state.pt", weights_only=False)["num_timesteps"]
+    assert 100 <= stopped_at < 400
+
+    done = cli("resume", str(run_dir))
+    assert done.returncode == 0, done.stderr
+    assert f"resumed from {ckpt / 'interrupted.zip'} at step {stopped_at}" in done.stdout
+    assert "refills" in done.stdout  # run.save_replay is off: a new warm-up
+    assert (ckpt / "final.zip").is_file()
+    assert sorted(p.name for p in ckpt.glob("step_*.zip")) == ["step_350.zip", "step_400.zip"]  # keep_checkpoints
+    assert_complete_log(run_dir, 400)
+    again = cli("resume", str(run_dir))
+    assert again.returncode == 2 and "has finished" in again.stderr
+
+
+def test_sigkill_loses_only_the_steps_since_the_last_step_checkpoint(tmp_path):
+    proc = start_train(tmp_path, "run.total_steps=300", "run.checkpoint_every=50", "run.keep_checkpoints=0")
+    wait_for("smoke_sac/*/checkpoints/step_150.zip", tmp_path, proc)
+    proc.kill()
+    proc.communicate(timeout=60)
+    run_dir = run_folder(tmp_path)
+    saved = sorted(int(p.stem.split("_")[1]) for p in (run_dir / "checkpoints").glob("step_*.zip"))
+    assert not (run_dir / "checkpoints" / "final.zip").exists() and saved[-1] < 300
+    done = cli("resume", str(run_dir))
+    assert done.returncode == 0, done.stderr
+    assert f"step_{saved[-1]}.zip at step {saved[-1]}" in done.stdout
+    assert_complete_log(run_dir, 300)
+
+
+def test_resume_with_saved_replay_updates_bit_for_bit(tmp_path):
+    """The envs' state is not saved (a resumed run starts new episodes), so what is compared is the one step after
+    the checkpoint: an uninterrupted run of 201 steps (checkpoint at step 200, replay ratio 2) against the same run
+    resumed from its step_200 checkpoint, whose final.zip then holds the parameters, optimizer states and entropy
+    coefficient after the 2 updates of step 201 (on batches drawn with the restored numpy RNG from the restored
+    replay buffer)."""
+    sets = ["run.total_steps=201", "run.checkpoint_every=200", "run.save_replay=true", "replay_ratio.ratio=2"]
+    proc = start_train(tmp_path / "ref", *sets)
+    _, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err
+    reference = run_folder(tmp_path / "ref")
+    resumed = tmp_path / "resumed"
+    shutil.copytree(reference, resumed)
+    (resumed / "checkpoints" / "final.zip").unlink()  # as if killed right after step_200.zip
+    done = cli("resume", str(resumed))
+    assert done.returncode == 0, done.stderr
+    assert "with its replay buffer (200 transitions)" in done.stdout
+
+    from stable_baselines3 import SAC
+
+    a = SAC.load(reference / "checkpoints" / "final.zip", device="cpu")
+    b = SAC.load(resumed / "checkpoints" / "final.zip", device="cpu")
+    before = SAC.load(reference / "checkpoints" / "step_200.zip", device="cpu")
+    assert a._n_updates == b._n_updates == before._n_updates + 2
+    pa, pb, p0 = a.policy.state_dict(), b.policy.state_dict(), before.policy.state_dict()
+    assert not all(torch.equal(pa[k], p0[k]) for k in pa), "step 201 made no update: nothing compared"
+    assert all(torch.equal(pa[k], pb[k]) for k in pa)
+    assert torch.equal(a.log_ent_coef, b.log_ent_coef)
+    for oa, ob in [(a.actor.optimizer, b.actor.optimizer), (a.critic.optimizer, b.critic.optimizer),
+                   (a.ent_coef_optimizer, b.ent_coef_optimizer)]:
+        sa, sb = oa.state_dict()["state"], ob.state_dict()["state"]
+        assert sa.keys() == sb.keys()
+        assert all(torch.equal(sa[i][k], sb[i][k]) for i in sa for k in sa[i])
+
+
+def test_failed_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+    import gymnasium as gym
+    from stable_baselines3 import SAC
+    from stable_baselines3.common import base_class
+
+    from plasticrl.sb3 import save_model
+
+    model = SAC("MlpPolicy", gym.make("Pendulum-v1"), buffer_size=100, policy_kwargs={"net_arch": [8]}, device="cpu")
+    path = tmp_path / "step_10.zip"
+    save_model(model, path)
+    whole = path.read_bytes()
+
+    def disk_full(save_path, *args, **kwargs):  # SB3's zip writer, stopped half-way by a full disk
+        save_path.write(whole[: len(whole) // 2])
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(base_class, "save_to_zip_file", disk_full)
+    with torch.no_grad():
+        next(model.policy.parameters()).add_(1.0)
+    with pytest.raises(OSError) as info:
+        save_model(model, path)
+    assert str(path) in str(info.value) and "No space left" in str(info.value) and "free disk space" in str(info.value)
+    assert info.value.errno == errno.ENOSPC
+    assert path.read_bytes() == whole
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["step_10.zip"], "a partial file was left"
+    monkeypatch.undo()
+    SAC.load(path, device="cpu")  # still a whole checkpoint
+    save_model(model, tmp_path / "new.zip")
+    assert not (tmp_path / "new.zip").read_bytes() == whole
