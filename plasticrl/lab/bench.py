@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import platform
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -23,6 +24,8 @@ from stable_baselines3.common.vec_env import SubprocVecEnv
 from plasticrl import envs
 from plasticrl.agents import DrQ
 from plasticrl.agents.drq.replay import PixelBatch
+from plasticrl.envs import dmc
+from plasticrl.lab.errors import ConfigError
 from plasticrl.lab.runtime import configure_torch, resolve_device
 from plasticrl.replay_ratio import StaticReplayRatio
 from plasticrl.sb3 import ReplayRatioCallback
@@ -151,7 +154,38 @@ def bench_training(device: torch.device, steps: int, n_envs: int, ratio: float =
             "train_updates": model._n_updates, "train_wall_s": end - t_all}
 
 
+def check_args(args: Any) -> None:
+    """ConfigError listing each argument of ``plasticrl bench`` that can't run here, before any benchmark: CUDA asked
+    for (``--device cuda``, or ``--compile`` / ``--precision bf16``, which the CPU ignores) without it, sizes below 1,
+    a ``--json`` folder that doesn't exist, no MuJoCo GL backend for walker-walk's pixels."""
+    cuda = torch.cuda.is_available()
+    problems = []
+    if args.device == "cuda" and not cuda:
+        build = "a CPU-only build" if torch.version.cuda is None else "no GPU visible"
+        problems.append(f"--device cuda: torch {torch.__version__} sees no CUDA device ({build}); use --device cpu "
+                        "(with --quick) or --device auto")
+    on_cpu = args.device == "cpu" or not cuda
+    for flag, value, set_ in (("--compile", args.compile, args.compile is not False),
+                              ("--precision", args.precision, args.precision == "bf16")):
+        if set_ and on_cpu:
+            shown = flag if value is True else f"{flag} {value}"
+            problems.append(f"{shown}: needs CUDA (the CPU runs the plain fp32 eager update); leave it out or "
+                            "run on a GPU")
+    for flag, value, least in (("--batch-size", args.batch_size, 1), ("--updates", args.updates, 1),
+                               ("--n-envs", args.n_envs, 1), ("--train-steps", args.train_steps, 0)):
+        if value < least:
+            problems.append(f"{flag} {value}: must be >= {least}")
+    if args.json and not Path(args.json).resolve().parent.is_dir():
+        problems.append(f"--json {args.json}: the folder {Path(args.json).resolve().parent} does not exist")
+    gl = dmc.gl_problem()
+    if gl:
+        problems.append(f"walker-walk pixels: {gl}")
+    if problems:
+        raise ConfigError("plasticrl bench can't run:\n  " + "\n  ".join(problems))
+
+
 def main(args: Any) -> int:
+    check_args(args)
     device = torch.device(resolve_device(args.device))
     configure_torch(device.type)
     batch, updates, steps = args.batch_size, args.updates, args.train_steps

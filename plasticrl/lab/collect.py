@@ -9,6 +9,10 @@ Every dataset's ``metadata.json`` also records its provenance under ``PROVENANCE
 (path and SHA-256), noise, episodes, reset seeds, Meta-World randomization and episode length
 (``read_provenance``).
 Load with ``with datasets_path(out_dir): minari.load_dataset(dataset_id)``.
+
+A dataset is written under ``<out>/.incomplete/<pid>-<n>/`` (a hidden folder: minari does not list it) and moved to
+its id only once every episode is in, so an interrupted or killed collect never leaves a short dataset under the
+final id; SIGTERM and Ctrl-C remove the partial one, and a killed process's is removed by the next collect.
 """
 
 from __future__ import annotations
@@ -19,6 +23,10 @@ import json
 import os
 import re
 import shutil
+import signal
+import sys
+import tempfile
+import threading
 import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -28,6 +36,8 @@ import minari
 import numpy as np
 from minari.data_collector import EpisodeBuffer
 from minari.data_collector.callbacks import EpisodeMetadataCallback
+from minari.namespace import create_namespace, list_local_namespaces
+from minari.utils import parse_dataset_id
 
 from plasticrl import envs
 from plasticrl.envs import metaworld_env
@@ -41,6 +51,7 @@ Policy = Callable[[np.ndarray], np.ndarray]
 PROVENANCE_KEY = "plasticrl_provenance"  # the metadata.json entry that records how a dataset was made
 RANDOMIZATION = "random_init_all"  # Meta-World starts of every collected episode (Continual World's protocol)
 MAX_EPISODE_STEPS = 200  # Meta-World episodes of collected data (Continual World's horizon)
+STAGING = ".incomplete"  # <out>/.incomplete/<pid>-<n>/: datasets being written, moved to <out>/<id> when complete
 
 
 @contextlib.contextmanager
@@ -206,44 +217,77 @@ def record_episodes(env: Any, act: Policy, episodes: int, seed: int, label: str,
                             truncations=truncations, infos=_stack(infos)), ret, success
 
 
+def _remove_stale_staging(out_dir: Path) -> None:
+    """Removes the staging folders (``STAGING``) that processes no longer running left behind (killed collects)."""
+    for folder in sorted((out_dir / STAGING).glob("*-*")):
+        pid = folder.name.split("-")[0]
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            shutil.rmtree(folder, ignore_errors=True)
+        except PermissionError:  # alive, another user's
+            pass
+
+
+def _publish(staging: Path, out_dir: Path, dataset_id: str) -> None:
+    """Moves the complete dataset ``dataset_id`` from root ``staging`` to root ``out_dir`` (one rename) and registers
+    its namespace there, as ``minari.create_dataset_from_buffers`` does."""
+    final = out_dir / dataset_id
+    final.parent.mkdir(parents=True, exist_ok=True)
+    if final.exists():
+        raise ValueError(f"dataset {dataset_id!r} appeared in {out_dir} while this one was collected; remove one")
+    (staging / dataset_id).rename(final)
+    namespace = parse_dataset_id(dataset_id)[0]
+    with datasets_path(out_dir):
+        if namespace is not None and namespace not in list_local_namespaces():
+            with contextlib.suppress(ValueError):  # another process created it meanwhile
+                create_namespace(namespace)
+
+
 def _collect(env_id: str, env: Any, act: Policy, episodes: int, seed: int, out_dir: Path, dataset_id: str,
              algorithm: str, description: str, provenance: dict[str, Any] | None = None) -> str:
     """Collects ``episodes`` episodes of ``act`` on ``env`` into Minari dataset ``dataset_id`` under ``out_dir``;
     ``provenance``, if given, goes into its metadata under ``PROVENANCE_KEY``.
 
     The dataset is created (``minari.create_dataset_from_buffers``) from the first episode and each later episode is
-    appended as it ends, so only one episode is held in memory; if collection fails, the dataset is removed."""
+    appended as it ends, so only one episode is held in memory. It is written in a staging folder
+    (``STAGING``) and moved to ``out_dir`` when complete; if collection fails, the staging folder is removed."""
 
     returns: list[float] = []
     successes: list[bool] = []
     dataset = None
-    with datasets_path(out_dir):
-        check_new(dataset_id, out_dir)
-        try:
-            with warnings.catch_warnings():
-                # metaworld's policies warn that their gains exceed [-1, 1] (actions are clipped); minari warns about
-                # metadata plasticrl doesn't have (author_email, code_permalink, a gymnasium env spec).
-                warnings.filterwarnings("ignore", message="Constant", category=UserWarning)
-                warnings.filterwarnings("ignore", category=UserWarning, module=r"minari\.")
-                for buffer, ret, success in record_episodes(env, act, episodes, seed, _task(env_id),
-                                                            _info_filter(env_id)):
-                    if dataset is None:
-                        dataset = minari.create_dataset_from_buffers(
-                            dataset_id, [buffer], env=env, algorithm_name=algorithm, author="plasticrl",
-                            description=description, jpeg_encoding=False)
-                    else:
-                        dataset.storage.update_episodes([buffer])
-                    returns.append(ret)
-                    successes.append(success)
-                # per-episode rewards_sum/mean/std/max/min attributes, as minari.DataCollector writes them
-                dataset.storage.update_episode_metadata(dataset.storage.apply(EpisodeMetadataCallback()))
-                if provenance is not None:
-                    dataset.storage.update_metadata({PROVENANCE_KEY: provenance})
-        except BaseException:
-            shutil.rmtree(Path(out_dir) / dataset_id, ignore_errors=True)  # check_new: it did not exist before
-            raise
-        finally:
-            env.close()
+    check_new(dataset_id, out_dir)
+    _remove_stale_staging(out_dir)
+    (out_dir / STAGING).mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f"{os.getpid()}-", dir=out_dir / STAGING))
+    try:
+        with datasets_path(staging), warnings.catch_warnings():
+            # metaworld's policies warn that their gains exceed [-1, 1] (actions are clipped); minari warns about
+            # metadata plasticrl doesn't have (author_email, code_permalink, a gymnasium env spec).
+            warnings.filterwarnings("ignore", message="Constant", category=UserWarning)
+            warnings.filterwarnings("ignore", category=UserWarning, module=r"minari\.")
+            for buffer, ret, success in record_episodes(env, act, episodes, seed, _task(env_id),
+                                                        _info_filter(env_id)):
+                if dataset is None:
+                    dataset = minari.create_dataset_from_buffers(
+                        dataset_id, [buffer], env=env, algorithm_name=algorithm, author="plasticrl",
+                        description=description, jpeg_encoding=False)
+                else:
+                    dataset.storage.update_episodes([buffer])
+                returns.append(ret)
+                successes.append(success)
+            # per-episode rewards_sum/mean/std/max/min attributes, as minari.DataCollector writes them
+            dataset.storage.update_episode_metadata(dataset.storage.apply(EpisodeMetadataCallback()))
+            if provenance is not None:
+                dataset.storage.update_metadata({PROVENANCE_KEY: provenance})
+        _publish(staging, out_dir, dataset_id)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            (out_dir / STAGING).rmdir()  # when no other collect is writing
+        env.close()
     print(f"{_task(env_id)}: {episodes} episodes  mean return {np.mean(returns):.3f}  "
           f"success rate {np.mean(successes):.2f}  -> {dataset_id} in {out_dir}", flush=True)
     return dataset_id
@@ -378,14 +422,45 @@ def collect_all(tasks: str | None = None, runs: str | None = None, checkpoint: s
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
     written: dict[str, str] = {}
-    for task, job_checkpoint, job_agent in jobs:
-        if job_checkpoint is None:
-            collect_scripted(task, episodes, noise_std, seed, out)
-        else:
-            written[task] = collect_agent(task, job_checkpoint, episodes, seed, out, agent=job_agent,
-                                          deterministic=not stochastic, device=resolve_device(device))
+    done: list[str] = []
+    terminate = _on_sigterm_interrupt()
+    try:
+        for task, job_checkpoint, job_agent in jobs:
+            if job_checkpoint is None:
+                collect_scripted(task, episodes, noise_std, seed, out)
+            else:
+                written[task] = collect_agent(task, job_checkpoint, episodes, seed, out, agent=job_agent,
+                                              deterministic=not stochastic, device=resolve_device(device))
+            done.append(task)
+    except KeyboardInterrupt as exc:
+        rest = [task for task, _, _ in jobs if task not in done]
+        print(f"collect interrupted: the dataset of {rest[0]} was not written (a dataset is moved into {out} only "
+              f"when complete){'; written: ' + ', '.join(done) if done else ''}; to write the rest: --tasks "
+              f"{','.join(rest)}", file=sys.stderr, flush=True)
+        raise SystemExit(128 + getattr(exc, "signum", signal.SIGINT)) from None
+    finally:
+        if terminate is not None:
+            signal.signal(signal.SIGTERM, terminate)
     if written:  # what a continual config names them by
         print(f"data.dataset_ids (data.out_dir: {out}):")
         for task, dataset_id in written.items():
             print(f"  {task}: {dataset_id}")
     return written
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM during ``collect_all``, raised as an interrupt so that the dataset being written is removed."""
+
+    signum = signal.SIGTERM
+
+
+def _raise_terminated(signum: int, frame: Any) -> None:
+    raise Terminated()
+
+
+def _on_sigterm_interrupt() -> Any:
+    """Makes SIGTERM raise ``Terminated`` (in the main thread only: where Python runs signal handlers); the previous
+    handler, to restore, or None when not installed."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.signal(signal.SIGTERM, _raise_terminated)
