@@ -377,6 +377,12 @@ class EpisodeLogCallback(_LoggingCallback):
         else:  # stock SB3 agents: the latest train() call's values in SB3's logger
             values = self.model.logger.name_to_value
             sb3_train = {k: float(values[k]) for k in SB3_TRAIN_KEYS if k in values}
+            bad = [k.split("/")[-1] for k, v in sb3_train.items() if not np.isfinite(v)]
+            if bad:  # as DrQ's pop_train_stats does
+                raise FloatingPointError(
+                    f"non-finite {', '.join(bad)} at update {getattr(self.model, '_n_updates', 0)} (env step "
+                    f"{self.num_timesteps}): training diverged. Checkpoints and logs written so far are kept. Try a "
+                    "lower agent.learning_rate, a smaller replay ratio, or check the env's rewards for NaN/inf.")
         self._log(record, run_log_only=sb3_train)
         if self.print_episodes:
             ended = f"{len(finished)} episodes" if len(finished) > 1 else f"episode {self.episodes:>5d}"

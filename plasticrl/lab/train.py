@@ -33,7 +33,7 @@ from plasticrl.lab.resume import latest_checkpoint, restore_rng, rng_state
 from plasticrl.lab.runtime import configure_torch, resolve_device
 from plasticrl.replay_ratio import AdaptiveReplayRatio, StaticReplayRatio
 from plasticrl.runlog import RunLogger, make_run_dir
-from plasticrl.sb3 import TrainingInterrupted, replay_path, save_model
+from plasticrl.sb3 import TrainingInterrupted, replay_path, save_model, step_checkpoints
 
 AGENTS = ("drq", "drqv2", "sac")  # agent.kind and collect --agent: plasticrl.agents.DrQ, DrQV2, SB3's SAC
 
@@ -273,7 +273,9 @@ def _run(cfg: Config, run_dir: Path, device: str, checkpoint: Path | None = None
                       f"`plasticrl resume {run_dir}`", file=sys.stderr, flush=True)
                 raise
             except OSError as exc:  # a checkpoint not written (full disk): the run log is closed below
-                raise OSError(exc.errno, f"{exc.strerror or exc}; then continue with `plasticrl resume {run_dir}`") from exc
+                if exc.errno is None or exc.strerror is None:
+                    raise
+                raise OSError(exc.errno, f"{exc.strerror}; then continue with `plasticrl resume {run_dir}`") from exc
             save_model(model, folder / "final.zip")
     finally:
         run_logger.close()
@@ -317,8 +319,16 @@ def evaluate_run(run_dir: Path, checkpoint: str | None = None, episodes: int = 1
                  ) -> tuple[float, float]:
     """``plasticrl eval``: mean and std of the deterministic return of a run's checkpoint (default
     ``checkpoints/final.zip``) over ``episodes`` episodes, on an env built from the run's ``config.yaml``; prints it."""
+    if episodes < 1:
+        raise ConfigError(f"--episodes: {episodes} is not allowed; evaluate at least 1 episode")
     cfg = load(run_dir / "config.yaml")
     ckpt = Path(checkpoint) if checkpoint else run_dir / "checkpoints" / "final.zip"
+    if checkpoint is None and not ckpt.is_file():
+        folder = run_dir / "checkpoints"
+        others = [p for p in [folder / "interrupted.zip", *reversed(step_checkpoints(folder))] if p.is_file()]
+        hint = (f"; evaluate one of its other checkpoints with --checkpoint: {', '.join(str(p) for p in others)}"
+                if others else "; it has no other checkpoint")
+        raise ConfigError(f"{ckpt} not found: the run did not finish{hint}")
     try:
         model = load_agent(cfg.agent.kind, ckpt, resolve_device(device))
     except ValueError as exc:

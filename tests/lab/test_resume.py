@@ -74,6 +74,8 @@ def test_sigterm_saves_interrupted_and_resume_finishes(tmp_path):
     assert not list(ckpt.glob(".*")), "a temporary file was left behind"
     stopped_at = torch.load(ckpt / "interrupted.state.pt", weights_only=False)["num_timesteps"]
     assert 100 <= stopped_at < 400
+    unfinished = cli("eval", str(run_dir), "--episodes", "1")
+    assert unfinished.returncode == 2 and str(ckpt / "interrupted.zip") in unfinished.stderr
 
     done = cli("resume", str(run_dir))
     assert done.returncode == 0, done.stderr
@@ -164,3 +166,28 @@ def test_failed_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
     SAC.load(path, device="cpu")  # still a whole checkpoint
     save_model(model, tmp_path / "new.zip")
     assert not (tmp_path / "new.zip").read_bytes() == whole
+
+
+def test_eval_refuses_zero_episodes_and_out_dir_that_is_a_file(tmp_path, capsys):
+    from plasticrl.lab.cli import main
+
+    (tmp_path / "config.yaml").write_text((ROOT / "configs" / "train" / "smoke_sac.yaml").read_text())
+    assert main(["eval", str(tmp_path), "--episodes", "0"]) == 2
+    assert "--episodes: 0" in capsys.readouterr().err
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    assert main(["train", SMOKE_SAC, "--set", f"run.out_dir={blocker}"]) == 2
+    err = capsys.readouterr().err
+    assert "run.out_dir" in err and str(blocker) in err and "Traceback" not in err
+
+
+def test_read_jsonl_skips_a_truncated_last_line(tmp_path):
+    from plasticrl.runlog import read_jsonl
+
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"env_step": 1, "a": 1.0}\n{"env_step": 2, "a": 2.0}\n{"env_step": 3, "a"')
+    with pytest.warns(RuntimeWarning, match=f"{path}:3: truncated"):
+        assert [r["env_step"] for r in read_jsonl(path)] == [1, 2]
+    path.write_text('{"env_step": 1\n{"env_step": 2}\n')
+    with pytest.raises(ValueError, match=f"{path}:1"):
+        read_jsonl(path)
