@@ -180,6 +180,8 @@ def check_args(args: Any) -> None:
     gl = dmc.gl_problem()
     if gl:
         problems.append(f"walker-walk pixels: {gl}")
+    if len(problems) == 1:
+        raise ConfigError(f"plasticrl bench: {problems[0]}")
     if problems:
         raise ConfigError("plasticrl bench can't run:\n  " + "\n  ".join(problems))
 
