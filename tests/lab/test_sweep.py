@@ -307,19 +307,31 @@ def test_report_on_the_smoke_sweeps_run_folders(smoke_sweep):
 
 # --- the Ray backend -------------------------------------------------------------------------------------------
 
-def test_ray_backend_runs_each_run_as_a_task_on_a_local_instance(tmp_path):
-    """A real local Ray instance (bound to the loopback address) runs both smoke runs as tasks of 1 CPU, 0 GPUs."""
+def two_by_two(tmp_path: Path) -> Path:
+    """The smoke sweep with 2 seeds: 2 arms x 2 seeds."""
+    path = tmp_path / "smoke2x2.yaml"
+    path.write_text(SMOKE_SWEEP.read_text().replace("seeds: 1", "seeds: 2"))
+    return path
+
+
+@pytest.mark.parametrize("backend", ["local", "ray"])
+def test_a_two_arm_two_seed_sweep_runs_on_each_backend(tmp_path, backend):
+    """2 arms x 2 seeds of the smoke config: as subprocesses on this machine, and as tasks of 1 CPU, 0 GPUs on a real
+    local Ray instance (bound to the loopback address); every run finishes with its marker and final checkpoint, and
+    no training process is left."""
     env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}  # Ray's local-only mode: 127.0.0.1
-    cmd = sweep_command(tmp_path, "--backend", "ray") + ["--set", "run.total_steps=100"]
+    cmd = sweep_command(tmp_path, "--backend", backend) + ["--set", "run.total_steps=100"]
+    cmd[cmd.index(str(SMOKE_SWEEP))] = str(two_by_two(tmp_path))
     proc = subprocess.run(cmd, cwd=ROOT, text=True, capture_output=True, timeout=400, env=env)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    for arm in ("rr0.5", "rr2"):
-        name = f"smoke/{arm}/cartpole-swingup/seed0"
-        assert f"start    {name} (Ray task: 1 CPUs, 0 GPUs)" in proc.stdout and f"done     {name}" in proc.stdout
+    for arm, seed in itertools.product(("rr0.5", "rr2"), (0, 1)):
+        name = f"smoke/{arm}/cartpole-swingup/seed{seed}"
+        started = f"start    {name}" + (" (Ray task: 1 CPUs, 0 GPUs)" if backend == "ray" else "")
+        assert started in proc.stdout and f"done     {name}" in proc.stdout
         marker = json.loads((tmp_path / name / "done.json").read_text())
         assert marker["env_step"] == 100
         assert (tmp_path / name / marker["run_dir"] / "checkpoints" / "final.zip").is_file()
-    assert "2 done, 0 failed" in proc.stdout
+    assert "4 done, 0 failed" in proc.stdout
     assert processes_mentioning(str(tmp_path)) == []
 
 
