@@ -27,6 +27,8 @@ from typing import Any, Protocol
 import torch
 from torch import Tensor, nn
 
+from plasticrl.capture import members as group_members  # (member name, module) pairs, as the monitor names them
+
 Group = nn.Module | Sequence[nn.Module] | Mapping[str, nn.Module]
 
 # The entries an intervention changed: parameter -> bool mask of its shape (True = changed), or None for the whole
@@ -146,18 +148,6 @@ WEIGHT_LAYERS: tuple[type[nn.Module], ...] = (nn.Linear, nn.modules.conv._ConvNd
 _LAST = re.compile(r"last([1-9][0-9]*)")
 
 Layers = str | Sequence[str]  # "all" | "last<k>" | module-name globs
-
-
-def group_members(group: Group) -> list[tuple[str, nn.Module]]:
-    """``(member name, module)`` pairs, as the monitor names them: ``[("", m)]`` for one module, ``"0"``, ``"1"``
-    for a list, the keys of a dict."""
-    if isinstance(group, nn.Module):
-        return [("", group)]
-    if isinstance(group, Mapping):
-        return [(str(k), m) for k, m in group.items()]
-    if isinstance(group, (list, tuple)):
-        return [(str(i), m) for i, m in enumerate(group)]
-    raise TypeError(f"a group is an nn.Module, a list of them or a dict of them, got {type(group).__name__}")
 
 
 def qualified(member: str, name: str) -> str:

@@ -156,6 +156,7 @@ class DrQ(SAC):
 
     policy_aliases = {"CnnPolicy": DrQPolicy, "DrQPolicy": DrQPolicy}  # noqa: RUF012
     policy: DrQPolicy
+    stat_keys: tuple[str, ...] = STAT_KEYS  # the update's statistics vector, in order (a subclass names its own)
 
     def __init__(
         self,
@@ -420,7 +421,7 @@ class DrQ(SAC):
 
     def _update_vector(self, batch: PixelBatch) -> torch.Tensor:
         stats = self._update(batch)
-        return torch.stack([stats[k].float().reshape(()) for k in STAT_KEYS])
+        return torch.stack([stats[k].float().reshape(()) for k in self.stat_keys])
 
     def _sample_action(self, learning_starts: int, action_noise: Any = None,
                        n_envs: int = 1) -> tuple[np.ndarray, np.ndarray]:
@@ -478,7 +479,7 @@ class DrQ(SAC):
         if self.ent_coef_optimizer is not None:
             optimizers.append(self.ent_coef_optimizer)
         self._update_learning_rate(optimizers)
-        fau_index = STAT_KEYS.index("critic_fau")
+        fau_index = self.stat_keys.index("critic_fau")
         for _ in range(gradient_steps):
             stats = self._sample_and_update(batch_size)
             self.critic_fau_log.append(stats[fau_index])
@@ -512,7 +513,7 @@ class DrQ(SAC):
             return {}
         values = (self._stats_sum / self._train_count).tolist()
         self._stats_sum, self._train_count = None, 0
-        stats = dict(zip(STAT_KEYS, values))
+        stats = dict(zip(self.stat_keys, values))
         bad = [k for k, v in stats.items() if not math.isfinite(v)]
         if bad:
             raise FloatingPointError(

@@ -18,7 +18,6 @@ against plasticity loss work here as there, all off by default: the policy's ``h
 from __future__ import annotations
 
 import copy
-import math
 from collections.abc import Callable
 from typing import Any
 
@@ -30,7 +29,6 @@ from stable_baselines3.common.policies import BasePolicy
 from stable_baselines3.common.type_aliases import Schedule
 
 from plasticrl.agents.accel import GraphedUpdate
-from plasticrl.agents.drq.algorithm import STAT_KEYS as DRQ_STAT_KEYS
 from plasticrl.agents.drq.algorithm import DrQ
 from plasticrl.agents.drq.augment import random_shift
 from plasticrl.agents.drq.networks import Critic, Encoder
@@ -41,9 +39,6 @@ from plasticrl.agents.init import INITS, orthogonal_init
 from plasticrl.interventions.regularizers import l2_init_penalty, project_to_norms
 
 STAT_KEYS = ("critic_loss", "actor_loss", "q", "actor_std", "critic_fau")
-# DrQ.train appends stats[DrQ's STAT_KEYS.index("critic_fau")] of each update to critic_fau_log: keep it there
-if STAT_KEYS.index("critic_fau") != DRQ_STAT_KEYS.index("critic_fau"):
-    raise ImportError("DrQV2.STAT_KEYS must hold critic_fau at the index of DrQ's STAT_KEYS (DrQ.train reads it)")
 
 
 class DrQV2Policy(BasePolicy):
@@ -167,6 +162,7 @@ class DrQV2(DrQ):
 
     policy_aliases = {"CnnPolicy": DrQV2Policy, "DrQV2Policy": DrQV2Policy}  # noqa: RUF012
     policy: DrQV2Policy
+    stat_keys = STAT_KEYS  # DrQ's train, pop_train_stats (non-finite check) and dump_logs read them
 
     def __init__(
         self,
@@ -322,23 +318,4 @@ class DrQV2(DrQ):
 
     def _update_vector(self, batch: PixelBatch) -> torch.Tensor:
         stats = self._update(batch, self.policy.actor_std)
-        return torch.stack([stats[k].float().reshape(()) for k in STAT_KEYS])
-
-    def pop_train_stats(self) -> dict[str, float]:
-        """Means of the update statistics (``STAT_KEYS``) since the last call, read from the device in one transfer.
-
-        Raises FloatingPointError on a non-finite one, naming the update count and the usual fixes.
-        """
-        if not self._train_count or self._stats_sum is None:
-            return {}
-        values = (self._stats_sum / self._train_count).tolist()
-        self._stats_sum, self._train_count = None, 0
-        stats = dict(zip(STAT_KEYS, values))
-        bad = [k for k, v in stats.items() if not math.isfinite(v)]
-        if bad:
-            raise FloatingPointError(
-                f"non-finite {', '.join(bad)} at update {self._n_updates} (env step {self.num_timesteps}): training "
-                "diverged. Checkpoints and logs written so far are kept. Try a lower agent.learning_rate, a smaller "
-                "replay ratio, or check the env's rewards for NaN/inf."
-            )
-        return stats
+        return torch.stack([stats[k].float().reshape(()) for k in self.stat_keys])
