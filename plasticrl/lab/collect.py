@@ -380,7 +380,12 @@ def collect_agent(task_id: str, checkpoint: str | Path, episodes: int, seed: int
 def plan_jobs(tasks: str | None, runs: str | None, checkpoint: str | None, agent: str | None, episodes: int,
               noise_std: float, out: str | Path, stochastic: bool, seed: int = 0) -> list[tuple[str, str | None, str]]:
     """``(task, checkpoint or None for the scripted policy, agent)`` per dataset to write; ValueError for an unknown
-    task, a dataset that exists, a checkpoint that doesn't load, an ``--agent`` that isn't the run's."""
+    task, a dataset that exists, a checkpoint that doesn't load, an ``--agent`` that isn't the run's, an ``--out`` or
+    ``--runs`` that is not a folder."""
+    if Path(out).exists() and not Path(out).is_dir():
+        raise ValueError(f"--out {out}: is a file; give a folder for the datasets (created if missing)")
+    if runs is not None and not Path(runs).is_dir():
+        raise ValueError(f"--runs {runs}: no such folder; give the folder of `plasticrl train` runs (run.out_dir)")
     if runs is not None:
         if checkpoint is not None:
             raise ValueError("--runs and --checkpoint exclude each other: --runs takes each run's final.zip")

@@ -182,3 +182,16 @@ def test_a_killed_collect_leaves_no_dataset_and_the_next_one_cleans_up(tmp_path)
     with collect.datasets_path(out):
         assert minari.load_dataset(dataset_id).total_episodes == 2
     assert not (out / collect.STAGING).exists()
+
+
+@pytest.mark.parametrize(("args", "expected"), [
+    (["--tasks", REACH, "--out", "FILE"], "is a file; give a folder"),
+    (["--runs", "MISSING"], "no such folder"),
+])
+def test_collect_with_a_file_for_a_folder_is_one_line(tmp_path, capsys, args, expected):
+    (tmp_path / "file").write_text("x")
+    args = [str(tmp_path / "file") if a == "FILE" else str(tmp_path / "missing") if a == "MISSING" else a
+            for a in args]
+    assert main(["collect", *args]) == 2
+    err = one_line_error(capsys)
+    assert expected in err
