@@ -25,8 +25,8 @@ from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv
 from plasticrl import envs
 from plasticrl import sb3 as adapters
 from plasticrl.agents import DrQ, DrQV2
-from plasticrl.lab.config.base import ConfigError, dump, wandb_settings
-from plasticrl.lab.config.train import WHEN, Config, InterventionSpec, load
+from plasticrl.lab.config.base import ConfigError, check_problems, dump, wandb_settings
+from plasticrl.lab.config.train import WHEN, Config, InterventionSpec, device_problems, load
 from plasticrl.lab.fast_path import resolve_auto
 from plasticrl.lab.plots import plot_runs
 from plasticrl.lab.resume import latest_checkpoint, restore_rng, rng_state
@@ -169,6 +169,7 @@ def train(cfg: Config) -> Path:
     """Trains one run from a validated config; returns its run folder."""
     check_config(cfg)
     device = resolve_device(cfg.run.device)
+    check_problems(device_problems(cfg, device), source=f"run.device={cfg.run.device} resolved to {device}")
     configure_torch(device)
     cfg, chosen = resolve_auto(cfg, device)  # config.yaml records what ran
     if chosen:

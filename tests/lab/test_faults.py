@@ -195,3 +195,19 @@ def test_collect_with_a_file_for_a_folder_is_one_line(tmp_path, capsys, args, ex
     assert main(["collect", *args]) == 2
     err = one_line_error(capsys)
     assert expected in err
+
+
+def test_run_device_auto_on_a_cpu_machine_refuses_cuda_only_keys_set_by_hand(tmp_path, capsys):
+    """run.device=auto resolves to cpu here (no CUDA): agent.precision=bf16 set by hand is then refused with one line
+    before the run folder exists (validation cannot know the device; train checks once it is resolved)."""
+    import torch
+
+    from plasticrl.lab.cli import main
+
+    if torch.cuda.is_available():
+        pytest.skip("needs a machine without CUDA")
+    code = main(["train", "configs/train/smoke.yaml", "--set", "run.device=auto", "--set", "agent.precision=bf16",
+                 "--set", f"run.out_dir={tmp_path}/runs"])
+    err = capsys.readouterr().err
+    assert code == 2 and "agent.precision: 'bf16' needs CUDA" in err and "resolved to cpu" in err
+    assert not (tmp_path / "runs").exists()
