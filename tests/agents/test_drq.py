@@ -431,14 +431,15 @@ def test_config_key_agent_compile_takes_a_mode(tiny_pixel_env):
 
 def test_bench_quick_on_cpu_writes_the_update_times_and_their_ratio(tmp_path):
     """`plasticrl bench --quick` on the CPU: DrQ and SB3 SAC ms per update, their ratio (recomputed here), the
-    options it ran with; --compile is a CUDA option and stays off."""
+    options it ran with; --compile is a CUDA option: refused on the CPU with one line, before anything runs."""
     import json
 
     from plasticrl.lab.cli import main
 
     out = tmp_path / "bench.json"
     assert main(["bench", "--device", "cpu", "--quick", "--train-steps", "0", "--compile",
-                 "max-autotune-no-cudagraphs", "--json", str(out)]) == 0
+                 "max-autotune-no-cudagraphs", "--json", str(out)]) == 2 and not out.exists()
+    assert main(["bench", "--device", "cpu", "--quick", "--train-steps", "0", "--json", str(out)]) == 0
     r = json.loads(out.read_text())
     assert r["drq_update_ms_eager"] > 0 and r["sb3_sac_update_ms"] > 0 and r["batch_size"] == 32
     assert r["speedup_vs_sb3_sac"] == pytest.approx(r["sb3_sac_update_ms"] / r["drq_sample_update_ms_eager"])

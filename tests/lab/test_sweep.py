@@ -117,7 +117,8 @@ seeds: [0, 3]
     err = capsys.readouterr().err
     assert "run bad/a/cartpole-swingup/seed0 (and 3 more): agent.batch_sizee: unknown key" in err
     assert "arms.b.0: 'configs/train/overlays/missing.yaml' not found" in err
-    assert "run bad/c/walker-wlak/seed0 (and 1 more): env.id: Unknown env id 'dmc:walker-wlak'" in err
+    # every problem of a run in one report: arm a's walker-wlak runs get the env-id line too (2 arms x 2 seeds)
+    assert "run bad/a/walker-wlak/seed0 (and 3 more): env.id: Unknown env id 'dmc:walker-wlak'" in err
     assert "bad/c/cartpole-swingup" not in err  # the valid runs are not named
     assert not out.exists()  # nothing started, nothing written
     assert main(["sweep", str(SMOKE_SWEEP), "--set", "run.out_dir=x", "--dry-run"]) == 2
