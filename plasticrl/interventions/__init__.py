@@ -3,7 +3,7 @@ and the schedule that says when they fire.
 
 - ``Reset`` (Nikishin et al. 2022): re-initialise chosen layers.
 - ``ShrinkPerturb`` (Ash & Adams 2020; BBF): interpolate chosen layers towards a fresh init or the initial weights.
-- ``ReDo`` (Sokar et al. 2023): recycle dormant units (``plasticrl.interventions.redo``).
+- ``ReDo`` (Sokar et al. 2023): recycle dormant units.
 - ``Inject`` / ``PlasticityInjection`` (Nikishin et al. 2023): freeze a head and add a fresh one, output unchanged.
 - ``Schedule``, ``Trigger``, ``ScheduledIntervention``: when they fire.
 
@@ -12,9 +12,6 @@ but injection write in place, so captured CUDA graphs stay valid. Fresh weights 
 """
 
 from __future__ import annotations
-
-import importlib.util
-from typing import Any
 
 from plasticrl.interventions.base import (
     WEIGHT_LAYERS,
@@ -32,28 +29,13 @@ from plasticrl.interventions.base import (
     sync_targets,
 )
 from plasticrl.interventions.injection import Inject, InjectedHead, PlasticityInjection
+from plasticrl.interventions.redo import ReDo
 from plasticrl.interventions.reset import Reset
 from plasticrl.interventions.schedule import Schedule, ScheduledIntervention, Trigger
 from plasticrl.interventions.shrink_perturb import ShrinkPerturb
 
 __all__ = [
     "WEIGHT_LAYERS", "Changes", "Group", "Inject", "InjectedHead", "Intervention", "Outcome", "PlasticityInjection",
-    "Reset", "Schedule", "ScheduledIntervention", "ShrinkPerturb", "Target", "Trigger", "finish", "fresh_layer",
-    "fresh_module", "parameters_of", "reset_optimizer_state", "select_layers", "sync_targets",
+    "ReDo", "Reset", "Schedule", "ScheduledIntervention", "ShrinkPerturb", "Target", "Trigger", "finish",
+    "fresh_layer", "fresh_module", "parameters_of", "reset_optimizer_state", "select_layers", "sync_targets",
 ]
-if importlib.util.find_spec(f"{__name__}.redo") is not None:
-    __all__.append("ReDo")
-
-
-def __getattr__(name: str) -> Any:
-    """``ReDo`` is imported on first use, so that this package imports without ``redo.py``."""
-    if name == "ReDo":
-        try:
-            from plasticrl.interventions.redo import ReDo
-        except ModuleNotFoundError as e:
-            if e.name != f"{__name__}.redo":
-                raise
-            raise ImportError("plasticrl.interventions.ReDo: plasticrl/interventions/redo.py is missing") from e
-        globals()["ReDo"] = ReDo
-        return ReDo
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
