@@ -86,7 +86,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
     from plasticrl.lab import report
 
     report.report(args.run_dirs, budgets=args.budgets, metric=args.metric, reference=args.reference, out=args.out,
-                  reps=args.reps, seed=args.seed)
+                  reps=args.reps, seed=args.seed, normalize=args.normalize)
     return 0
 
 
@@ -181,6 +181,9 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--out", default=None, help="folder of report.md, report.csv, curves.png (default: <first>/report)")
     r.add_argument("--reps", type=int, default=2000, help="bootstrap resamples per confidence interval")
     r.add_argument("--seed", type=int, default=0, help="seed of the bootstrap")
+    r.add_argument("--normalize", default="dmc", choices=["dmc", "none"],
+                   help="scores of the aggregate over tasks (rows task=all): dmc: return / 1000 (DMC's maximum); "
+                        "none: raw")
     r.set_defaults(func=_cmd_report)
     return p
 

@@ -6,6 +6,10 @@ Frames = agent steps x ``env.action_repeat`` (from each run's ``config.yaml``). 
 evaluation at or before B frames; a run that has not trained B frames is left out of B and counted as short. Runs
 are grouped by arm and task: a sweep run named ``<sweep>/<arm>/<task>/seed<k>`` by those parts, any other run by
 its ``run.name`` (arm) and env id (task).
+
+With two or more tasks, each arm also gets an aggregate over tasks per budget (rows ``task = all``), as Agarwal et
+al. 2021 make it: scores normalised per task (``dmc``: return / 1000, the DMC suite's maximum; ``none``: raw), then
+the IQM over all (run, task) scores with a stratified-bootstrap 95 % CI of the (runs x tasks) matrix.
 """
 
 from __future__ import annotations
@@ -29,6 +33,8 @@ from plasticrl.runlog import STEP_KEY, read_jsonl
 
 SEED_PART = re.compile(r"^seed\d+$")
 SUFFIXES = {"k": 1_000, "m": 1_000_000, "g": 1_000_000_000}
+DMC_MAX_RETURN = 1000.0  # a DMC episode is 1000 steps with rewards in [0, 1]
+NORMALIZE = {"dmc": "return / 1000 (the DMC suite's maximum)", "none": "raw scores, not normalised"}
 
 
 @dataclass
@@ -43,6 +49,7 @@ class RunCurve:
     steps: np.ndarray  # agent steps of the metric's records
     values: np.ndarray
     last_step: int  # the last env_step the run logged (how far it trained)
+    suite: str = ""  # the env id's prefix (``dmc`` of ``dmc:cheetah-run``)
 
     @property
     def frames(self) -> np.ndarray:
@@ -83,6 +90,7 @@ class Cell:
     ci_low: float = float("nan")
     ci_high: float = float("nan")
     reference: Reference | None = None
+    normalize: str = ""  # an aggregate over tasks (``task = all``): the normalisation of its scores
 
 
 # --- inputs -----------------------------------------------------------------------------------------------------
@@ -127,7 +135,8 @@ def read_run(folder: Path, metric: str) -> RunCurve:
     points = [(r[STEP_KEY], r[metric]) for r in records if isinstance(r.get(metric), (int, float))]
     steps, values = (np.asarray(c, dtype=float) for c in zip(*points)) if points else (np.empty(0), np.empty(0))
     return RunCurve(folder, arm, task, int(run.get("seed", 0)), int(env.get("action_repeat", 1)), steps, values,
-                    max((int(r[STEP_KEY]) for r in records), default=0))
+                    max((int(r[STEP_KEY]) for r in records), default=0), env_id.partition(":")[0] if ":" in env_id
+                    else "")
 
 
 class ReferenceFile(Section):
@@ -176,12 +185,15 @@ def _reference_csv(path: Path) -> list[Reference]:
 # --- statistics ---------------------------------------------------------------------------------------------------
 
 def iqm_ci(scores: np.ndarray, reps: int, seed: int) -> tuple[float, float, float]:
-    """IQM of ``scores`` (one per run) and its 95 % stratified-bootstrap CI: ``rliable.library.get_interval_estimates``
-    with ``rliable.metrics.aggregate_iqm`` on a (runs x 1 task) matrix, ``reps`` resamples, numpy's global RNG seeded
-    with ``seed`` (rliable resamples with it) and restored after."""
+    """IQM of ``scores`` (one per run, or a runs x tasks matrix) and its 95 % stratified-bootstrap CI:
+    ``rliable.library.get_interval_estimates`` with ``rliable.metrics.aggregate_iqm`` on a (runs x tasks) matrix (one
+    task for a 1-d ``scores``), ``reps`` resamples, numpy's global RNG seeded with ``seed`` (rliable resamples with
+    it) and restored after."""
     from rliable import library, metrics
 
-    point, interval = _bootstrap(library, metrics.aggregate_iqm, np.asarray(scores, float).reshape(-1, 1), reps, seed)
+    scores = np.asarray(scores, float)
+    point, interval = _bootstrap(library, metrics.aggregate_iqm, scores.reshape(-1, 1) if scores.ndim == 1 else scores,
+                                 reps, seed)
     low, high = np.ravel(interval)
     return float(point), float(low), float(high)
 
@@ -231,6 +243,53 @@ def build_cells(runs: list[RunCurve], budgets: list[int], reps: int, seed: int,
     return sorted(cells, key=lambda c: (c.task, c.frames, c.arm))
 
 
+def build_aggregates(runs: list[RunCurve], budgets: list[int], reps: int, seed: int, normalize: str = "dmc"
+                     ) -> tuple[list[Cell], list[str]]:
+    """Per arm and budget, a ``Cell`` with ``task = all`` (when the runs hold two or more tasks): the (run, task)
+    scores normalised per task (``normalize``: ``dmc`` divides by 1000, ``none`` keeps them), their IQM and the
+    stratified-bootstrap CI of the (runs x tasks) matrix. Returns (cells, notes): a note for each aggregate left out
+    (an arm without runs of some task at the budget, run counts that differ between tasks, non-DMC tasks under
+    ``dmc``)."""
+    if normalize not in NORMALIZE:
+        raise ConfigError(f"--normalize {normalize!r}: give one of {', '.join(NORMALIZE)}")
+    tasks = sorted({r.task for r in runs})
+    if len(tasks) < 2:
+        return [], []
+    if normalize == "dmc":
+        other = sorted({r.task for r in runs if r.suite != "dmc"})
+        if other:
+            what = "is not a DMC task" if len(other) == 1 else "are not DMC tasks"
+            return [], [f"no aggregate over tasks: {', '.join(other)} {what} (--normalize dmc divides returns by "
+                        "1000); pass --normalize none to pool raw scores"]
+    scale = DMC_MAX_RETURN if normalize == "dmc" else 1.0
+    cells, notes = [], []
+    for arm in sorted({r.arm for r in runs}):
+        members = sorted((r for r in runs if r.arm == arm), key=lambda r: (r.seed, str(r.folder)))
+        lacking = [t for t in tasks if all(r.task != t for r in members)]
+        if lacking:
+            notes.append(f"{arm}: no aggregate over tasks, it has no runs of {', '.join(lacking)}")
+            continue
+        repeats = {r.action_repeat for r in members}
+        repeat = repeats.pop() if len(repeats) == 1 else None
+        for budget in budgets:
+            values = {t: [r.value_at(budget) for r in members if r.task == t] for t in tasks}
+            reached = {t: [v for v in vs if v is not None] for t, vs in values.items()}
+            empty = [t for t, vs in reached.items() if not vs]
+            counts = {t: len(vs) for t, vs in reached.items()}
+            if empty or len(set(counts.values())) > 1:
+                why = f"no run reached it on {', '.join(empty)}" if empty else \
+                    "runs per task differ (" + ", ".join(f"{t}: {n}" for t, n in counts.items()) + \
+                    "), and the stratified bootstrap needs a runs x tasks matrix"
+                notes.append(f"{arm} at {frames_label(budget)} frames: no aggregate over tasks, {why}")
+                continue
+            matrix = np.asarray([reached[t] for t in tasks], float).T / scale  # runs x tasks
+            cell = Cell(arm, "all", budget, budget // repeat if repeat else None, matrix.ravel(),
+                        short=sum(v is None for vs in values.values() for v in vs), normalize=normalize)
+            cell.iqm, cell.ci_low, cell.ci_high = iqm_ci(matrix, reps, seed)
+            cells.append(cell)
+    return sorted(cells, key=lambda c: (c.frames, c.arm)), notes
+
+
 # --- outputs ------------------------------------------------------------------------------------------------------
 
 def frames_label(frames: int) -> str:
@@ -242,25 +301,32 @@ def frames_label(frames: int) -> str:
 
 
 def markdown(cells: list[Cell], metric: str, reps: int, seed: int, source: str | None = None,
-             references: list[Reference] | None = None) -> str:
+             references: list[Reference] | None = None, notes: list[str] | None = None) -> str:
     """The report as Markdown: how it was computed, one table row per cell, and the published numbers."""
     lines = [f"# Report: `{metric}`", "",
              "Per arm, task and frame budget: the mean ± std (population, ddof=0) over the runs that reached the "
              "budget, and the IQM (interquartile mean) with its 95 % stratified-bootstrap confidence interval "
              f"(rliable, {reps} resamples, seed {seed}). Frames = agent steps × action repeat. A run's value at a "
              "budget is its last evaluation at or before it; runs that had not trained that many frames are left "
-             "out and counted under *short*.", "",
+             "out and counted under *short*."
+             + (f" Rows `all`: per arm and budget, the aggregate over tasks (Agarwal et al. 2021): scores "
+                f"{NORMALIZE[aggregate[0].normalize]}, then the mean ± std and the IQM over all (run, task) scores, "
+                "with the stratified-bootstrap CI of the runs × tasks matrix; *runs* counts (run, task) scores."
+                if (aggregate := [c for c in cells if c.normalize]) else ""), "",
              "| task | arm | frames | agent steps | runs | short | mean ± std | IQM [95 % CI] |"
              + (" published |" if references else ""),
              "| --- | --- | --- | --- | --- | --- | --- | --- |" + (" --- |" if references else "")]
     for c in cells:
-        stats = [f"{c.scores.mean():.1f} ± {c.scores.std():.1f}", f"{c.iqm:.1f} [{c.ci_low:.1f}, {c.ci_high:.1f}]"] \
+        f = ".3f" if c.normalize == "dmc" else ".1f"  # normalised scores lie in [0, 1]
+        stats = [f"{c.scores.mean():{f}} ± {c.scores.std():{f}}", f"{c.iqm:{f}} [{c.ci_low:{f}}, {c.ci_high:{f}}]"] \
             if len(c.scores) else ["–", "–"]
         row = [c.task, c.arm, frames_label(c.frames), frames_label(c.agent_steps) if c.agent_steps else "mixed",
                str(len(c.scores)), str(c.short), *stats]
         if references:
             row.append(f"{c.reference.mean:g} ± {c.reference.std:g}" if c.reference else "")
         lines.append("| " + " | ".join(row) + " |")
+    if notes:
+        lines += ["", *(f"- {note}" for note in notes)]
     if references:
         lines += ["", f"Published ({source}), mean ± std:", "", "| task | arm | frames | mean ± std |",
                   "| --- | --- | --- | --- |"]
@@ -270,20 +336,20 @@ def markdown(cells: list[Cell], metric: str, reps: int, seed: int, source: str |
 
 def write_csv(cells: list[Cell], path: Path) -> Path:
     """One row per cell: task, arm, frames, agent_steps, runs, short, mean, std, iqm, iqm_ci_low, iqm_ci_high,
-    reference_mean, reference_std (empty where there is none)."""
+    reference_mean, reference_std (empty where there is none), normalize (the aggregates', ``task = all``)."""
     def num(x: float | None) -> str:
         return "" if x is None or not np.isfinite(x) else repr(float(x))
 
     with open(path, "w", newline="", encoding="utf-8") as f:
         out = csv.writer(f)
         out.writerow(["task", "arm", "frames", "agent_steps", "runs", "short", "mean", "std", "iqm", "iqm_ci_low",
-                      "iqm_ci_high", "reference_mean", "reference_std"])
+                      "iqm_ci_high", "reference_mean", "reference_std", "normalize"])
         for c in cells:
             n = len(c.scores)
             out.writerow([c.task, c.arm, c.frames, c.agent_steps or "", n, c.short,
                           num(c.scores.mean() if n else None), num(c.scores.std() if n else None), num(c.iqm),
                           num(c.ci_low), num(c.ci_high), num(c.reference.mean if c.reference else None),
-                          num(c.reference.std if c.reference else None)])
+                          num(c.reference.std if c.reference else None), c.normalize])
     return path
 
 
@@ -331,12 +397,15 @@ def plot_curves(runs: list[RunCurve], metric: str, path: Path, reps: int, seed: 
 
 
 def report(paths: list[str | Path], budgets: str | None = None, metric: str = "eval/return_mean",
-           reference: str | Path | None = None, out: str | Path | None = None, reps: int = 2000, seed: int = 0
-           ) -> Path:
+           reference: str | Path | None = None, out: str | Path | None = None, reps: int = 2000, seed: int = 0,
+           normalize: str = "dmc") -> Path:
     """``plasticrl report``: reads the runs at or under ``paths``, writes ``report.md``, ``report.csv`` and
-    ``curves.png`` into ``out`` (default ``<first path>/report``), prints the Markdown; returns ``out``."""
+    ``curves.png`` into ``out`` (default ``<first path>/report``), prints the Markdown; returns ``out``. ``normalize``:
+    how the aggregate over tasks normalises scores (``dmc``: return / 1000; ``none``)."""
     if reps < 1:
         raise ConfigError(f"--reps {reps}: give 1 or more bootstrap resamples (rliable's default is 50000)")
+    if normalize not in NORMALIZE:
+        raise ConfigError(f"--normalize {normalize!r}: give one of {', '.join(NORMALIZE)}")
     runs = [read_run(folder, metric) for folder in find_runs(paths)]
     if not any(len(r.steps) for r in runs):
         keys = sorted({k for r in runs for rec in read_jsonl(r.folder) for k in rec if k != STEP_KEY})
@@ -346,9 +415,11 @@ def report(paths: list[str | Path], budgets: str | None = None, metric: str = "e
     frame_budgets = parse_budgets(budgets) if budgets else [min(r.last_step * r.action_repeat for r in runs)]
     source, references = read_reference(reference) if reference else (None, None)
     cells = build_cells(runs, frame_budgets, reps, seed, references)
+    aggregates, notes = build_aggregates(runs, frame_budgets, reps, seed, normalize)
+    cells += aggregates
     out = Path(out) if out else Path(paths[0]) / "report"
     out.mkdir(parents=True, exist_ok=True)
-    text = markdown(cells, metric, reps, seed, source, references)
+    text = markdown(cells, metric, reps, seed, source, references, notes)
     (out / "report.md").write_text(text)
     write_csv(cells, out / "report.csv")
     plot_curves(runs, metric, out / "curves.png", reps, seed, frame_budgets)

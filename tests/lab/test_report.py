@@ -160,3 +160,65 @@ def test_bad_inputs_stop_with_one_line(tmp_path, capsys):
     assert main(["report", str(tmp_path / "runs"), "--reference", str(bad)]) == 2
     assert "frames: '2M' is not allowed" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+def test_aggregate_over_tasks_is_the_iqm_of_normalised_scores_with_rliables_ci(tmp_path, capsys):
+    """Two arms on three DMC tasks, four seeds each: the `all` row of an arm is the IQM of its twelve (run, task)
+    returns / 1000 (numpy: the mean of the middle six), its CI rliable's on the runs x tasks matrix with the same seed.
+    An arm that lacks a task gets no aggregate and a note; --normalize none pools raw returns."""
+    tasks = ["cheetah-run", "walker-walk", "quadruped-run"]
+    finals = {"a": {"cheetah-run": [800, 650, 900, 300], "walker-walk": [950, 120, 700, 610],
+                    "quadruped-run": [400, 420, 10, 880]},
+              "b": {"cheetah-run": [100, 200, 150, 900], "walker-walk": [500, 510, 530, 40],
+                    "quadruped-run": [60, 70, 990, 75]}}
+    runs = tmp_path / "runs"
+    for arm, by_task in finals.items():
+        for task, values in by_task.items():
+            for seed, value in enumerate(values):
+                make_run(runs, f"agg/{arm}/{task}/seed{seed}", seed, 2, {500: 0.0, 1000: float(value)},
+                         env_id=f"dmc:{task}")
+    make_run(runs, "agg/c/cheetah-run/seed0", 0, 2, {1000: 5.0}, env_id="dmc:cheetah-run")  # lacks two tasks
+    out = tmp_path / "out"
+    reports.report([runs], budgets="2k", out=out, reps=300, seed=5)
+    rows = {r["arm"]: r for r in read_rows(out / "report.csv") if r["task"] == "all"}
+    assert sorted(rows) == ["a", "b"]  # c lacks walker-walk and quadruped-run: left out
+
+    from rliable import library, metrics
+    for arm, by_task in finals.items():
+        matrix = np.array([by_task[t] for t in sorted(tasks)], float).T / 1000  # runs x tasks, seed order
+        pooled = np.sort(matrix.ravel())
+        assert float(rows[arm]["iqm"]) == pytest.approx(pooled[3:9].mean())  # 12 scores: cut 3 at each end
+        assert float(rows[arm]["mean"]) == pytest.approx(pooled.mean())
+        np.random.seed(5)
+        _, intervals = library.get_interval_estimates({arm: matrix}, metrics.aggregate_iqm, reps=300)
+        low, high = np.ravel(intervals[arm])
+        assert (float(rows[arm]["iqm_ci_low"]), float(rows[arm]["iqm_ci_high"])) == \
+            (pytest.approx(low), pytest.approx(high))
+        assert low < high
+        assert (rows[arm]["runs"], rows[arm]["short"], rows[arm]["normalize"]) == ("12", "0", "dmc")
+    assert float(rows["a"]["iqm"]) == pytest.approx((610 + 650 + 700 + 420 + 800 + 400) / 6000)
+    md = (out / "report.md").read_text()
+    assert f"| all | a | 2k | 1k | 12 | 0 | {float(rows['a']['mean']):.3f} ± " in md
+    assert "return / 1000 (the DMC suite's maximum)" in md
+    assert "- c: no aggregate over tasks, it has no runs of quadruped-run, walker-walk" in md
+    # raw scores: the IQM of the pooled returns themselves
+    assert main(["report", str(runs), "--budgets", "2k", "--out", str(tmp_path / "raw"), "--reps", "50",
+                 "--normalize", "none"]) == 0
+    raw = {r["arm"]: r for r in read_rows(tmp_path / "raw" / "report.csv") if r["task"] == "all"}
+    assert float(raw["a"]["iqm"]) == pytest.approx(3580 / 6) and raw["a"]["normalize"] == "none"
+    capsys.readouterr()
+
+
+def test_aggregate_is_left_out_with_a_note_for_uneven_runs_and_non_dmc_tasks(tmp_path):
+    runs = tmp_path / "runs"
+    make_run(runs, "u/a/cheetah-run/seed0", 0, 2, {100: 100.0}, env_id="dmc:cheetah-run")
+    make_run(runs, "u/a/cheetah-run/seed1", 1, 2, {100: 200.0}, env_id="dmc:cheetah-run")
+    make_run(runs, "u/a/walker-walk/seed0", 0, 2, {100: 300.0}, env_id="dmc:walker-walk")
+    cells, notes = reports.build_aggregates([reports.read_run(f, "eval/return_mean")
+                                             for f in reports.find_runs([runs])], [200], 10, 0)
+    assert cells == [] and notes == ["a at 200 frames: no aggregate over tasks, runs per task differ (cheetah-run: 2, "
+                                     "walker-walk: 1), and the stratified bootstrap needs a runs x tasks matrix"]
+    make_run(runs, "u/a/reach-v3/seed0", 0, 1, {100: 3.0}, env_id="metaworld:reach-v3")
+    curves = [reports.read_run(f, "eval/return_mean") for f in reports.find_runs([runs])]
+    cells, notes = reports.build_aggregates(curves, [200], 10, 0)
+    assert cells == [] and "reach-v3 is not a DMC task" in notes[0] and "--normalize none" in notes[0]
