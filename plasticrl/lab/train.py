@@ -299,7 +299,7 @@ def _restore(cfg: Config, model: Any, callbacks: list[Any], checkpoint: Path, st
         print(f"resumed from {checkpoint} at step {step}; no replay buffer saved (run.save_replay: false), so it "
               f"refills: {cfg.agent.learning_starts} warm-up steps before updates resume; the envs start new "
               "episodes (their state is not saved)", flush=True)
-    pass  # restore_rng(state["rng"])
+    restore_rng(state["rng"])
     model.action_space.np_random.bit_generator.state = state["action_space_rng"]
 
 
