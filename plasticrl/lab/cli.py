@@ -42,7 +42,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 def _cmd_plot(args: argparse.Namespace) -> int:
     from plasticrl.lab import plots
 
-    run_dirs = [Path(d) for d in args.run_dirs]
+    run_dirs = plots.find_run_dirs(args.run_dirs)  # a parent folder (runs/<name>/, runs/): the run folders under it
     matrices = [plots.plot_success_matrix_of_run(d) for d in run_dirs  # `plasticrl continual` runs
                 if (d / "success_matrix.json").is_file()]
     print(plots.plot_runs(run_dirs, Path(args.out) if args.out else None))
@@ -111,7 +111,7 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     e.set_defaults(func=_cmd_eval)
     pl = sub.add_parser("plot", help="PNG dashboard from run folders' metrics.jsonl")
-    pl.add_argument("run_dirs", nargs="+")
+    pl.add_argument("run_dirs", nargs="+", help="run folders, or folders holding them (runs/<name>/, runs/)")
     pl.add_argument("--out", default=None, help="PNG path (default: <first run>/plots/dashboard.png)")
     pl.set_defaults(func=_cmd_plot)
     c = sub.add_parser("collect",

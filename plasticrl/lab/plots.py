@@ -11,7 +11,9 @@ Runs are grouped by *config*: folders under one ``runs/<name>/`` whose ``config.
 seed, folders and W&B names) are different arms, labelled ``<name> [key=value, ...]`` with the keys that tell them
 apart; seeds of one arm are drawn as their mean with a shaded band of one standard deviation, arms in colour.
 ``plot_success_matrix`` draws a continual run's task x task success matrix; ``plasticrl plot`` redraws it for
-continual run folders (``plot_success_matrix_of_run``).
+continual run folders (``plot_success_matrix_of_run``). ``plasticrl plot`` takes run folders or folders holding them
+(``runs/<name>/``, ``runs/``): ``find_run_dirs`` expands those to the run folders (with a ``metrics.jsonl``) under
+them.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import yaml
 from matplotlib.figure import Figure  # no pyplot: no global backend or figure registry
 from matplotlib.ticker import EngFormatter, MaxNLocator
 
+from plasticrl.lab.errors import ConfigError
 from plasticrl.runlog import STEP_KEY, read_jsonl
 
 GROUP_METRICS = ("dormant_ratio", "fau", "srank")
@@ -35,6 +38,30 @@ FIXED_RANGE = {"dormant_ratio": (0.0, 1.0), "fau": (0.0, 1.0)}
 GROUP_STYLES = ("-", "-.", (0, (5, 1)), (0, (3, 1, 1, 1)))  # ":" and "--" mark interventions and RR switches
 # config keys that differ between seeds of one arm, not between arms
 _NOT_ARM = ("run.seed", "run.out_dir", "run.name", "logging.wandb.name", "logging.wandb.group")
+
+
+RUN_HINT = "pass run folders written by `plasticrl train` (runs/<name>/<seed>-<time>/) or a folder holding them"
+
+
+def find_run_dirs(paths: list[str | Path]) -> list[Path]:
+    """``paths`` with each folder that is not a run folder (no ``metrics.jsonl``) replaced by the run folders under it,
+    in name order, leaving out those a sweep set aside (``*.interrupted-<n>``); ConfigError, one line naming the path,
+    for a path that is missing, not a folder, or holds no run folder."""
+    found: dict[Path, None] = {}
+    for path in map(Path, paths):
+        if not path.exists():
+            raise ConfigError(f"{str(path)!r} does not exist; {RUN_HINT}")
+        if not path.is_dir():
+            raise ConfigError(f"{str(path)!r} is not a folder; {RUN_HINT}")
+        if (path / "metrics.jsonl").is_file():
+            found[path] = None
+            continue
+        under = [m.parent for m in sorted(path.rglob("metrics.jsonl"))
+                 if m.is_file() and not any(".interrupted-" in part for part in m.parent.relative_to(path).parts)]
+        if not under:
+            raise ConfigError(f"no run folders (with a metrics.jsonl) at or under {str(path)!r}; {RUN_HINT}")
+        found.update(dict.fromkeys(under))
+    return list(found)
 
 
 def series(records: list[dict], key: str) -> tuple[np.ndarray, np.ndarray]:
@@ -159,10 +186,14 @@ def plot_runs(run_dirs: list[Path], out: Path | None = None) -> Path:
     if missing:
         raise FileNotFoundError(f"no metrics.jsonl in {', '.join(missing)}: pass run folders written by "
                                 "`plasticrl train` (runs/<name>/<seed>-<time>/)")
+    empty = [str(d / "metrics.jsonl") for d in run_dirs if not read_jsonl(d)]
+    if empty:
+        raise ConfigError(f"{', '.join(empty)} {'is' if len(empty) == 1 else 'are'} empty: the run has logged nothing "
+                          "yet (records come at episode ends and evaluations); plot it later or leave it out")
     by_arm = {label: [read_jsonl(d) for d in dirs] for label, dirs in sorted(arms(run_dirs).items())}
     panels = panel_keys([r for runs in by_arm.values() for r in runs])
     if not panels:
-        raise ValueError("these runs logged nothing to plot yet (no returns, replay ratio or plasticity metrics)")
+        raise ConfigError("these runs logged nothing to plot yet (no returns, replay ratio or plasticity metrics)")
     cols = min(3, len(panels))
     rows = -(-len(panels) // cols)
     fig = Figure(figsize=(5 * cols, 3.2 * rows))

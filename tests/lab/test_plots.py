@@ -131,7 +131,7 @@ def test_a_single_point_series_is_drawn(tmp_path, monkeypatch):
 
 def test_runs_with_nothing_to_plot_are_a_clear_error(tmp_path):
     run = write_run(tmp_path / "runs", "static", 0, [{"env_step": 0, "time/wall_s": 0.1}])
-    with pytest.raises(ValueError, match="nothing to plot"):
+    with pytest.raises(ValueError, match="nothing to plot"):  # a ConfigError: one line from the CLI
         plot_runs([run], tmp_path / "x.png")
 
 
@@ -195,3 +195,43 @@ def test_ratios_have_fixed_ranges_ranks_start_at_zero_and_the_rr_switch_is_marke
         switches = [line for line in ax.get_lines() if line.get_linestyle() == "--"
                     and list(line.get_xdata()) == [line.get_xdata()[0]] * 2]  # vertical lines, not dashed groups
         assert sorted({line.get_xdata()[0] for line in switches}) == [10000.0]
+
+
+def test_a_parent_folder_stands_for_the_run_folders_under_it(runs, tmp_path, capsys):
+    """`plasticrl plot runs/adaptive/` and `plasticrl plot runs/`: the run folders (with a metrics.jsonl) under them,
+    in name order; a sweep's set-aside folder is left out."""
+    from plasticrl.lab.cli import main
+    from plasticrl.lab.plots import find_run_dirs
+
+    root = tmp_path / "runs"
+    set_aside = root / "adaptive" / "0-20250101-120000.interrupted-1"
+    set_aside.mkdir()
+    (set_aside / "metrics.jsonl").write_text((runs[0] / "metrics.jsonl").read_text())
+    assert find_run_dirs([root / "adaptive"]) == sorted(r for r in runs if r.parent.name == "adaptive")
+    assert find_run_dirs([root]) == sorted(runs)
+    assert find_run_dirs([runs[1], root]) == [runs[1], *[r for r in sorted(runs) if r != runs[1]]]
+    assert main(["plot", str(root), "--out", str(tmp_path / "all.png")]) == 0
+    assert capsys.readouterr().out.strip() == str(tmp_path / "all.png")
+    assert_png(tmp_path / "all.png")
+
+
+@pytest.mark.parametrize("case", ["missing", "empty folder", "file", "empty metrics"])
+def test_bad_plot_inputs_stop_with_one_line_naming_the_path(tmp_path, capsys, case):
+    from plasticrl.lab.cli import main
+
+    path = tmp_path / "runs" / "exp"
+    if case == "empty folder":
+        path.mkdir(parents=True)
+    elif case == "file":
+        path.parent.mkdir(parents=True)
+        path.write_text("x")
+    elif case == "empty metrics":
+        path = write_run(tmp_path / "runs", "exp", 0, [])
+        (path / "metrics.jsonl").write_text("")
+    assert main(["plot", str(path), "--out", str(tmp_path / "x.png")]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and err.startswith("error: ") and str(path) in err
+    expected = {"missing": "does not exist; pass run folders", "empty folder": "no run folders (with a metrics.jsonl)",
+                "file": "is not a folder", "empty metrics": "metrics.jsonl is empty"}[case]
+    assert expected in err
+    assert not (tmp_path / "x.png").exists()
