@@ -16,11 +16,12 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[2]
 SMOKE_SAC = str(ROOT / "configs" / "train" / "smoke_sac.yaml")
+SMOKE_DRQ = str(ROOT / "configs" / "train" / "smoke.yaml")
 ENV = {**os.environ, "MUJOCO_GL": os.environ.get("MUJOCO_GL", "egl")}
 
 
-def start_train(out_dir, *sets):
-    args = [sys.executable, "-m", "plasticrl", "train", SMOKE_SAC, "--set", f"run.out_dir={out_dir}"]
+def start_train(out_dir, *sets, config=SMOKE_SAC):
+    args = [sys.executable, "-m", "plasticrl", "train", config, "--set", f"run.out_dir={out_dir}"]
     for s in sets:
         args += ["--set", s]
     return subprocess.Popen(args, cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -31,8 +32,8 @@ def cli(*args):
                           text=True, timeout=600)
 
 
-def run_folder(out_dir):
-    (folder,) = (Path(out_dir) / "smoke_sac").iterdir()
+def run_folder(out_dir, name="smoke_sac"):
+    (folder,) = (Path(out_dir) / name).iterdir()
     return folder
 
 
@@ -135,6 +136,100 @@ def test_resume_with_saved_replay_updates_bit_for_bit(tmp_path):
         sa, sb = oa.state_dict()["state"], ob.state_dict()["state"]
         assert sa.keys() == sb.keys()
         assert all(torch.equal(sa[i][k], sb[i][k]) for i in sa for k in sa[i])
+
+
+def test_drq_resume_with_saved_replay_updates_bit_for_bit(tmp_path):
+    """The same comparison for pixel DrQ (configs/train/smoke.yaml) and its FrameReplayBuffer: the saved frames,
+    episode pointers and host counts must round-trip for the batches of step 121 (drawn with the restored torch RNG)
+    to match, and so the parameters of encoder, actor and critic and every optimizer state after its 2 updates."""
+    sets = ["run.total_steps=121", "run.checkpoint_every=120", "run.save_replay=true", "replay_ratio.ratio=2",
+            "agent.learning_starts=40", "monitor.every=60"]
+    proc = start_train(tmp_path / "ref", *sets, config=SMOKE_DRQ)
+    _, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err
+    reference = run_folder(tmp_path / "ref", "smoke")
+    resumed = tmp_path / "resumed"
+    shutil.copytree(reference, resumed)
+    (resumed / "checkpoints" / "final.zip").unlink()
+    done = cli("resume", str(resumed))
+    assert done.returncode == 0, done.stderr
+    assert "with its replay buffer (120 transitions)" in done.stdout
+
+    from plasticrl.agents import DrQ
+    from plasticrl.sb3 import optimizers_of
+
+    a = DrQ.load(reference / "checkpoints" / "final.zip", device="cpu", buffer_size=100)
+    b = DrQ.load(resumed / "checkpoints" / "final.zip", device="cpu", buffer_size=100)
+    before = DrQ.load(reference / "checkpoints" / "step_120.zip", device="cpu", buffer_size=100)
+    assert a._n_updates == b._n_updates == before._n_updates + 2
+    pa, pb, p0 = a.policy.state_dict(), b.policy.state_dict(), before.policy.state_dict()
+    assert any(k.startswith("encoder.") for k in pa)
+    assert not all(torch.equal(pa[k], p0[k]) for k in pa), "step 121 made no update: nothing compared"
+    assert all(torch.equal(pa[k], pb[k]) for k in pa)
+    assert torch.equal(a.log_ent_coef, b.log_ent_coef)
+    opts_a, opts_b = optimizers_of(a), optimizers_of(b)
+    assert len(opts_a) == len(opts_b) >= 3
+    for oa, ob in zip(opts_a, opts_b):
+        sa, sb = oa.state_dict()["state"], ob.state_dict()["state"]
+        assert sa and sa.keys() == sb.keys()
+        assert all(torch.equal(sa[i][k], sb[i][k]) for i in sa for k in sa[i])
+
+
+def wandb_history(run_file):
+    """The ``history`` records (``run.log`` calls) of an offline run's ``.wandb`` file, each as {key: value}: the file
+    is W&B's LevelDB-style log (a 7-byte header, then 32 KiB blocks of records of a 7-byte header: CRC, length, type
+    full/first/middle/last) of ``wandb_internal_pb2.Record`` protobufs."""
+    from wandb.proto import wandb_internal_pb2
+
+    data, block, pos, chunks, history = run_file.read_bytes(), 32768, 7, [], []
+    assert data[:4] == b":W&B"
+    while pos + 7 <= len(data):
+        if block - pos % block < 7:  # a block's tail too short for a record header is padding
+            pos += block - pos % block
+            continue
+        length, kind = int.from_bytes(data[pos + 4:pos + 6], "little"), data[pos + 6]
+        if kind == 0 and length == 0:
+            break
+        chunks.append(data[pos + 7:pos + 7 + length])
+        pos += 7 + length
+        if kind in (1, 4):  # full or last
+            record = wandb_internal_pb2.Record()
+            record.ParseFromString(b"".join(chunks))
+            chunks = []
+            if record.HasField("history"):
+                history.append({item.key or "/".join(item.nested_key): json.loads(item.value_json)
+                                for item in record.history.item})
+    return history
+
+
+def test_wandb_offline_resume_continues_the_same_wandb_run(tmp_path):
+    proc = start_train(tmp_path, "run.total_steps=300", "run.checkpoint_every=50", "logging.wandb.mode=offline")
+    wait_for("smoke_sac/*/checkpoints/step_100.zip", tmp_path, proc)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    run_dir = run_folder(tmp_path)
+    state = torch.load(run_dir / "checkpoints" / "interrupted.state.pt", weights_only=False)
+    run_id, stopped_at = state["wandb_id"], state["num_timesteps"]
+    assert run_id
+    (first,) = (run_dir / "wandb").glob("offline-run-*")
+    assert first.name.endswith(f"-{run_id}")
+
+    done = cli("resume", str(run_dir))
+    assert done.returncode == 0, done.stderr
+    runs = sorted((run_dir / "wandb").glob("offline-run-*"))
+    assert len(runs) == 2 and all(r.name.endswith(f"-{run_id}") for r in runs), runs
+    (second,) = [r for r in runs if r != first]
+    before = wandb_history(first / f"run-{run_id}.wandb")
+    after = wandb_history(second / f"run-{run_id}.wandb")
+    assert before and max(r["env_step"] for r in before) >= 100
+    steps = [r["env_step"] for r in after]
+    assert min(steps) > stopped_at and max(steps) == 300, "the resumed records did not reach W&B"
+    assert any("eval/return_mean" in r and r["env_step"] == 300 for r in after)
+    assert_complete_log(run_dir, 300)
+    logged = {r["env_step"] for r in before + after if r["env_step"] > stopped_at}
+    jsonl = {json.loads(line)["env_step"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()}
+    assert logged == {s for s in jsonl if s > stopped_at}
 
 
 def test_failed_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
