@@ -61,13 +61,13 @@ class WandbSink:
 
     def __init__(self, run_dir: Path, config: dict[str, Any] | None, mode: str = "offline", project: str = "plasticrl",
                  entity: str | None = None, group: str | None = None, tags: list[str] | None = None,
-                 name: str | None = None, run_id: str | None = None):
+                 name: str | None = None, run_id: str | None = None, job_type: str | None = None):
         import wandb  # imported here: W&B is optional at run time (mode: disabled never imports it)
 
         self._wandb = wandb
         resume = {"id": run_id, "resume": "allow"} if run_id else {}  # a resumed run continues its W&B run
         self.run = wandb.init(dir=str(run_dir), mode=mode, project=project, entity=entity, group=group, tags=tags,
-                              name=name, config=config, reinit="create_new", **resume,
+                              name=name, job_type=job_type, config=config, reinit="create_new", **resume,
                               settings=wandb.Settings(console="off", x_disable_stats=True, silent=True))
         self.run.define_metric(STEP_KEY)
         self.run.define_metric("*", step_metric=STEP_KEY)

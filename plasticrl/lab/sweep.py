@@ -4,7 +4,8 @@ Ray tasks -> a folder per run that a re-run finds again: finished runs are skipp
 
 Run ``<sweep>/<arm>/<task>/seed<k>`` (also its ``run.name``) lives in ``<out_dir>/<sweep>/<arm>/<task>/seed<k>/``:
 ``train.log`` (the run's output), the training's own run folder ``<seed>-<time>/`` and, once training has finished,
-``done.json`` (the completion marker). W&B: group = the sweep name, name = ``<arm>/<task>/seed<k>``.
+``done.json`` (the completion marker). W&B: group = the sweep name, name = ``<arm>/<task>/seed<k>``, job type = the
+arm.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ GRACE_S = 60.0  # on Ctrl-C/SIGTERM: seconds a run gets to stop (save checkpoint
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")  # sweep and arm names: one path segment
 KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z0-9_]+)*$")  # a dotted config key, e.g. replay_ratio.kind
 OVERRIDE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]*=")  # an arm entry `key=value` (anything else is an overlay path)
-SET_BY_SWEEP = ("run.name", "run.out_dir", "logging.wandb.group", "logging.wandb.name")
+SET_BY_SWEEP = ("run.name", "run.out_dir", "logging.wandb.group", "logging.wandb.name", "logging.wandb.job_type")
 
 
 class ResourcesConfig(Section):
@@ -183,7 +184,8 @@ def _compose(sweep: SweepConfig, base: list[str], arm: str, entries: list[str], 
     name = f"{sweep.name}/{arm}/{task}/seed{seed}"
     own = [f"{k}={yaml_value(v)}" for k, v in {"run.name": name, "run.out_dir": str(out_dir),
                                                "logging.wandb.group": sweep.name,
-                                               "logging.wandb.name": f"{arm}/{task}/seed{seed}"}.items()]
+                                               "logging.wandb.name": f"{arm}/{task}/seed{seed}",
+                                               "logging.wandb.job_type": arm}.items()]
     for assignment in own:
         apply_override(data, assignment)
     fields = {"name": name, "arm": arm, "task": task, "seed": seed, "folder": out_dir / name, "config": config,
@@ -202,7 +204,7 @@ def expand(sweep: SweepConfig, cli_overrides: list[str] | None = None, source: s
 
     Each run's config is, in this order: the base config, the base overlays, the arm's overlay files; then as
     ``key=value``: ``overrides``, the arm's ``key=value`` entries, the grid values, ``cli_overrides``, and the keys the
-    sweep sets itself (``run.name``, ``run.out_dir``, ``logging.wandb.group`` and ``.name``)."""
+    sweep sets itself (``run.name``, ``run.out_dir``, ``logging.wandb.group``, ``.name`` and ``.job_type``)."""
     from plasticrl.lab.train import check_config  # the env registries: a misspelt env id fails here, not in a run
 
     check_problems([f"--set {o}: set by the sweep itself{' (use --out-dir)' if o.startswith('run.out_dir=') else ''}"

@@ -68,6 +68,7 @@ out_dir: {tmp_path}/runs
         assert f"dmc:{task.split(',')[0]}" == cfg.env.id and f"agent.batch_size={cfg.agent.batch_size}" in task
         assert cfg.replay_ratio.ratio == (2.0 if arm == "rr2" else 3.0)
         assert (cfg.logging.wandb.group, cfg.logging.wandb.name) == ("grid", f"{arm}/{task}/{seed}")
+        assert cfg.logging.wandb.job_type == arm and f"logging.wandb.job_type={arm}" in run.overrides
         # the run's command line gives `plasticrl train` exactly this config
         assert train_config.load(run.config, run.overrides, overlays=run.overlays) == cfg
         assert run.command("py")[:5] == ["py", "-m", "plasticrl", "train", str(TRAIN / "smoke_sac.yaml")]
@@ -168,7 +169,8 @@ def test_table1_drq_sweep_is_the_papers_grid_with_sac_based_drq():
         own = train_config.load(TRAIN / f"drq_{run.task.replace('-', '_')}.yaml",
                                 [f"run.seed={run.seed}", "eval.every=5000", f"run.name={run.name}",
                                  f"run.out_dir={cfg.run.out_dir}", "logging.wandb.group=adaptive_rr_table1_drq",
-                                 f"logging.wandb.name={run.arm}/{run.task}/seed{run.seed}"],
+                                 f"logging.wandb.name={run.arm}/{run.task}/seed{run.seed}",
+                                 f"logging.wandb.job_type={run.arm}"],
                                 overlays=[TRAIN / "overlays" / "ma2024.yaml", TRAIN / "overlays" / f"{run.arm}.yaml"])
         assert cfg == own
 
@@ -346,3 +348,35 @@ def test_a_sweep_gives_either_base_or_tasks(tmp_path):
         path.write_text(body)
         with pytest.raises(ConfigError, match=expected):
             sweeps.load(path)
+
+
+def test_a_sweep_runs_wandb_job_type_is_its_arm_and_an_offline_wandb_run_records_it(tmp_path):
+    """The sweep sets logging.wandb.job_type to the arm (and refuses it in --set); the settings a run hands WandbSink
+    carry it, and the offline W&B run's log file records it."""
+    from plasticrl.lab.config.base import wandb_settings
+    from plasticrl.runlog import RunLogger
+
+    path = write_sweep(tmp_path, f"""
+name: jt
+base: [configs/train/smoke_sac.yaml]
+arms:
+  rr2: [configs/train/overlays/rr2.yaml]
+  arm_with_a_rare_name: [replay_ratio.ratio=3]
+out_dir: {tmp_path}/runs
+""")
+    runs = sweeps.expand(sweeps.load(path))
+    assert {r.arm: r.cfg.logging.wandb.job_type for r in runs} == {"rr2": "rr2",
+                                                                  "arm_with_a_rare_name": "arm_with_a_rare_name"}
+    assert train_config.load(TRAIN / "smoke_sac.yaml").logging.wandb.job_type is None  # outside sweeps: W&B's own
+    with pytest.raises(ConfigError, match="logging.wandb.job_type=x: set by the sweep itself"):
+        sweeps.expand(sweeps.load(path), ["logging.wandb.job_type=x"])
+    (run,) = [r for r in runs if r.arm == "arm_with_a_rare_name"]
+    cfg = run.cfg.model_copy(update={"logging": run.cfg.logging.model_copy(update={
+        "wandb": run.cfg.logging.wandb.model_copy(update={"mode": "offline"})})})
+    settings = wandb_settings(cfg.logging.wandb, cfg.run.name, cfg.run.seed, ["sac"])
+    assert settings["job_type"] == "arm_with_a_rare_name"
+    logger = RunLogger(tmp_path / "wb", wandb_settings=settings)
+    assert logger.wandb.run.job_type == "arm_with_a_rare_name"
+    logger.close()
+    (log,) = (tmp_path / "wb").rglob("*.wandb")
+    assert b"arm_with_a_rare_name" in log.read_bytes()  # the run record W&B syncs later

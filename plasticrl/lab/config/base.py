@@ -41,6 +41,7 @@ class WandbConfig(Section):
     group: str | None = Field(None, description="default: run.name")
     tags: list[str] | None = Field(None, description="default: agent, env, replay-ratio kind")
     name: str | None = Field(None, description="default: <run.name>-s<seed>")
+    job_type: str | None = Field(None, description="W&B job type (wandb.init's job_type; a sweep sets it to the arm)")
 
 
 class BaseLoggingConfig(Section):
@@ -51,7 +52,7 @@ def wandb_settings(w: WandbConfig, run_name: str, seed: int, default_tags: list[
     """Keyword arguments of ``plasticrl.runlog.WandbSink`` with this project's defaults filled in: group = the run
     name (seeds group together), name = ``<run name>-s<seed>``, tags = ``default_tags``."""
     return {"mode": w.mode, "project": w.project, "entity": w.entity, "group": w.group or run_name,
-            "tags": w.tags or default_tags, "name": w.name or f"{run_name}-s{seed}"}
+            "tags": w.tags or default_tags, "name": w.name or f"{run_name}-s{seed}", "job_type": w.job_type}
 
 
 def _step(annotation: Any, part: str | int) -> tuple[Any, bool]:
