@@ -367,31 +367,12 @@ class DrQ(SAC):
         target_q = self.td_target(batch, next_obs, alpha)
         h = self.encoder(obs)
         q1, q2, critic_fau = self.critic.forward_with_fau(h, batch.actions)
-        critic_loss = F.mse_loss(q1, target_q) + F.mse_loss(q2, target_q)
-        if self.l2_init > 0:
-            critic_loss = critic_loss + self.l2_init * l2_init_penalty(*self._l2_pairs["critic"])
-        self.critic.optimizer.zero_grad(set_to_none=True)
-        critic_loss.backward()
-        self.critic.optimizer.step()
-        if self.nap:
-            project_to_norms(*self._nap_pairs["critic"])
+        critic_loss = self._step("critic", F.mse_loss(q1, target_q) + F.mse_loss(q2, target_q))
 
         h_actor = h.detach()
         action, log_prob = self.actor.action_log_prob(h_actor)
-        trainable = [p for p in self.critic.parameters() if p.requires_grad]
-        for p in trainable:  # the actor loss needs gradients through the critic, not of its weights
-            p.requires_grad_(False)
-        aq1, aq2 = self.critic(h_actor, action)
-        for p in trainable:
-            p.requires_grad_(True)
-        actor_loss = (alpha * log_prob - torch.min(aq1, aq2)).mean()
-        if self.l2_init > 0:
-            actor_loss = actor_loss + self.l2_init * l2_init_penalty(*self._l2_pairs["actor"])
-        self.actor.optimizer.zero_grad(set_to_none=True)
-        actor_loss.backward()
-        self.actor.optimizer.step()
-        if self.nap:
-            project_to_norms(*self._nap_pairs["actor"])
+        aq1, aq2 = self._critic_for_actor(h_actor, action)
+        actor_loss = self._step("actor", (alpha * log_prob - torch.min(aq1, aq2)).mean())
 
         if log_alpha is not None and self.ent_coef_optimizer is not None:
             ent_coef_loss = -(log_alpha * (log_prob.detach() + self.target_entropy)).mean()
@@ -407,6 +388,30 @@ class DrQ(SAC):
             torch._foreach_lerp_(target, online, self.tau)
         return {"critic_loss": critic_loss.detach(), "actor_loss": actor_loss.detach(), "ent_coef": alpha.squeeze(),
                 "ent_coef_loss": ent_coef_loss.detach(), "critic_fau": critic_fau, "q": q1.detach().mean()}
+
+    def _step(self, name: str, loss: torch.Tensor) -> torch.Tensor:
+        """One optimizer step of ``name`` (``"critic"``: encoder + critic, ``"actor"``) on ``loss`` plus the
+        L2-to-init penalty (``l2_init``), then NaP's projection (``nap``); returns the loss with the penalty."""
+        if self.l2_init > 0:
+            loss = loss + self.l2_init * l2_init_penalty(*self._l2_pairs[name])
+        optimizer = getattr(self, name).optimizer
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if self.nap:
+            project_to_norms(*self._nap_pairs[name])
+        return loss
+
+    def _critic_for_actor(self, h: torch.Tensor, action: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Q1, Q2 of ``action`` with gradients through the critic to the action, not of its weights (the actor
+        loss)."""
+        trainable = [p for p in self.critic.parameters() if p.requires_grad]
+        for p in trainable:
+            p.requires_grad_(False)
+        q = self.critic(h, action)
+        for p in trainable:
+            p.requires_grad_(True)
+        return q
 
     @torch.no_grad()
     def td_target(self, batch: PixelBatch, next_obs: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:

@@ -36,7 +36,6 @@ from plasticrl.agents.drq.replay import PixelBatch
 from plasticrl.agents.drqv2.networks import DeterministicActor
 from plasticrl.agents.drqv2.schedule import StdSchedule, parse_std_schedule
 from plasticrl.agents.init import INITS, orthogonal_init
-from plasticrl.interventions.regularizers import l2_init_penalty, project_to_norms
 
 STAT_KEYS = ("critic_loss", "actor_loss", "q", "actor_std", "critic_fau")
 
@@ -275,31 +274,12 @@ class DrQV2(DrQ):
         target_q = self.td_target(batch, next_obs, std)
         h = self.encoder(obs)
         q1, q2, critic_fau = self.critic.forward_with_fau(h, batch.actions)
-        critic_loss = F.mse_loss(q1, target_q) + F.mse_loss(q2, target_q)
-        if self.l2_init > 0:
-            critic_loss = critic_loss + self.l2_init * l2_init_penalty(*self._l2_pairs["critic"])
-        self.critic.optimizer.zero_grad(set_to_none=True)
-        critic_loss.backward()
-        self.critic.optimizer.step()
-        if self.nap:
-            project_to_norms(*self._nap_pairs["critic"])
+        critic_loss = self._step("critic", F.mse_loss(q1, target_q) + F.mse_loss(q2, target_q))
 
         h_actor = h.detach()
         action = self.actor.sample(h_actor, std, self.stddev_clip)
-        trainable = [p for p in self.critic.parameters() if p.requires_grad]
-        for p in trainable:  # the actor loss needs gradients through the critic, not of its weights
-            p.requires_grad_(False)
-        aq1, aq2 = self.critic(h_actor, action)
-        for p in trainable:
-            p.requires_grad_(True)
-        actor_loss = -torch.min(aq1, aq2).mean()
-        if self.l2_init > 0:
-            actor_loss = actor_loss + self.l2_init * l2_init_penalty(*self._l2_pairs["actor"])
-        self.actor.optimizer.zero_grad(set_to_none=True)
-        actor_loss.backward()
-        self.actor.optimizer.step()
-        if self.nap:
-            project_to_norms(*self._nap_pairs["actor"])
+        aq1, aq2 = self._critic_for_actor(h_actor, action)
+        actor_loss = self._step("actor", -torch.min(aq1, aq2).mean())
 
         with torch.no_grad():
             torch._foreach_lerp_(list(self.critic_target.parameters()), list(self.critic.parameters()), self.tau)
