@@ -35,7 +35,8 @@ from plasticrl.replay_ratio import AdaptiveReplayRatio, StaticReplayRatio
 from plasticrl.runlog import RunLogger, make_run_dir
 from plasticrl.sb3 import TrainingInterrupted, replay_path, save_model, step_checkpoints
 
-AGENTS = ("drq", "drqv2", "sac")  # agent.kind and collect --agent: plasticrl.agents.DrQ, DrQV2, SB3's SAC
+AGENT_CLASSES = {"drq": DrQ, "drqv2": DrQV2, "sac": SAC}  # agent.kind -> its class (plasticrl's DrQ, DrQV2; SB3's SAC)
+AGENTS = tuple(AGENT_CLASSES)  # agent.kind and collect --agent
 
 
 def env_options(cfg: Config) -> dict[str, Any]:
@@ -110,7 +111,7 @@ def load_agent(agent: str, checkpoint: str | Path, device: str = "auto") -> Any:
         raise ValueError(f"unknown agent {agent!r}; allowed: {', '.join(AGENTS)}")
     if not Path(checkpoint).is_file():
         raise ValueError(f"checkpoint {str(checkpoint)!r} not found")
-    cls = {"drq": DrQ, "drqv2": DrQV2, "sac": SAC}[agent]
+    cls = AGENT_CLASSES[agent]
     return cls.load(checkpoint, device=device, buffer_size=100)
 
 
@@ -208,7 +209,7 @@ def _stop_on_signals(checkpoints: adapters.PeriodicCheckpointCallback) -> Iterat
 
 
 def _load_for_resume(cfg: Config, checkpoint: Path, env: Any, device: str) -> Any:
-    cls = {"drq": DrQ, "drqv2": DrQV2, "sac": SAC}[cfg.agent.kind]
+    cls = AGENT_CLASSES[cfg.agent.kind]
     return cls.load(checkpoint, env=env, device=device, force_reset=True)  # the envs start new episodes
 
 
