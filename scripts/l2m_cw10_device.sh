@@ -1,15 +1,17 @@
 #!/usr/bin/env bash
-# The CW10 report on one GPU machine: scripted Meta-World data (collected in parallel), ONE pre-training (inside
-# the reference run), then the single-task reference curves, L2M and full fine-tuning as three concurrent
-# processes sharing that pre-trained checkpoint; then forward transfer of both against the references.
-#   scripts/l2m_cw10_device.sh [--set key=value ...]      (overrides go to every run; RUNS=folder, default runs)
-# Logs: $RUNS/cw10_*.log; results: $RUNS/{reference,l2m,finetune}_cw10/<seed>-<time>/summary.json etc.
+# The CW10 comparison on one GPU machine: scripted Meta-World data (collected in parallel), ONE pre-training
+# (inside the single-task reference run), then every method of METHODS as concurrent processes sharing that
+# pre-trained checkpoint; then forward transfer of each against the reference curves.
+#   scripts/l2m_cw10_device.sh [--set key=value ...]      (overrides go to every run; RUNS=folder, default runs;
+#                                                          METHODS="l2m l2m_oracle lora finetune ewc" by default)
+# Logs: $RUNS/cw10_*.log; results: $RUNS/<method>_cw10/<seed>-<time>/summary.json etc.
 set -euo pipefail
 py=${PYTHON:-python}
 runs=${RUNS:-runs}
 mkdir -p "$runs"
 common=(--set run.out_dir="$runs" "$@")
-$py -m plasticrl continual configs/continual/finetune_cw10.yaml "${common[@]}" --set run.name=reference_cw10 \
+methods=${METHODS:-l2m l2m_oracle lora finetune ewc}
+$py -m plasticrl continual configs/continual/l2m_cw10.yaml "${common[@]}" --set run.name=reference_cw10 \
   --set sequence.method=reference >"$runs/cw10_reference.log" 2>&1 &
 ref=$!
 until grep -q "^saved .*pretrained.pt" "$runs/cw10_reference.log" 2>/dev/null; do
@@ -18,23 +20,23 @@ until grep -q "^saved .*pretrained.pt" "$runs/cw10_reference.log" 2>/dev/null; d
 done
 ckpt=$(grep "^saved .*pretrained.pt" "$runs/cw10_reference.log" | head -1 | cut -d' ' -f2)
 echo "pre-trained: $ckpt"
-$py -m plasticrl continual configs/continual/l2m_cw10.yaml "${common[@]}" --set pretrain.checkpoint="$ckpt" \
-  >"$runs/cw10_l2m.log" 2>&1 &
-l2m=$!
-$py -m plasticrl continual configs/continual/finetune_cw10.yaml "${common[@]}" --set pretrain.checkpoint="$ckpt" \
-  >"$runs/cw10_finetune.log" 2>&1 &
-ft=$!
+pids=($ref)
+for method in $methods; do
+  $py -m plasticrl continual configs/continual/l2m_cw10.yaml "${common[@]}" --set pretrain.checkpoint="$ckpt" \
+    --set sequence.method="$method" --set run.name="${method}_cw10" >"$runs/cw10_$method.log" 2>&1 &
+  pids+=($!)
+done
 status=0
-for pid in $ref $l2m $ft; do wait $pid || status=1; done
+for pid in "${pids[@]}"; do wait $pid || status=1; done
 tail -n 3 "$runs"/cw10_*.log
-$py - "$runs" <<'PY'
+$py - "$runs" $methods <<'PY'
 import json, os, sys
 from glob import glob
 from plasticrl.continual_metrics import forward_transfer_summary
 runs = sys.argv[1]
 refs = sorted(glob(f"{runs}/reference_cw10/*/reference_curves.json"), key=os.path.getmtime)
 ref = json.load(open(refs[-1])) if refs else None
-for name in ("l2m_cw10", "finetune_cw10"):
+for name in (f"{m}_cw10" for m in sys.argv[2:]):
     for path in sorted(glob(f"{runs}/{name}/*/summary.json"), key=os.path.getmtime):
         summary = json.load(open(path))
         matrix = json.load(open(path.replace("summary.json", "success_matrix.json")))
