@@ -7,9 +7,10 @@ ratio, FAU, srank) with a line per monitored group (encoder, actor, critic: line
 range [0, 1]; ranks start at 0, so that 116 -> 115 does not fill a panel. Dotted vertical lines mark interventions
 (``intervention/<kind>/<group>/count`` records), dashed ones the replay-ratio switch of adaptive runs.
 
-Runs are grouped by *config*: folders under one ``runs/<name>/`` whose ``config.yaml`` differ (in anything but the
-seed, folders and W&B names) are different arms, labelled ``<name> [key=value, ...]`` with the keys that tell them
-apart; seeds of one arm are drawn as their mean with a shaded band of one standard deviation, arms in colour.
+Runs are grouped by *config*: folders under one ``runs/<name>/`` (a sweep's: of one ``<sweep>/<arm>/<task>``) whose
+``config.yaml`` differ (in anything but the seed, folders and W&B names) are different arms, labelled
+``<name> [key=value, ...]`` with the keys that tell them apart; seeds of one arm are drawn as their mean with a shaded
+band of one standard deviation, arms in colour.
 ``plot_success_matrix`` draws a continual run's task x task success matrix; ``plasticrl plot`` redraws it for
 continual run folders (``plot_success_matrix_of_run``). ``plasticrl plot`` takes run folders or folders holding them
 (``runs/<name>/``, ``runs/``): ``find_run_dirs`` expands those to the run folders (with a ``metrics.jsonl``) under
@@ -19,6 +20,7 @@ them.
 from __future__ import annotations
 
 import json
+import re
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -37,10 +39,12 @@ TRAIN_PANELS = (("critic loss", "train/critic_loss"), ("actor loss", "train/acto
 FIXED_RANGE = {"dormant_ratio": (0.0, 1.0), "fau": (0.0, 1.0)}
 GROUP_STYLES = ("-", "-.", (0, (5, 1)), (0, (3, 1, 1, 1)))  # ":" and "--" mark interventions and RR switches
 # config keys that differ between seeds of one arm, not between arms
-_NOT_ARM = ("run.seed", "run.out_dir", "run.name", "logging.wandb.name", "logging.wandb.group")
+_NOT_ARM = ("run.seed", "run.out_dir", "run.name", "run.dir", "logging.wandb.name", "logging.wandb.group")
+SEED_PART = re.compile(r"^seed\d+$")  # the last part of a sweep run's name, <sweep>/<arm>/<task>/seed<k>
 
 
-RUN_HINT = "pass run folders written by `plasticrl train` (runs/<name>/<seed>-<time>/) or a folder holding them"
+RUN_HINT = ("pass run folders written by `plasticrl train` (runs/<name>/<seed>-<time>/, a sweep's "
+            "<sweep>/<arm>/<task>/seed<k>/) or a folder holding them")
 
 
 def find_run_dirs(paths: list[str | Path]) -> list[Path]:
@@ -127,12 +131,21 @@ def _arm_config(run_dir: Path) -> dict[str, Any]:
     return {k: v for k, v in flat.items() if k not in _NOT_ARM}
 
 
+def series_name(run_dir: Path) -> str:
+    """The name a run's seeds share: ``<sweep>/<arm>/<task>`` for a sweep run (``run.name`` without its
+    ``/seed<k>``), else the run folder's parent name (``runs/<name>/``)."""
+    path = run_dir / "config.yaml"
+    run = (yaml.safe_load(path.read_text()) or {}).get("run", {}) if path.is_file() else {}
+    parts = str(run.get("name", "")).split("/")
+    return "/".join(parts[:-1]) if len(parts) >= 4 and SEED_PART.match(parts[-1]) else run_dir.parent.name
+
+
 def arms(run_dirs: list[Path]) -> dict[str, list[Path]]:
-    """Run folders grouped into arms (label -> folders): by their parent name, split further by config where folders
-    under one name were run with different configs; such labels get the keys that tell them apart."""
+    """Run folders grouped into arms (label -> folders): by ``series_name``, split further by config where folders
+    of one name were run with different configs; such labels get the keys that tell them apart."""
     by_name: dict[str, list[Path]] = defaultdict(list)
     for d in run_dirs:
-        by_name[d.parent.name].append(d)
+        by_name[series_name(d)].append(d)
     out: dict[str, list[Path]] = {}
     for name, dirs in by_name.items():
         configs = {d: _arm_config(d) for d in dirs}

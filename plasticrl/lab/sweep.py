@@ -2,10 +2,11 @@
 -> every run validated before any starts -> one ``python -m plasticrl train`` per run, as local subprocesses or as
 Ray tasks -> a folder per run that a re-run finds again: finished runs are skipped, interrupted ones start anew.
 
-Run ``<sweep>/<arm>/<task>/seed<k>`` (also its ``run.name``) lives in ``<out_dir>/<sweep>/<arm>/<task>/seed<k>/``:
-``train.log`` (the run's output), the training's own run folder ``<seed>-<time>/`` and, once training has finished,
-``done.json`` (the completion marker). W&B: group = the sweep name, name = ``<arm>/<task>/seed<k>``, job type = the
-arm.
+Run ``<sweep>/<arm>/<task>/seed<k>`` (also its ``run.name``) lives in ``<out_dir>/<sweep>/<arm>/<task>/seed<k>/``, which
+is its training's run folder itself (the sweep sets ``run.dir`` to it): ``config.yaml``, ``metrics.jsonl``,
+``checkpoints/``, ``plots/``, ``wandb/``, and beside them ``train.log`` (the run's output) and, once training has
+finished, ``done.json`` (the completion marker). W&B: group = the sweep name, name = ``<arm>/<task>/seed<k>``, job
+type = the arm.
 """
 
 from __future__ import annotations
@@ -42,7 +43,8 @@ GRACE_S = 60.0  # on Ctrl-C/SIGTERM: seconds a run gets to stop (save checkpoint
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")  # sweep and arm names: one path segment
 KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z0-9_]+)*$")  # a dotted config key, e.g. replay_ratio.kind
 OVERRIDE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]*=")  # an arm entry `key=value` (anything else is an overlay path)
-SET_BY_SWEEP = ("run.name", "run.out_dir", "logging.wandb.group", "logging.wandb.name", "logging.wandb.job_type")
+SET_BY_SWEEP = ("run.name", "run.out_dir", "run.dir", "logging.wandb.group", "logging.wandb.name",
+                "logging.wandb.job_type")
 
 
 class ResourcesConfig(Section):
@@ -183,6 +185,7 @@ def _compose(sweep: SweepConfig, base: list[str], arm: str, entries: list[str], 
     task = task_name(str(_get(data, "env.id", train_config.EnvConfig.model_fields["id"].default)), point)
     name = f"{sweep.name}/{arm}/{task}/seed{seed}"
     own = [f"{k}={yaml_value(v)}" for k, v in {"run.name": name, "run.out_dir": str(out_dir),
+                                               "run.dir": str(out_dir / name),
                                                "logging.wandb.group": sweep.name,
                                                "logging.wandb.name": f"{arm}/{task}/seed{seed}",
                                                "logging.wandb.job_type": arm}.items()]
@@ -204,7 +207,8 @@ def expand(sweep: SweepConfig, cli_overrides: list[str] | None = None, source: s
 
     Each run's config is, in this order: the base config, the base overlays, the arm's overlay files; then as
     ``key=value``: ``overrides``, the arm's ``key=value`` entries, the grid values, ``cli_overrides``, and the keys the
-    sweep sets itself (``run.name``, ``run.out_dir``, ``logging.wandb.group``, ``.name`` and ``.job_type``)."""
+    sweep sets itself (``run.name``, ``run.out_dir``, ``run.dir`` = the run's folder, ``logging.wandb.group``,
+    ``.name`` and ``.job_type``)."""
     from plasticrl.lab.train import check_config  # the env registries: a misspelt env id fails here, not in a run
 
     check_problems([f"--set {o}: set by the sweep itself{' (use --out-dir)' if o.startswith('run.out_dir=') else ''}"
@@ -254,11 +258,6 @@ def select(runs: list[Run], patterns: list[str]) -> list[Run]:
 
 # --- run folders: completion, resume ---------------------------------------------------------------------------
 
-def train_dirs(folder: Path) -> list[Path]:
-    """The training run folders (``<seed>-<time>/``, holding ``config.yaml``) in a run's folder, oldest first."""
-    return sorted(p.parent for p in folder.glob("*/config.yaml"))
-
-
 def last_env_step(metrics: Path) -> int | None:
     """The ``env_step`` of the last complete record of a ``metrics.jsonl`` (read from its end), None if none."""
     try:
@@ -277,27 +276,24 @@ def last_env_step(metrics: Path) -> int | None:
 
 def current_step(folder: Path) -> int:
     """Agent steps a run has logged so far (0 before its first record)."""
-    dirs = train_dirs(folder)
-    return (last_env_step(dirs[-1] / "metrics.jsonl") or 0) if dirs else 0
+    return last_env_step(folder / "metrics.jsonl") or 0
 
 
 def completion(folder: Path, total_steps: int, returncode: int | None = None) -> dict[str, Any] | None:
-    """The run's completion marker, or None if it has not finished. Without ``done.json``, a training folder with
+    """The run's completion marker, or None if it has not finished. Without ``done.json``, a run folder with
     ``checkpoints/final.zip`` and records up to ``total_steps`` counts as finished, and the marker is written."""
     marker = folder / MARKER
     if marker.is_file():
         return json.loads(marker.read_text())
-    for train_dir in reversed(train_dirs(folder)):
-        step = last_env_step(train_dir / "metrics.jsonl")
-        if (train_dir / "checkpoints" / "final.zip").is_file() and step is not None and step >= total_steps:
-            info = {"run_dir": train_dir.name, "env_step": step, "total_steps": total_steps,
-                    "returncode": returncode, "finished": datetime.now().isoformat(timespec="seconds"),
-                    "host": socket.gethostname()}
-            tmp = marker.with_suffix(".tmp")
-            tmp.write_text(json.dumps(info, indent=1) + "\n")
-            os.replace(tmp, marker)  # a signal never leaves half a marker
-            return info
-    return None
+    step = last_env_step(folder / "metrics.jsonl")
+    if not (folder / "checkpoints" / "final.zip").is_file() or step is None or step < total_steps:
+        return None
+    info = {"env_step": step, "total_steps": total_steps, "returncode": returncode,
+            "finished": datetime.now().isoformat(timespec="seconds"), "host": socket.gethostname()}
+    tmp = marker.with_suffix(".tmp")
+    tmp.write_text(json.dumps(info, indent=1) + "\n")
+    os.replace(tmp, marker)  # a signal never leaves half a marker
+    return info
 
 
 def set_aside(folder: Path) -> Path:
@@ -316,10 +312,10 @@ def _flat(data: Any, prefix: str = "") -> dict[str, Any]:
     return {k: v for key, value in data.items() for k, v in _flat(value, f"{prefix}{key}.").items()}
 
 
-def config_changes(run: Run, marker: dict[str, Any]) -> list[str]:
+def config_changes(run: Run) -> list[str]:
     """Keys whose value differs between a finished run's saved config and the sweep's config of it now (not those
     that are ``auto`` now: training saves what it resolved them to)."""
-    saved = run.folder / str(marker.get("run_dir", "")) / "config.yaml"
+    saved = run.folder / "config.yaml"
     if not saved.is_file():
         return []
     was, now = _flat(yaml.safe_load(saved.read_text())), _flat(run.cfg.model_dump(mode="json"))
@@ -334,7 +330,7 @@ def prepare(runs: list[Run], note: Any = print) -> list[Run]:
     for run in runs:
         marker = completion(run.folder, run.cfg.run.total_steps)
         if marker is not None:
-            changed = config_changes(run, marker)
+            changed = config_changes(run)
             extra = f"; its config differs now ({', '.join(changed[:3])}): delete its folder to run it again" \
                 if changed else ""
             note(f"skip     {run.name} (finished at step {marker.get('env_step')}{extra})")
@@ -623,12 +619,12 @@ def run_ray(runs: list[Run], address: str | None, max_concurrent: int | None, re
 # --- the command -------------------------------------------------------------------------------------------------
 
 def plan(runs: list[Run]) -> str:
-    """``--dry-run``: each run's state (finished, unfinished folder, new) and its command."""
+    """``--dry-run``: each run's state (finished, unfinished folder, new), its run folder and its command."""
     lines = []
     for run in runs:
         state = "finished" if completion(run.folder, run.cfg.run.total_steps) is not None else \
             "unfinished (restarts)" if run.folder.exists() else "new"
-        lines += [f"{run.name}  [{state}]", "  " + " ".join(run.command("python"))]
+        lines += [f"{run.name}  [{state}]", f"  folder: {run.folder}", "  " + " ".join(run.command("python"))]
     return "\n".join(lines)
 
 

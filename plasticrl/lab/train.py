@@ -1,9 +1,9 @@
 """``plasticrl train``: a validated config -> envs, agent, callbacks -> ``model.learn`` -> a run folder.
 
-The run folder ``<out_dir>/<name>/<seed>-<time>/`` holds the resolved ``config.yaml``, ``metrics.jsonl``,
-``checkpoints/`` (``step_<N>.zip``, ``final.zip``; ``interrupted.zip`` on Ctrl-C or SIGTERM, each with its
-``.state.pt``), ``wandb/`` and ``plots/``. ``resume_run`` (``plasticrl resume``) continues a run from its newest
-full-state checkpoint.
+The run folder ``<out_dir>/<name>/<seed>-<time>/`` (or exactly ``run.dir``, a folder that holds no run yet) holds the
+resolved ``config.yaml``, ``metrics.jsonl``, ``checkpoints/`` (``step_<N>.zip``, ``final.zip``; ``interrupted.zip``
+on Ctrl-C or SIGTERM, each with its ``.state.pt``), ``wandb/`` and ``plots/``. ``resume_run`` (``plasticrl resume``)
+continues a run from its newest full-state checkpoint.
 """
 
 from __future__ import annotations
@@ -153,7 +153,29 @@ def check_config(cfg: Config) -> None:
     check_problems(env_problems(cfg))
 
 
+def check_run_dir(cfg: Config) -> None:
+    """ConfigError if ``run.dir`` already holds a run (``config.yaml`` or ``metrics.jsonl``): train never overwrites
+    one. An empty or missing folder is fine."""
+    if cfg.run.dir is None:
+        return
+    folder = Path(cfg.run.dir)
+    if (folder / "config.yaml").exists() or (folder / "metrics.jsonl").exists():
+        raise ConfigError(f"run.dir: {str(folder)!r} already holds a run; continue it with `plasticrl resume "
+                          f"{folder}` or choose another run.dir")
+
+
 def _make_run_dir(cfg: Config) -> Path:
+    """The new run folder: exactly ``run.dir`` if set, else ``<out_dir>/<name>/<seed>-<time>/``; with ``checkpoints/``
+    and ``plots/``."""
+    if cfg.run.dir is not None:
+        folder = Path(cfg.run.dir)
+        try:
+            (folder / "checkpoints").mkdir(parents=True, exist_ok=True)
+            (folder / "plots").mkdir(exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(f"run.dir: cannot create the run folder {str(folder)!r} ({exc.strerror or exc}); set "
+                              "run.dir to a writable folder") from None
+        return folder
     try:
         return make_run_dir(cfg.run.out_dir, cfg.run.name, cfg.run.seed)
     except OSError as exc:
@@ -164,6 +186,7 @@ def _make_run_dir(cfg: Config) -> Path:
 def train(cfg: Config) -> Path:
     """Trains one run from a validated config; returns its run folder."""
     check_config(cfg)
+    check_run_dir(cfg)
     device = resolve_device(cfg.run.device)
     check_problems(device_problems(cfg, device), source=f"run.device={cfg.run.device} resolved to {device}")
     configure_torch(device)
@@ -171,7 +194,8 @@ def train(cfg: Config) -> Path:
     if chosen:
         print(chosen, flush=True)
     run_dir = _make_run_dir(cfg)
-    (run_dir / "config.yaml").write_text(dump(cfg))
+    with open(run_dir / "config.yaml", "x") as f:  # "x": never over a run that appeared since check_run_dir
+        f.write(dump(cfg))
     return _run(cfg, run_dir, device)
 
 

@@ -1,4 +1,4 @@
-"""`plasticrl train`: config validation errors and the run folder of a smoke training."""
+"""`plasticrl train`: config validation errors, the run folder of a smoke training, and run.dir."""
 
 import json
 import subprocess
@@ -147,6 +147,35 @@ def test_smoke_training_writes_the_run_folder(smoke_run):
     assert {"train/fps", "train/critic_loss", "train/actor_loss"} <= set(episodes[-1])
     assert any("eval/return_mean" in r for r in records)
     assert any("plasticity/critic/fau" in r for r in records)
+
+
+SMOKE_SAC = str(ROOT / "configs" / "train" / "smoke_sac.yaml")
+
+
+def test_run_dir_is_the_exact_run_folder_and_an_existing_run_is_refused(tmp_path, capsys):
+    """run.dir: an existing empty folder becomes the run folder itself (nothing under run.out_dir); a second train
+    into it stops with one line naming the folder and the fix, and leaves the run as it was."""
+    folder, out = tmp_path / "exact", tmp_path / "runs"
+    folder.mkdir()
+    args = ["train", SMOKE_SAC, "--set", f"run.dir={folder}", "--set", f"run.out_dir={out}", "--set",
+            "run.total_steps=120", "--set", "monitor.every=60", "--set", "logging.plots=false"]
+    assert main(args) == 0, capsys.readouterr().err[-3000:]
+    assert f"done: {folder}" in capsys.readouterr().out
+    assert sorted(p.name for p in folder.iterdir()) == ["checkpoints", "config.yaml", "metrics.jsonl", "plots"]
+    assert (folder / "checkpoints" / "final.zip").is_file() and not out.exists()
+    assert yaml.safe_load((folder / "config.yaml").read_text())["run"]["dir"] == str(folder)
+    before = {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err == (f"error: run.dir: {str(folder)!r} already holds a run; continue it with `plasticrl resume "
+                   f"{folder}` or choose another run.dir\n")
+    assert {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()} == before  # untouched
+    metrics_only = tmp_path / "metrics_only"
+    metrics_only.mkdir()
+    (metrics_only / "metrics.jsonl").write_text("")
+    assert main(["train", SMOKE_SAC, "--set", f"run.dir={metrics_only}"]) == 2
+    assert "already holds a run" in capsys.readouterr().err
+    assert sorted(p.name for p in metrics_only.iterdir()) == ["metrics.jsonl"]
 
 
 def test_saved_checkpoint_loads_and_evaluates(smoke_run):

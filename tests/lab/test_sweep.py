@@ -5,6 +5,7 @@ import csv
 import itertools
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -64,6 +65,7 @@ out_dir: {tmp_path}/runs
         assert run.folder == tmp_path / "runs" / run.name  # the same folder on every re-run
         assert (run.arm, run.task, f"seed{run.seed}") == (arm, task, seed)
         assert cfg.run.name == run.name and cfg.run.out_dir == str(tmp_path / "runs")
+        assert cfg.run.dir == str(run.folder) and f"run.dir={run.folder}" in run.overrides  # train writes there
         assert cfg.run.seed == int(seed[4:]) and cfg.eval.episodes == 2
         assert f"dmc:{task.split(',')[0]}" == cfg.env.id and f"agent.batch_size={cfg.agent.batch_size}" in task
         assert cfg.replay_ratio.ratio == (2.0 if arm == "rr2" else 3.0)
@@ -124,8 +126,25 @@ seeds: [0, 3]
     assert not out.exists()  # nothing started, nothing written
     assert main(["sweep", str(SMOKE_SWEEP), "--set", "run.out_dir=x", "--dry-run"]) == 2
     assert "--set run.out_dir=x: set by the sweep itself (use --out-dir)" in capsys.readouterr().err
+    assert main(["sweep", str(SMOKE_SWEEP), "--set", "run.dir=x", "--dry-run"]) == 2
+    assert "--set run.dir=x: set by the sweep itself" in capsys.readouterr().err
     assert main(["sweep", str(SMOKE_SWEEP), "--only", "nothing/*", "--dry-run"]) == 2
     assert "no run matches" in capsys.readouterr().err
+
+
+def test_dry_run_shows_each_runs_state_folder_and_command(tmp_path, capsys):
+    out = tmp_path / "runs"
+    finished = out / "smoke" / "rr0.5" / "cartpole-swingup" / "seed0"
+    finished.mkdir(parents=True)
+    (finished / "done.json").write_text(json.dumps({"env_step": 200}))
+    (out / "smoke" / "rr2" / "cartpole-swingup" / "seed0").mkdir(parents=True)
+    assert main(["sweep", str(SMOKE_SWEEP), "--out-dir", str(out), "--dry-run"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0:2] == ["smoke/rr0.5/cartpole-swingup/seed0  [finished]", f"  folder: {finished}"]
+    assert lines[3:5] == ["smoke/rr2/cartpole-swingup/seed0  [unfinished (restarts)]",
+                          f"  folder: {out / 'smoke' / 'rr2' / 'cartpole-swingup' / 'seed0'}"]
+    assert f"--set run.dir={finished}" in lines[2] and len(lines) == 6
+    assert sorted(p.name for p in out.rglob("*") if p.is_file()) == ["done.json"]  # nothing run, nothing written
 
 
 def test_table1_sweep_is_the_papers_grid():
@@ -168,7 +187,8 @@ def test_table1_drq_sweep_is_the_papers_grid_with_sac_based_drq():
         assert cfg.replay_ratio.kind == kind and (ratio is None or cfg.replay_ratio.ratio == ratio)
         own = train_config.load(TRAIN / f"drq_{run.task.replace('-', '_')}.yaml",
                                 [f"run.seed={run.seed}", "eval.every=5000", f"run.name={run.name}",
-                                 f"run.out_dir={cfg.run.out_dir}", "logging.wandb.group=adaptive_rr_table1_drq",
+                                 f"run.out_dir={cfg.run.out_dir}", f"run.dir={run.folder}",
+                                 "logging.wandb.group=adaptive_rr_table1_drq",
                                  f"logging.wandb.name={run.arm}/{run.task}/seed{run.seed}",
                                  f"logging.wandb.job_type={run.arm}"],
                                 overlays=[TRAIN / "overlays" / "ma2024.yaml", TRAIN / "overlays" / f"{run.arm}.yaml"])
@@ -260,24 +280,43 @@ def test_rerun_skips_the_finished_run_and_restarts_the_interrupted_one(smoke_swe
     assert (first / "done.json").read_text() == smoke_sweep["stopped"]["first_marker"]  # untouched
     aside = second.with_name("seed0.interrupted-1")
     assert sorted(p.name for p in aside.rglob("*")) == smoke_sweep["stopped"]["second"]  # the old folder, kept
-    (old,), (new,) = sweeps.train_dirs(aside), sweeps.train_dirs(second)
-    assert old.name != new.name and (new / "checkpoints" / "final.zip").is_file()
-    assert json.loads((second / "done.json").read_text())["run_dir"] == new.name
+    assert (aside / "checkpoints" / "interrupted.zip").is_file() and (aside / "config.yaml").is_file()
+    assert (second / "checkpoints" / "final.zip").is_file()
+    assert not (second / "checkpoints" / "interrupted.zip").exists()  # the restart began from scratch
+    assert json.loads((second / "done.json").read_text())["env_step"] == 200
+
+
+def test_an_interrupted_sweep_run_folder_resumes_with_plasticrl_resume(smoke_sweep, tmp_path):
+    """The interrupted run's folder (a copy of the one the re-run set aside) is a run folder: `plasticrl resume`
+    continues it from checkpoints/interrupted.zip to the end, in place."""
+    folder = tmp_path / "seed0"
+    shutil.copytree(smoke_sweep["second"].with_name("seed0.interrupted-1"), folder)
+    stopped_at = sweeps.last_env_step(folder / "metrics.jsonl")
+    assert stopped_at is not None and stopped_at < 200
+    proc = subprocess.run([sys.executable, "-m", "plasticrl", "resume", str(folder)], cwd=ROOT, text=True,
+                          capture_output=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert f"resumed from {folder / 'checkpoints' / 'interrupted.zip'}" in proc.stdout
+    assert (folder / "checkpoints" / "final.zip").is_file() and sweeps.last_env_step(folder / "metrics.jsonl") == 200
+    assert sweeps.completion(folder, 200) is not None  # the sweep would now count it finished
 
 
 def test_each_run_folder_holds_its_log_config_and_marker(smoke_sweep):
+    """The sweep's folder of a run is its training's run folder itself: no <seed>-<time>/ inside."""
     for folder, arm, ratio in ((smoke_sweep["first"], "rr0.5", 0.5), (smoke_sweep["second"], "rr2", 2.0)):
-        (train_dir,) = sweeps.train_dirs(folder)
+        assert sorted(p.name for p in folder.iterdir()) == ["checkpoints", "config.yaml", "done.json",
+                                                             "metrics.jsonl", "plots", "train.log"]
         marker = json.loads((folder / "done.json").read_text())
-        assert (marker["run_dir"], marker["env_step"], marker["total_steps"]) == (train_dir.name, 200, 200)
-        assert sweeps.last_env_step(train_dir / "metrics.jsonl") == 200
-        cfg = yaml.safe_load((train_dir / "config.yaml").read_text())
-        assert cfg["run"]["name"] == f"smoke/{arm}/cartpole-swingup/seed0"
+        assert (marker["env_step"], marker["total_steps"]) == (200, 200)
+        assert sweeps.last_env_step(folder / "metrics.jsonl") == 200
+        assert (folder / "checkpoints" / "final.zip").is_file()
+        cfg = yaml.safe_load((folder / "config.yaml").read_text())
+        assert cfg["run"]["name"] == f"smoke/{arm}/cartpole-swingup/seed0" and cfg["run"]["dir"] == str(folder)
         assert cfg["replay_ratio"]["ratio"] == ratio and cfg["run"]["total_steps"] == 200
         assert cfg["logging"]["wandb"]["group"] == "smoke"
         assert cfg["logging"]["wandb"]["name"] == f"{arm}/cartpole-swingup/seed0"
         log = (folder / "train.log").read_text()
-        assert log.startswith("$ ") and f"run folder: {train_dir}" in log and f"done: {train_dir}" in log
+        assert log.startswith("$ ") and f"run folder: {folder}  " in log and f"done: {folder}\n" in log
 
 
 def test_report_on_the_smoke_sweeps_run_folders(smoke_sweep):
@@ -292,8 +331,7 @@ def test_report_on_the_smoke_sweeps_run_folders(smoke_sweep):
     assert len(rows) == 2 * 4  # 2 arms x 4 budgets; the interrupted folder is not a run
     for row in rows:
         folder = smoke_sweep["first"] if row["arm"] == "rr0.5" else smoke_sweep["second"]
-        (train_dir,) = sweeps.train_dirs(folder)
-        evals = [(r["env_step"] * 8, r["eval/return_mean"]) for r in read_jsonl(train_dir) if "eval/return_mean" in r]
+        evals = [(r["env_step"] * 8, r["eval/return_mean"]) for r in read_jsonl(folder) if "eval/return_mean" in r]
         budget = int(row["frames"])
         assert int(row["agent_steps"]) == budget // 8 and row["task"] == "cartpole-swingup"
         if budget > 1600:
@@ -306,6 +344,16 @@ def test_report_on_the_smoke_sweeps_run_folders(smoke_sweep):
         assert float(row["std"]) == 0.0
     assert "| cartpole-swingup | rr2 | 1.6k | 200 | 1 | 0 |" in (out / "report.md").read_text()
     assert (out / "curves.png").stat().st_size > 10_000
+
+
+def test_plot_finds_the_sweeps_run_folders_and_groups_them_by_arm_and_task(smoke_sweep):
+    """`plasticrl plot <sweep folder>`: the two run folders (not the one set aside), one series per arm and task."""
+    from plasticrl.lab import plots
+
+    first, second = smoke_sweep["first"], smoke_sweep["second"]
+    assert plots.find_run_dirs([smoke_sweep["out"] / "smoke"]) == [first, second]
+    assert plots.arms([first, second]) == {"smoke/rr0.5/cartpole-swingup": [first],
+                                           "smoke/rr2/cartpole-swingup": [second]}
 
 
 # --- the Ray backend -------------------------------------------------------------------------------------------
@@ -333,7 +381,7 @@ def test_a_two_arm_two_seed_sweep_runs_on_each_backend(tmp_path, backend):
         assert started in proc.stdout and f"done     {name}" in proc.stdout
         marker = json.loads((tmp_path / name / "done.json").read_text())
         assert marker["env_step"] == 100
-        assert (tmp_path / name / marker["run_dir"] / "checkpoints" / "final.zip").is_file()
+        assert (tmp_path / name / "checkpoints" / "final.zip").is_file()  # the run folder itself
     assert "4 done, 0 failed" in proc.stdout
     assert processes_mentioning(str(tmp_path)) == []
 

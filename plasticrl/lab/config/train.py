@@ -25,6 +25,9 @@ from plasticrl.lab.config.base import (
 
 
 class RunConfig(BaseRunConfig):
+    dir: str | None = Field(None, description="the exact run folder (null: <out_dir>/<name>/<seed>-<time>/); train "
+                                              "refuses a folder that already holds a run (config.yaml or "
+                                              "metrics.jsonl)")
     total_steps: int = Field(100_000, gt=0, description="agent steps (transitions over all envs) to train")
     checkpoint_every: int = Field(0, ge=0, description="save a checkpoint every N agent steps (0: only final)")
     keep_checkpoints: int = Field(3, ge=0, description="keep the newest N step checkpoints (0: all)")
