@@ -7,6 +7,7 @@
 #                                         # (2) state SAC on the 16 DMC tasks of dmc10 + dmc6, their datasets, then a
 #                                         # short end-to-end run of configs/continual/l2m_cw10_dmc6.yaml;
 #                                         # in the foreground: the resume-on-CUDA tests and the GPU suite
+#   (SKIP_TESTS=1: only the two detached jobs)
 #   bash benchmarks/l2m_gpu.sh collect [SECONDS]   # later: waits up to SECONDS for both, then packs the results
 set -u
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
@@ -44,6 +45,7 @@ touch /tmp/dmc_done
 EOF
   setsid nohup bash /tmp/cw10.sh > /dev/null 2>&1 < /dev/null &
   setsid nohup bash /tmp/dmc.sh > /dev/null 2>&1 < /dev/null &
+  [ -n "${SKIP_TESTS:-}" ] && exit 0
   PLASTICRL_RESULTS=$OUT timeout 420 python3 -m pytest -q -p no:cacheprovider -s tests/gpu/test_resume_cuda.py \
     > "$OUT/resume_cuda_tests.txt" 2>&1
   tail -3 "$OUT/resume_cuda_tests.txt"
