@@ -210,7 +210,7 @@ def test_load_takes_this_devices_optimizer_flags(tmp_path):
         group["fused"] = group["capturable"] = True
     torch.save(saved, tmp_path / "cuda_style.pt")
     loaded = L2MAgent.load(tmp_path / "cuda_style.pt", device="cpu")
-    assert [(g["fused"], g["capturable"]) for g in loaded.optimizer.param_groups] == [(False, False)]
+    assert [(g["fused"], g["capturable"]) for g in loaded.optimizer.param_groups] == [(False, False)] * 2
     moments = [loaded.optimizer.state[p]["exp_avg"] for p in loaded.model.parameters()]
     assert all(torch.equal(m, agent.optimizer.state[p]["exp_avg"]) for m, p in zip(moments, agent.model.parameters()))
     loaded.learn(episodes, steps=1)

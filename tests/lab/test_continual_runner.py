@@ -76,6 +76,32 @@ def test_run_folder_matrix_and_summary(l2m_run):
         assert logged == matrix["curves"][j]
 
 
+def test_pretraining_follows_l2ms_warmup_and_cosine(l2m_run):
+    """The smoke config pre-trains 10 steps at lr 1e-3 with 3 warmup steps and a cosine over the 10 steps to 1e-6;
+    every step is logged (print_every 1), with the learning rate the optimizer stepped with, against a hand
+    computation; the saved agent's optimizer holds the last step's rate and the schedule's settings."""
+    cfg = cc.load(l2m_run / "config.yaml")
+    pre = cfg.pretrain
+    assert (pre.steps, pre.learning_rate, pre.warmup_steps, pre.lr_schedule, pre.min_learning_rate) == \
+        (10, 1e-3, 3, "cosine", 1e-6)
+    hand = [1e-3 * (i + 1) / 3 if i < 3 else 1e-6 + (1e-3 - 1e-6) * (1 + np.cos(np.pi * (i - 3) / 10)) / 2
+            for i in range(10)]
+    records = [r for r in read_jsonl(l2m_run / "metrics.jsonl") if "pretrain/lr" in r]
+    assert [r["pretrain/lr"] for r in records] == pytest.approx(hand, rel=1e-9)
+    saved = torch.load(l2m_run / "checkpoints" / "pretrained.pt", weights_only=False)
+    assert [g["lr"] for g in saved["optimizer"]["param_groups"]] == pytest.approx([hand[9]] * 2, rel=1e-9)
+    assert [g["weight_decay"] for g in saved["optimizer"]["param_groups"]] == [0.01, 0.0]
+    assert {k: saved["hparams"][k] for k in ("lr_schedule", "warmup_steps", "schedule_steps")} == \
+        {"lr_schedule": "cosine", "warmup_steps": 3, "schedule_steps": 10}
+
+
+def test_pretrain_schedule_defaults_are_l2ms():
+    pre = cc.validate({}).pretrain
+    assert (pre.warmup_steps, pre.lr_schedule, pre.min_learning_rate) == (4000, "cosine", 1e-6)
+    with pytest.raises(ConfigError, match="pretrain.lr_schedule"):
+        cc.validate({"pretrain": {"lr_schedule": "linear"}})
+
+
 def test_l2m_keeps_backbone_frozen_and_trains_pool(l2m_run):
     pre = torch.load(l2m_run / "checkpoints" / "pretrained.pt", weights_only=False)["model"]
     final = torch.load(l2m_run / "checkpoints" / "final.pt")["model"]
@@ -561,7 +587,17 @@ def test_one_optimizer_serves_the_whole_sequence(data_dir, pretrained, method, s
     run.run()
     steps = {int(state["step"]) for state in run.optimizer.state.values()}
     assert steps == {steps_per_optimizer}
-    assert {id(p) for p in run.optimizer.param_groups[0]["params"]} == {id(p) for p in run.method.trainable()}
+    groups = run.optimizer.param_groups
+    assert {id(p) for g in groups for p in g["params"]} == {id(p) for p in run.method.trainable()}
+    # weight decay as L2M's get_optim_groups: the DT's Linear weights only; none for the pool's raw parameters
+    if method == "l2m":
+        assert [g["weight_decay"] for g in groups] == [0.0]
+    else:
+        linear = {id(m.weight) for m in run.agent.model.modules() if isinstance(m, torch.nn.Linear)}
+        assert [g["weight_decay"] for g in groups] == [0.01, 0.0]
+        assert {id(p) for p in groups[0]["params"]} == linear
+        assert not linear & {id(p) for p in groups[1]["params"]}
+    assert all(g["lr"] == cfg.sequence.learning_rate for g in groups)  # constant over the sequence, as L2M's CW10
 
 
 def test_paper_config_has_l2ms_sizes_steps_and_evaluation(tmp_path):
@@ -572,6 +608,8 @@ def test_paper_config_has_l2ms_sizes_steps_and_evaluation(tmp_path):
     m, pre, seq, pool = cfg.model, cfg.pretrain, cfg.sequence, cfg.pool
     assert (m.d_model, m.n_layers, m.n_heads, m.context, m.dropout) == (768, 6, 12, 5, 0.1)
     assert (pre.steps, pre.batch_size, pre.learning_rate) == (1_000_000, 512, 1e-4)
+    # cdt_pretrain_disc.yaml (warmup_steps 4000, lr_sched_kwargs cosine), lr_sched_kwargs/cosine.yaml (eta_min)
+    assert (pre.warmup_steps, pre.lr_schedule, pre.min_learning_rate) == (4000, "cosine", 1e-6)
     assert continual.resolve_task_list(pre.tasks, "pretrain.tasks") == envs.sequence("mt40") + envs.sequence("dmc10")
     assert continual.resolve_task_list(seq.tasks, "sequence.tasks") == envs.sequence("cw10")
     assert (seq.method, seq.steps_per_task, seq.batch_size, seq.learning_rate) == ("l2m", 100_000, 256, 1e-4)

@@ -5,6 +5,7 @@ method's extra state."""
 from __future__ import annotations
 
 import contextlib
+import warnings
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -16,6 +17,7 @@ from torch import Tensor, nn
 
 from plasticrl.agents.accel import GraphedUpdate, keep_own_optimizer_flags
 from plasticrl.agents.l2m.model import DecisionTransformer, DTConfig
+from plasticrl.agents.l2m.optim import learning_rate_at, weight_decay_groups
 from plasticrl.modulation import ModulationPool
 
 __all__ = ["EpisodeBatch", "EpisodeData", "L2MAgent"]
@@ -124,10 +126,17 @@ class L2MAgent:
 
     def __init__(self, config: DTConfig | None = None, device: str | torch.device = "auto",
                  learning_rate: float = 1e-4, batch_size: int = 64, seed: int = 0, weight_decay: float = 0.01,
-                 max_grad_norm: float = 0.25, precision: str = "fp32", cuda_graph: bool = True) -> None:
+                 max_grad_norm: float = 0.25, precision: str = "fp32", cuda_graph: bool = True,
+                 lr_schedule: str = "constant", warmup_steps: int = 0, schedule_steps: int | None = None,
+                 min_learning_rate: float = 1e-6) -> None:
         """``precision="bf16"``: on CUDA the transformer's matmuls run in bf16 autocast (fp32 weights, optimizer
         and loss); on CPU it has no effect. ``cuda_graph``: on CUDA, ``train_step`` replays one captured CUDA graph
-        per batch shape (forward, backward, clipping, AdamW: one launch instead of hundreds)."""
+        per batch shape (forward, backward, clipping, AdamW: one launch instead of hundreds).
+
+        ``train_step`` number n (``num_steps``, 0-based) steps with ``lr_at(n)``: ``learning_rate`` after
+        ``warmup_steps`` of linear warmup, constant or (``lr_schedule="cosine"``) one cosine cycle of
+        ``schedule_steps`` down to ``min_learning_rate`` (``plasticrl.agents.l2m.optim.learning_rate_at``, L2M's
+        schedule). Weight decay acts on the ``nn.Linear`` weights only (``weight_decay_groups``, as L2M)."""
         if precision not in ("fp32", "bf16"):
             raise ValueError(f"precision={precision!r}: allowed are 'fp32' and 'bf16'")
         self.config = config or DTConfig()
@@ -138,12 +147,16 @@ class L2MAgent:
         self.learning_rate, self.batch_size, self.seed = learning_rate, batch_size, seed
         self.weight_decay, self.max_grad_norm = weight_decay, max_grad_norm
         self.cuda_graph = cuda_graph  # used on CUDA only
+        self.lr_schedule, self.warmup_steps = lr_schedule, warmup_steps
+        self.schedule_steps, self.min_learning_rate = schedule_steps, min_learning_rate
+        self.lr_at(warmup_steps)  # ValueError now for an unknown schedule or a cosine without schedule_steps
         self._graphs: dict[tuple[tuple[int, ...], ...], GraphedUpdate] = {}  # train_step's, per batch shapes
         with torch.random.fork_rng(devices=[]):  # weights from ``seed``; the process's generators stay untouched
             torch.default_generator.manual_seed(seed)  # the CPU's only: the weights are drawn on the CPU
             self.model = DecisionTransformer(self.config).to(self.device)
         self.model.autocast_dtype = torch.bfloat16 if precision == "bf16" else None
         self.optimizer = self.make_optimizer(self.model.parameters(), learning_rate, weight_decay)
+        self._lr_now = learning_rate  # the learning rate self.optimizer holds
         self.generator = torch.Generator(device=self.device).manual_seed(seed)  # batch sampling
         self.num_steps = 0
         self.pool: ModulationPool | None = None  # attach_pool's
@@ -152,9 +165,30 @@ class L2MAgent:
         self.reset(0.0, self.config.max_action_dim)
 
     def make_optimizer(self, params: Iterable[nn.Parameter], lr: float, weight_decay: float) -> torch.optim.AdamW:
-        """AdamW on ``params`` (on CUDA fused, one kernel per step, and capturable into a CUDA graph)."""
+        """AdamW on ``params``, ``weight_decay`` on the model's ``nn.Linear`` weights and none on the rest (L2M's
+        groups, ``weight_decay_groups``). On CUDA it is fused (one kernel per step) and capturable into a CUDA
+        graph, and its learning rate is one CUDA tensor that all groups share: the fused kernel reads it from
+        device memory, so a captured step replays with the value ``set_lr`` wrote last (a float would be baked into
+        the graph at capture)."""
         cuda = self.device.type == "cuda"
-        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=cuda, capturable=cuda)
+        rate: float | Tensor = torch.tensor(float(lr), device=self.device) if cuda else lr
+        return torch.optim.AdamW(weight_decay_groups(self.model, params, weight_decay), lr=rate, fused=cuda,
+                                 capturable=cuda)
+
+    def lr_at(self, step: int) -> float:
+        """The learning rate of ``train_step`` number ``step`` (0-based; see ``__init__``)."""
+        return learning_rate_at(step, self.learning_rate, self.lr_schedule, self.warmup_steps, self.schedule_steps,
+                                self.min_learning_rate)
+
+    @staticmethod
+    def set_lr(optimizer: torch.optim.Optimizer, value: float) -> None:
+        """Sets every group's learning rate of ``optimizer`` to ``value``: in place where it is a tensor (no host
+        sync; CUDA graphs that read it see the new value), else as a float."""
+        for group in optimizer.param_groups:
+            if isinstance(group["lr"], Tensor):
+                group["lr"].fill_(value)
+            else:
+                group["lr"] = value
 
     # ---- data --------------------------------------------------------------------------
     def prepare_episodes(self, datasets: Sequence[Any], return_scale: float | Sequence[float] = 1.0) -> EpisodeData:
@@ -213,6 +247,10 @@ class L2MAgent:
         """One AdamW step (grad-norm clipping) of the DT loss on ``batch`` (``sample_batch``'s tuple); returns the
         loss tensor (no host sync). With ``cuda_graph`` the step is a graph replay (see ``plasticrl.agents.accel``)."""
         self.model.train()
+        lr = self.lr_at(self.num_steps)
+        if lr != self._lr_now:
+            self.set_lr(self.optimizer, lr)
+            self._lr_now = lr
         if self.uses_graphs:
             key = tuple(tuple(t.shape) for t in batch)
             if key not in self._graphs:
@@ -367,12 +405,17 @@ class L2MAgent:
                       "kind": self.pool.kind, "top_k": self.pool.top_k, "pull_coef": self.pool.pull_coef,
                       "count_penalty": self.pool.count_penalty, "placement": self.pool.placement},
             "layers": dict(self._pool_layers), "state": self.pool.state_dict()}
+        optimizer = self.optimizer.state_dict()
+        for group in optimizer["param_groups"]:  # a float in the file, whatever the device (a CUDA tensor here)
+            group["lr"] = float(group["lr"])
         torch.save({"config": asdict(self.config), "model": self.backbone_state_dict(),
-                    "optimizer": self.optimizer.state_dict(), "num_steps": self.num_steps,
+                    "optimizer": optimizer, "num_steps": self.num_steps,
                     "hparams": {"learning_rate": self.learning_rate, "batch_size": self.batch_size,
                                 "seed": self.seed, "weight_decay": self.weight_decay,
                                 "max_grad_norm": self.max_grad_norm, "precision": self.precision,
-                                "cuda_graph": self.cuda_graph},
+                                "cuda_graph": self.cuda_graph, "lr_schedule": self.lr_schedule,
+                                "warmup_steps": self.warmup_steps, "schedule_steps": self.schedule_steps,
+                                "min_learning_rate": self.min_learning_rate},
                     "pool": pool, "extras": self.extras}, path)
 
     @staticmethod
@@ -392,9 +435,16 @@ class L2MAgent:
                              f"this one has {sorted(fields)}; pre-train again")
         agent = cls(DTConfig(**data["config"]), device=device, **{**data["hparams"], **hparams})
         agent.model.load_state_dict(data["model"])
-        keep_own_optimizer_flags(data["optimizer"], agent.optimizer)  # this device's flags, not the saver's
-        agent.optimizer.load_state_dict(data["optimizer"])
-        agent.num_steps = data["num_steps"]
+        if len(data["optimizer"]["param_groups"]) == len(agent.optimizer.param_groups):
+            keep_own_optimizer_flags(data["optimizer"], agent.optimizer)  # this device's flags, not the saver's
+            rate = agent.optimizer.param_groups[0]["lr"]
+            agent.optimizer.load_state_dict(data["optimizer"])
+            for group in agent.optimizer.param_groups:  # this agent's own lr (a CUDA tensor on CUDA), not the file's
+                group["lr"] = rate
+        else:  # a file from before the decay/no-decay groups: its AdamW moments do not map onto them
+            warnings.warn("the checkpoint's optimizer has other parameter groups (one saved before weight decay "
+                          "was limited to Linear weights); its AdamW state is not loaded", stacklevel=2)
+        agent.num_steps = data["num_steps"]  # the next train_step sets lr_at(num_steps)
         saved_pool = data.get("pool")
         if saved_pool is not None:
             with torch.random.fork_rng(devices=[]):  # the keys' random init is overwritten by the saved state

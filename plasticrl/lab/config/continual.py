@@ -67,7 +67,24 @@ class PretrainConfig(Section):
         "mt40", description="sequence names and env ids, comma-separated (e.g. mt40,dmc10), or a list")
     steps: int = Field(100_000, ge=0, description="gradient steps of pre-training (0: skip)")
     batch_size: int = Field(64, ge=1, description="batch size of pre-training")
-    learning_rate: float = Field(1e-4, gt=0, lt=1, description="learning rate of pre-training")
+    learning_rate: float = Field(1e-4, gt=0, lt=1, description="learning rate of pre-training (after the warmup)")
+    warmup_steps: int = Field(
+        4_000, ge=0,
+        description="steps of linear warmup at the start of pre-training: step n (0-based) has learning_rate * "
+                    "(n + 1) / warmup_steps (L2M: 4000, configs/agent_params/cdt_pretrain_disc.yaml, a LambdaLR in "
+                    "src/algos/decision_transformer_sb3.py). Absolute steps, as in L2M, not scaled with "
+                    "pretrain.steps: the warmup settles AdamW's moments and the transformer's first updates, "
+                    "which takes the same number of steps in a short run (4000 of 200k: 2%; of 1M: 0.4%)")
+    lr_schedule: Literal["constant", "cosine"] = Field(
+        "cosine",
+        description="learning rate after the warmup. cosine (L2M's pre-training, lr_sched_kwargs/cosine.yaml): "
+                    "min_learning_rate + (learning_rate - min_learning_rate) * (1 + cos(pi * c / steps)) / 2 at "
+                    "c = step - warmup_steps, one cycle whose period is the whole run (pretrain.steps, L2M's T_max = "
+                    "total_timesteps), so the last step is just above min_learning_rate; constant: learning_rate. "
+                    "The sequence has no schedule: L2M's CW10 fine-tuning (cdt_mpdt_disc.yaml) sets warmup_steps 0 "
+                    "and no lr_sched_kwargs, a constant sequence.learning_rate")
+    min_learning_rate: float = Field(
+        1e-6, ge=0, lt=1, description="learning rate the cosine schedule decays to (L2M's eta_min: 1e-6)")
     checkpoint: str | None = Field(
         None, description="a pretrained.pt (L2MAgent.save format, e.g. <run>/checkpoints/pretrained.pt) to start "
                           "from instead of pre-training; its DT sizes must match the model section")
@@ -82,7 +99,9 @@ class SequenceConfig(Section):
                            "reference_curves.json (single-task curves for forward transfer)")
     steps_per_task: int = Field(10_000, ge=1, description="gradient steps per task")
     batch_size: int = Field(64, ge=1, description="batch size while training on the sequence")
-    learning_rate: float = Field(1e-4, gt=0, lt=1, description="learning rate while training on the sequence")
+    learning_rate: float = Field(
+        1e-4, gt=0, lt=1, description="learning rate while training on the sequence, constant (as L2M's CW10 "
+                                      "fine-tuning: no warmup, no schedule)")
     eval_every: int = Field(
         0, ge=0, description="evaluate every N steps of a task (0: only at its end); which tasks: eval_scope")
     eval_scope: Literal["all", "current"] = Field(

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -38,12 +39,12 @@ def _finite(x: float) -> float | None:
 
 
 class PretrainProgress:
-    """``L2MAgent.learn``'s callback during pre-training: every ``LOG_EVERY`` steps a record of ``pretrain/loss``
-    and ``pretrain/steps_per_s`` (steps since the last record / seconds), and a printed line every 1/20 of the
-    steps and at the last one."""
+    """``L2MAgent.learn``'s callback during pre-training: every ``LOG_EVERY`` steps a record of ``pretrain/loss``,
+    ``pretrain/steps_per_s`` (steps since the last record / seconds) and ``pretrain/lr`` (the step's learning rate,
+    ``lr_at(step)``), and a printed line every 1/20 of the steps and at the last one."""
 
-    def __init__(self, logger: RunLogger, total: int, started: float) -> None:
-        self.logger, self.total, self.started = logger, total, started
+    def __init__(self, logger: RunLogger, total: int, started: float, lr_at: Callable[[int], float]) -> None:
+        self.logger, self.total, self.started, self.lr_at = logger, total, started, lr_at
         self.print_every = max(1, total // 20)
         self.last_step, self.last_time = 0, time.time()
 
@@ -58,7 +59,7 @@ class PretrainProgress:
         now = time.time()  # after the loss was read, which waits for the device: honest timing
         rate = (i + 1 - self.last_step) / max(now - self.last_time, 1e-9)
         self.last_step, self.last_time = i + 1, now
-        self.logger.log({"pretrain/loss": loss, "pretrain/steps_per_s": rate}, i)
+        self.logger.log({"pretrain/loss": loss, "pretrain/steps_per_s": rate, "pretrain/lr": self.lr_at(i)}, i)
         if self.printed(i):
             print(f"pretrain {i + 1}/{self.total}  loss {loss:.4f}  {rate:.1f} steps/s  {now - self.started:.0f} s",
                   flush=True)
@@ -124,10 +125,13 @@ class ContinualRun:
         cfg, started = self.cfg, time.time()
         hparams = {"precision": cfg.model.precision, "cuda_graph": cfg.model.cuda_graph, "seed": cfg.run.seed,
                    "learning_rate": cfg.pretrain.learning_rate, "batch_size": cfg.pretrain.batch_size}
-        if self.inputs.pretrained is not None:
+        if self.inputs.pretrained is not None:  # the checkpoint keeps the schedule it was pre-trained with
             agent = L2MAgent.from_checkpoint(self.inputs.pretrained, self.device, **hparams)
             print(f"pre-trained weights from {cfg.pretrain.checkpoint} ({agent.num_steps} steps)", flush=True)
         else:
+            if self.inputs.pretrain_tasks and cfg.pretrain.steps:  # L2M's warmup and schedule over the run
+                hparams.update(lr_schedule=cfg.pretrain.lr_schedule, warmup_steps=cfg.pretrain.warmup_steps,
+                               schedule_steps=cfg.pretrain.steps, min_learning_rate=cfg.pretrain.min_learning_rate)
             agent = L2MAgent(dt_config(cfg), device=self.device, **hparams)
             if self.inputs.pretrain_tasks:
                 self.pretrain(agent, started)
@@ -144,7 +148,7 @@ class ContinualRun:
         tasks, total = self.inputs.pretrain_tasks, self.cfg.pretrain.steps
         data = agent.prepare_episodes([ep for t in tasks for ep in self.episodes[t]],
                                       [return_scale(t) for t in tasks for _ in self.episodes[t]])
-        progress = PretrainProgress(self.logger, total, started)
+        progress = PretrainProgress(self.logger, total, started, agent.lr_at)
         agent.learn(data, total, callback=progress, callback_steps=progress.due)
         self.step = total
         del data
@@ -174,7 +178,8 @@ class ContinualRun:
         self.sequence_wall = time.time() - seq_started
 
     def make_optimizer(self) -> torch.optim.Optimizer:
-        """AdamW over the method's trainable parameters (``sequence.learning_rate``, the method's weight decay)."""
+        """AdamW over the method's trainable parameters (``sequence.learning_rate``, constant; the method's weight
+        decay on the DT's Linear weights, none on the rest, as L2M's ``get_optim_groups``)."""
         return self.agent.make_optimizer(self.method.trainable(), self.seq.learning_rate, self.method.weight_decay)
 
     def train_task(self, i: int, eval_tasks: list[int]) -> list[float]:
