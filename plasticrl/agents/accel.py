@@ -38,13 +38,25 @@ def compile_update(fn: Callable[..., Any], mode: bool | str) -> Callable[..., An
     return torch.compile(fn, mode="default" if mode is True else mode)
 
 
+_CAPTURE_STREAMS: dict[int, torch.cuda.Stream] = {}
+
+
+def capture_stream() -> torch.cuda.Stream:
+    """The stream on which every ``GraphedUpdate`` of the current CUDA device warms up and records its graph."""
+    device = torch.cuda.current_device()
+    if device not in _CAPTURE_STREAMS:
+        _CAPTURE_STREAMS[device] = torch.cuda.Stream(device)
+    return _CAPTURE_STREAMS[device]
+
+
 class GraphedUpdate:
     """Wraps ``update_fn(batch) -> Tensor`` (1-D stats vector) or ``update_fn() -> Tensor`` into a captured CUDA graph.
 
     ``batch`` is a tuple (or NamedTuple, e.g. a ``PixelBatch``) of device tensors, or nothing, when ``update_fn``
     draws its own batch from a device replay buffer inside the graph. The first call (and the first after
-    ``invalidate()``) runs ``update_fn`` eagerly on a side stream (a real update: it also initialises optimizer state
-    and lets cuDNN pick its kernels), then records the graph without running it. Every call is exactly one update.
+    ``invalidate()``) waits for the device to be idle, runs ``update_fn`` eagerly on ``capture_stream()`` (a real
+    update: it also initialises optimizer state and lets cuDNN pick its kernels), then records the graph on that same
+    stream without running it. Every call is exactly one update.
 
     :param update_fn: one full update; must not sync with the host or branch on device values.
     """
@@ -58,14 +70,18 @@ class GraphedUpdate:
 
     def _capture(self, inputs: tuple[torch.Tensor, ...]) -> torch.Tensor:
         self.static_inputs = tuple(t.clone() for t in inputs)
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
+        # Nothing queued before may still be in flight (an async env step's copies, another graph's replay), and the
+        # warm-up runs on the stream that then records, the same one for every graph: cuBLAS(Lt) and cuDNN state kept
+        # per stream (workspaces) is then set up in a warm-up, not inside a capture.
+        torch.cuda.synchronize()
+        stream = capture_stream()
+        with torch.cuda.stream(stream):
             out = self.update_fn(*self._args()).clone()
-        torch.cuda.current_stream().wait_stream(side)
+        stream.synchronize()
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
+        with torch.cuda.graph(graph, stream=stream):
             self.static_out = self.update_fn(*self._args())
+        torch.cuda.current_stream().wait_stream(stream)
         self.graph = graph
         return out
 

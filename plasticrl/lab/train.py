@@ -273,6 +273,7 @@ def _run(cfg: Config, run_dir: Path, device: str, checkpoint: Path | None = None
         def full_state() -> dict[str, Any]:
             return {"num_timesteps": int(model.num_timesteps), "rng": rng_state(),
                     "action_space_rng": model.action_space.np_random.bit_generator.state,
+                    "queued_actions": getattr(model, "queued_actions", None),  # async env step: drawn, not yet taken
                     "callbacks": {type(cb).__name__: cb.state_dict() for cb in callbacks},
                     "wandb_id": run_logger.wandb_id}
 
@@ -310,7 +311,8 @@ def _run(cfg: Config, run_dir: Path, device: str, checkpoint: Path | None = None
 
 
 def _restore(cfg: Config, model: Any, callbacks: list[Any], checkpoint: Path, state: dict[str, Any]) -> None:
-    """Sets a loaded model's replay buffer, the callbacks' state and the RNG states from a checkpoint's state."""
+    """Sets a loaded model's replay buffer, the callbacks' state, the RNG states and the actions an async env step
+    had drawn from a checkpoint's state."""
     for cb in callbacks:
         cb.load_state_dict(state["callbacks"][type(cb).__name__])
     step = int(state["num_timesteps"])
@@ -326,6 +328,8 @@ def _restore(cfg: Config, model: Any, callbacks: list[Any], checkpoint: Path, st
               "episodes (their state is not saved)", flush=True)
     restore_rng(state["rng"])
     model.action_space.np_random.bit_generator.state = state["action_space_rng"]
+    if state.get("queued_actions") is not None and hasattr(model, "queued_actions"):
+        model.queued_actions = state["queued_actions"]  # the RNG states above are from after they were drawn
 
 
 def _plot_quietly(run_dir: Path) -> None:

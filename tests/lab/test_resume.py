@@ -138,12 +138,15 @@ def test_resume_with_saved_replay_updates_bit_for_bit(tmp_path):
         assert all(torch.equal(sa[i][k], sb[i][k]) for i in sa for k in sa[i])
 
 
-def test_drq_resume_with_saved_replay_updates_bit_for_bit(tmp_path):
+@pytest.mark.parametrize("async_env_step", [False, True])
+def test_drq_resume_with_saved_replay_updates_bit_for_bit(tmp_path, async_env_step):
     """The same comparison for pixel DrQ (configs/train/smoke.yaml) and its FrameReplayBuffer: the saved frames,
     episode pointers and host counts must round-trip for the batches of step 121 (drawn with the restored torch RNG)
-    to match, and so the parameters of encoder, actor and critic and every optimizer state after its 2 updates."""
+    to match, and so the parameters of encoder, actor and critic and every optimizer state after its 2 updates.
+    With the async env step, the checkpoint comes after the next actions were drawn: the resumed run must take those
+    (``DrQ.queued_actions``) rather than draw new ones, or its updates see other random numbers."""
     sets = ["run.total_steps=121", "run.checkpoint_every=120", "run.save_replay=true", "replay_ratio.ratio=2",
-            "agent.learning_starts=40", "monitor.every=60"]
+            "agent.learning_starts=40", "monitor.every=60", f"agent.async_env_step={str(async_env_step).lower()}"]
     proc = start_train(tmp_path / "ref", *sets, config=SMOKE_DRQ)
     _, err = proc.communicate(timeout=600)
     assert proc.returncode == 0, err

@@ -428,6 +428,19 @@ class DrQ(SAC):
         stats = self._update(batch)
         return torch.stack([stats[k].float().reshape(()) for k in self.stat_keys])
 
+    @property
+    def queued_actions(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """(actions, buffer actions), each (n_envs, A), that the async env step chose for the next env step, or None.
+
+        They were drawn from the RNGs before the last updates. A resume that restores the RNG states restores these
+        too (``plasticrl resume`` does), so that the resumed run takes them instead of drawing new ones and its
+        updates see the same random numbers as the uninterrupted run's."""
+        return self._prefetched
+
+    @queued_actions.setter
+    def queued_actions(self, actions: tuple[np.ndarray, np.ndarray] | None) -> None:
+        self._prefetched = actions
+
     def _sample_action(self, learning_starts: int, action_noise: Any = None,
                        n_envs: int = 1) -> tuple[np.ndarray, np.ndarray]:
         if self._prefetched is not None:  # chosen before the last updates; the env is already stepping with it
@@ -478,7 +491,8 @@ class DrQ(SAC):
                 self.env.prefetch(self._prefetched[0])
                 pending = None
 
-        start_env_step(force=self.device.type != "cuda")
+        # a round that starts by capturing the update graph takes the queued actions first: no async work in flight
+        start_env_step(force=self.device.type != "cuda" or self._captures_next(batch_size))
         self.policy.set_training_mode(True)
         optimizers = [self.actor.optimizer, self.critic.optimizer]
         if self.ent_coef_optimizer is not None:
@@ -494,6 +508,18 @@ class DrQ(SAC):
         self._n_updates += gradient_steps
         start_env_step(force=True)
 
+    def _step_graph_key_for(self, batch_size: int) -> tuple[int, int]:
+        """(batch size, id of a GPU replay buffer or 0): the key a step graph is kept under."""
+        on_gpu = self.replay_buffer.storage.type == "cuda"
+        return batch_size, id(self.replay_buffer) if on_gpu else 0
+
+    def _captures_next(self, batch_size: int) -> bool:
+        """Will the next update of ``batch_size`` capture a CUDA graph (first update, new buffer, after a load)?"""
+        if not isinstance(self._update_fn, GraphedUpdate):
+            return False
+        graph = self._step_graph
+        return graph is None or graph.graph is None or self._step_graph_key != self._step_graph_key_for(batch_size)
+
     def _sample_and_update(self, batch_size: int) -> torch.Tensor:
         """One update on a fresh replay batch; returns the stats vector (device). With CUDA graphs on, the graph is
         kept per batch size (and buffer): with the frames on the GPU, sampling and update replay as one graph; with
@@ -502,7 +528,7 @@ class DrQ(SAC):
         if not isinstance(self._update_fn, GraphedUpdate):
             return self._update_fn(buffer.sample(batch_size))
         on_gpu = buffer.storage.type == "cuda"
-        key = (batch_size, id(buffer) if on_gpu else 0)
+        key = self._step_graph_key_for(batch_size)
         if self._step_graph is None or self._step_graph_key != key:
             # the graph samples from self.replay_buffer as it is at capture (and re-capture, after invalidate())
             fn = (lambda: self._update_vector(self.replay_buffer.sample(batch_size))) if on_gpu else self._update_vector
