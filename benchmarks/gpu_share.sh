@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # How many DrQ runs share one GPU: N concurrent fast-path trainings of walker-walk (the `auto` settings, env.n_envs =
-# cores / N each, the config's 1M-transition replay on the GPU), for each N of COUNTS. Per run: agent steps/s and
-# frames/s from its first episode end at or after STEPS / 2 to its last (after the warm-up and the
+# cores / N each, replay capped at the run's STEPS transitions, on the GPU), for each N of COUNTS. Per run: agent
+# steps/s and frames/s from its first episode end at or after STEPS / 2 to its last (after the warm-up and the
 # compile); per N: their sum and the peak GPU
 # memory of all runs together (nvidia-smi, sampled every 2 s). Run from the project root on the GPU machine:
 #   bash benchmarks/gpu_share.sh            # COUNTS="1 2 4" STEPS=16000 by default; results: $OUT/gpu_share.json

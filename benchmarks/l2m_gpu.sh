@@ -8,7 +8,8 @@
 #                                         # short end-to-end run of configs/continual/l2m_cw10_dmc6.yaml;
 #                                         # in the foreground: the resume-on-CUDA tests and the GPU suite
 #   (SKIP_TESTS=1: only the detached jobs; JOBS=dmc: only (2), collecting its own Meta-World data, E2E_EPISODES
-#   episodes per task, 50 by default; SAC_STEPS: agent steps of each state SAC run, 30000 by default)
+#   episodes per task, 50 by default; SAC_STEPS: agent steps of each state SAC run, 30000 by default; SAC_SETS and
+#   E2E_SETS: more --set options for the SAC runs and the end-to-end run)
 #   bash benchmarks/l2m_gpu.sh collect [SECONDS]   # later: waits up to SECONDS for both, then packs the results
 set -u
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
@@ -39,12 +40,12 @@ date +%s > /tmp/dmc.start
 case "$JOBS" in *cw10*) ;; *) (python3 -m plasticrl collect --tasks mt40,cw10 --episodes $E2E_EPISODES --noise-std 0.1 \
   --seed 0 --out data > /tmp/runs/collect_mw.log 2>&1; touch /tmp/mw_data_done) & ;; esac
 scripts/train_sac_state.sh 50 --set run.total_steps=$SAC_STEPS --set eval.every=10000 --set eval.episodes=5 \
-  --set logging.plots=false > /tmp/runs/sac_state.out 2>&1
+  --set logging.plots=false ${SAC_SETS:-} > /tmp/runs/sac_state.out 2>&1
 echo "sac status \$? after \$((\$(date +%s) - \$(cat /tmp/dmc.start))) s" >> /tmp/runs/sac_state.out
 while [ ! -e /tmp/mw_data_done ]; do sleep 5; done
 python3 -m plasticrl continual configs/continual/l2m_cw10_dmc6.yaml --set run.device=cuda --set run.out_dir=/tmp/runs \
   --set data.episodes_per_task=$E2E_EPISODES --set pretrain.steps=3000 --set sequence.steps_per_task=300 \
-  --set sequence.eval_every=0 --set sequence.eval_episodes=2 > /tmp/runs/dmc6_e2e.log 2>&1
+  --set sequence.eval_every=0 --set sequence.eval_episodes=2 ${E2E_SETS:-} > /tmp/runs/dmc6_e2e.log 2>&1
 echo "e2e status \$? after \$((\$(date +%s) - \$(cat /tmp/dmc.start))) s" >> /tmp/runs/dmc6_e2e.log
 touch /tmp/dmc_done
 EOF

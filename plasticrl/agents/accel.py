@@ -18,6 +18,7 @@ the update.
 
 from __future__ import annotations
 
+import gc
 from collections.abc import Callable
 from typing import Any
 
@@ -78,9 +79,18 @@ class GraphedUpdate:
         with torch.cuda.stream(stream):
             out = self.update_fn(*self._args()).clone()
         stream.synchronize()
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, stream=stream):
-            self.static_out = self.update_fn(*self._args())
+        # No garbage collection inside the capture: a collection there can free an old CUDA graph or event (say, of
+        # an agent dropped earlier), which invalidates the capture (torch.cuda.graph no longer collects by default).
+        gc.collect()
+        gc_was_enabled = gc.isenabled()
+        gc.disable()
+        try:
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph, stream=stream):
+                self.static_out = self.update_fn(*self._args())
+        finally:
+            if gc_was_enabled:
+                gc.enable()
         torch.cuda.current_stream().wait_stream(stream)
         self.graph = graph
         return out

@@ -198,6 +198,37 @@ class DMCEnv(gym.Env):
         obs = self._observe(time_step)
         return obs, reward, False, bool(time_step.last()), {"frames": self._frames}
 
+    def get_state(self) -> dict[str, Any]:
+        """Everything the rest of the episode depends on, so that ``set_state`` on another env of the same task
+        continues it exactly: MuJoCo's integration state (``mj_getState`` with ``mjSTATE_INTEGRATION``: time,
+        positions, velocities, actuator activations, controls, applied forces, mocap, solver warm start), the
+        task's RandomState (the next episodes' initial states), dm_control's step count within the episode, the
+        frame stack and the control-step count. numpy arrays and builtins only (picklable)."""
+        import mujoco
+
+        physics = self._env.physics
+        spec = mujoco.mjtState.mjSTATE_INTEGRATION
+        mj_state = np.empty(mujoco.mj_stateSize(physics.model.ptr, spec), np.float64)
+        mujoco.mj_getState(physics.model.ptr, physics.data.ptr, mj_state, spec)
+        return {"mj_state": mj_state, "task_random": self._env.task.random.get_state(),
+                "step_count": self._env._step_count, "reset_next_step": self._env._reset_next_step,
+                "frames": self._frames, "stack": [f.copy() for f in self._stack]}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        """Continues the episode that ``get_state`` saved (on an env built with the same task and options)."""
+        import mujoco
+
+        physics = self._env.physics
+        mujoco.mj_setState(physics.model.ptr, physics.data.ptr, np.asarray(state["mj_state"], np.float64),
+                           mujoco.mjtState.mjSTATE_INTEGRATION)
+        physics.forward()  # derived quantities (positions of bodies, sensors) for observations and rendering
+        self._env.task.random.set_state(state["task_random"])
+        self._env._step_count = state["step_count"]
+        self._env._reset_next_step = state["reset_next_step"]
+        self._frames = state["frames"]
+        self._stack.clear()
+        self._stack.extend(f.copy() for f in state["stack"])
+
     @property
     def dm_env(self) -> Any:
         """The wrapped `dm_control.rl.control.Environment` (physics, task, specs)."""

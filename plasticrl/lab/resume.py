@@ -1,8 +1,9 @@
-"""``plasticrl resume``'s pieces: the RNG states a checkpoint carries, and the newest full-state checkpoint of a run.
+"""``plasticrl resume``'s pieces: the RNG states and the envs' states a checkpoint carries, and the newest full-state
+checkpoint of a run.
 
 A full-state checkpoint is ``checkpoints/<name>.zip`` (SB3's: parameters, optimizers, counters) with
 ``<name>.state.pt`` beside it (callbacks' clocks, the replay-ratio controller, the interventions' schedules, RNG
-states, the W&B run id) and, with ``run.save_replay``, ``<name>.replay.pkl`` (the replay buffer).
+states, the envs' states, the W&B run id) and, with ``run.save_replay``, ``<name>.replay.pkl`` (the replay buffer).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from plasticrl.agents.drq.prefetch import PrefetchVecEnv
 from plasticrl.lab.config.base import ConfigError
 from plasticrl.sb3 import state_path, step_checkpoints
 
@@ -31,6 +33,47 @@ def restore_rng(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
     np.random.set_state(state["numpy"])
     random.setstate(state["random"])
+
+
+# The envs' state, so that a resumed run continues their episodes where they stopped. Per env of an SB3 VecEnv: its
+# own state (``get_state()``, e.g. ``plasticrl.envs.dmc.DMCEnv``: MuJoCo's integration state, the task's
+# RandomState, the frame stack) and the rewards its ``Monitor`` has summed for the episode so far; with
+# ``PrefetchVecEnv`` (DrQ's async env step) also the step already started, finished first and kept with its results.
+# Envs without ``get_state`` (Meta-World, other gymnasium envs) save nothing: a resumed run starts new episodes there.
+
+
+def save_env_state(venv: Any) -> dict[str, Any] | None:
+    """The state of every env of ``venv`` (picklable), or None when its envs cannot save theirs."""
+    if venv is None:
+        return None
+    step = venv.settle() if isinstance(venv, PrefetchVecEnv) else None  # first: no query while a step is in flight
+    if not venv.has_attr("get_state"):
+        return None
+    monitored = venv.has_attr("rewards")
+    return {"envs": venv.env_method("get_state"),
+            "episode_rewards": [list(r) for r in venv.get_attr("rewards")] if monitored else None,
+            "started_step": step, "reset_seeds": list(venv.unwrapped._seeds)}  # SB3's, for its next reset()
+
+
+def restore_env_state(venv: Any, state: dict[str, Any]) -> None:
+    """Puts ``venv`` (built with the same config) in the saved state: each env continues its episode, its Monitor
+    its episode return, and SB3's next ``reset()`` applies the seeds it would have applied (none once it has reset,
+    as the saved RandomStates already follow from them)."""
+    envs = state["envs"]
+    if len(envs) != venv.num_envs:
+        raise ValueError(f"the checkpoint holds the state of {len(envs)} envs, the run has {venv.num_envs}: resume "
+                         "with the run's own env.n_envs")
+    for i, env_state in enumerate(envs):
+        venv.env_method("set_state", env_state, indices=i)
+        if state["episode_rewards"] is not None:
+            venv.set_attr("rewards", list(state["episode_rewards"][i]), indices=i)
+            venv.set_attr("needs_reset", False, indices=i)
+    venv.unwrapped._seeds = list(state["reset_seeds"])
+    if state["started_step"] is not None:
+        if not isinstance(venv, PrefetchVecEnv):
+            raise ValueError("the checkpoint was taken with an env step in flight (agent.async_env_step) and the "
+                             "resumed run steps synchronously: resume with the run's own agent.async_env_step")
+        venv.hold(*state["started_step"])
 
 
 def read_state(checkpoint: Path) -> dict[str, Any]:

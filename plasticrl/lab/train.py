@@ -29,7 +29,7 @@ from plasticrl.lab.config.base import ConfigError, check_problems, dump, wandb_s
 from plasticrl.lab.config.train import WHEN, Config, InterventionSpec, device_problems, env_problems, load
 from plasticrl.lab.fast_path import resolve_auto
 from plasticrl.lab.plots import plot_runs
-from plasticrl.lab.resume import latest_checkpoint, restore_rng, rng_state
+from plasticrl.lab.resume import latest_checkpoint, restore_env_state, restore_rng, rng_state, save_env_state
 from plasticrl.lab.runtime import configure_torch, resolve_device
 from plasticrl.replay_ratio import AdaptiveReplayRatio, StaticReplayRatio
 from plasticrl.runlog import RunLogger, make_run_dir
@@ -232,9 +232,11 @@ def _stop_on_signals(checkpoints: adapters.PeriodicCheckpointCallback) -> Iterat
             signal.signal(s, h)
 
 
-def _load_for_resume(cfg: Config, checkpoint: Path, env: Any, device: str) -> Any:
+def _load_for_resume(cfg: Config, checkpoint: Path, env: Any, device: str, state: dict[str, Any]) -> Any:
+    """The checkpoint's agent on ``env``; with the envs' saved state, it keeps its last observations (the envs
+    continue their episodes), otherwise SB3 resets the envs at the start of ``learn``."""
     cls = AGENT_CLASSES[cfg.agent.kind]
-    return cls.load(checkpoint, env=env, device=device, force_reset=True)  # the envs start new episodes
+    return cls.load(checkpoint, env=env, device=device, force_reset=state.get("envs") is None)
 
 
 def _run(cfg: Config, run_dir: Path, device: str, checkpoint: Path | None = None,
@@ -253,7 +255,8 @@ def _run(cfg: Config, run_dir: Path, device: str, checkpoint: Path | None = None
     try:
         env = make_vec_env(cfg, cfg.run.seed)
         eval_env = make_vec_env(cfg, cfg.run.seed + 10_000, n_envs=1)
-        model = build_agent(cfg, env, device) if checkpoint is None else _load_for_resume(cfg, checkpoint, env, device)
+        model = (build_agent(cfg, env, device) if checkpoint is None
+                 else _load_for_resume(cfg, checkpoint, env, device, state or {}))
         callbacks: list[Any] = [
             adapters.EpisodeLogCallback(run_logger, cfg.logging.print_episodes),
             adapters.ReplayRatioCallback(build_controller(cfg), run_logger),
@@ -274,6 +277,8 @@ def _run(cfg: Config, run_dir: Path, device: str, checkpoint: Path | None = None
             return {"num_timesteps": int(model.num_timesteps), "rng": rng_state(),
                     "action_space_rng": model.action_space.np_random.bit_generator.state,
                     "queued_actions": getattr(model, "queued_actions", None),  # async env step: drawn, not yet taken
+                    "envs": save_env_state(model.env), "eval_envs": save_env_state(eval_env),
+                    "train_stats": getattr(model, "pending_train_stats", None),  # summed since the last log
                     "callbacks": {type(cb).__name__: cb.state_dict() for cb in callbacks},
                     "wandb_id": run_logger.wandb_id}
 
@@ -282,7 +287,7 @@ def _run(cfg: Config, run_dir: Path, device: str, checkpoint: Path | None = None
             state_fn=full_state, on_save=(lambda: _plot_quietly(run_dir)) if cfg.logging.plots else None)
         callbacks.append(checkpoints)
         if state is not None and checkpoint is not None:
-            _restore(cfg, model, callbacks, checkpoint, state)
+            _restore(cfg, model, eval_env, callbacks, checkpoint, state)
         with _stop_on_signals(checkpoints):
             try:
                 model.learn(cfg.run.total_steps - model.num_timesteps, callback=callbacks,
@@ -310,26 +315,37 @@ def _run(cfg: Config, run_dir: Path, device: str, checkpoint: Path | None = None
     return run_dir
 
 
-def _restore(cfg: Config, model: Any, callbacks: list[Any], checkpoint: Path, state: dict[str, Any]) -> None:
-    """Sets a loaded model's replay buffer, the callbacks' state, the RNG states and the actions an async env step
-    had drawn from a checkpoint's state."""
+def _restore(cfg: Config, model: Any, eval_env: Any, callbacks: list[Any], checkpoint: Path,
+             state: dict[str, Any]) -> None:
+    """Sets a loaded model's replay buffer, the envs' and the callbacks' state, the RNG states, the actions an
+    async env step had drawn and the update statistics not yet logged from a checkpoint's state."""
     for cb in callbacks:
         cb.load_state_dict(state["callbacks"][type(cb).__name__])
     step = int(state["num_timesteps"])
+    if state.get("envs") is not None:
+        restore_env_state(model.env, state["envs"])
+        envs = "the envs continue their episodes"
+    else:
+        envs = "the envs start new episodes (they cannot save their state)"
+    if state.get("eval_envs") is not None:
+        restore_env_state(eval_env, state["eval_envs"])
     replay = replay_path(checkpoint)
     if replay.is_file():
         model.load_replay_buffer(replay)
+        if state.get("envs") is None and hasattr(model.replay_buffer, "end_episodes"):
+            model.replay_buffer.end_episodes()  # the episodes it holds unfinished do not go on
         print(f"resumed from {checkpoint} at step {step} with its replay buffer ({model.replay_buffer.size()} "
-              "transitions); the envs start new episodes (their state is not saved)", flush=True)
+              f"transitions); {envs}", flush=True)
     else:  # the buffer is empty: a warm-up of learning_starts new transitions before updates resume
         model.learning_starts = step + cfg.agent.learning_starts
         print(f"resumed from {checkpoint} at step {step}; no replay buffer saved (run.save_replay: false), so it "
-              f"refills: {cfg.agent.learning_starts} warm-up steps before updates resume; the envs start new "
-              "episodes (their state is not saved)", flush=True)
+              f"refills: {cfg.agent.learning_starts} warm-up steps before updates resume; {envs}", flush=True)
     restore_rng(state["rng"])
     model.action_space.np_random.bit_generator.state = state["action_space_rng"]
     if state.get("queued_actions") is not None and hasattr(model, "queued_actions"):
         model.queued_actions = state["queued_actions"]  # the RNG states above are from after they were drawn
+    if state.get("train_stats") is not None and hasattr(model, "pending_train_stats"):
+        model.pending_train_stats = state["train_stats"]
 
 
 def _plot_quietly(run_dir: Path) -> None:

@@ -214,3 +214,31 @@ def test_import_is_lazy_and_gl_backend_is_chosen():
                          text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split()[-1] in ("egl", "osmesa")
+
+
+@pytest.mark.parametrize("pixels", [True, False])
+def test_saved_state_continues_the_episode_exactly(pixels):
+    """get_state() mid-episode, set_state() on another env of the task (another seed, other steps behind it): both
+    then give the same observations, rewards and episode ends through the episode's end and the next reset (the
+    task's RandomState), bit-for-bit."""
+    kw = {"size": 32, "frame_stack": 3} if pixels else {"pixels": False}
+    a = envs.make("dmc:cartpole-swingup", action_repeat=8, seed=0, **kw)  # 125 steps an episode
+    b = envs.make("dmc:cartpole-swingup", action_repeat=8, seed=5, **kw)
+    a.reset(seed=0)
+    b.reset(seed=5)
+    rng = np.random.default_rng(0)
+    for _ in range(60):
+        action = rng.uniform(-1, 1, 1)
+        obs_a, obs_b = a.step(action)[0], b.step(action)[0]
+    assert not np.array_equal(obs_a, obs_b)  # different episodes until set_state
+    b.unwrapped.set_state(a.unwrapped.get_state())
+    ended = False
+    for t in range(80):  # the episode ends at step 125, then both reset without a seed
+        action = rng.uniform(-1, 1, 1)
+        out_a, out_b = a.step(action), b.step(action)
+        assert np.array_equal(out_a[0], out_b[0]) and out_a[1:4] == out_b[1:4], t
+        if out_a[2] or out_a[3]:
+            assert t == 64 and not ended
+            ended = True
+            assert np.array_equal(a.reset()[0], b.reset()[0])
+    assert ended

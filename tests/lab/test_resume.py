@@ -60,6 +60,13 @@ def assert_complete_log(run_dir, total_steps):
     assert walls == sorted(walls), "wall time restarted at the resume"
 
 
+def run_records(run_dir, after):
+    """metrics.jsonl records of env steps past ``after``, without what the clock sets (wall time, frames/s)."""
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in r.items() if k not in ("time/wall_s", "train/fps")} for r in records
+            if r["env_step"] > after]
+
+
 def test_sigterm_saves_interrupted_and_resume_finishes(tmp_path):
     proc = start_train(tmp_path, "run.total_steps=400", "run.checkpoint_every=50", "run.keep_checkpoints=2")
     wait_for("smoke_sac/*/checkpoints/step_100.zip", tmp_path, proc)
@@ -104,12 +111,12 @@ def test_sigkill_loses_only_the_steps_since_the_last_step_checkpoint(tmp_path):
 
 
 def test_resume_with_saved_replay_updates_bit_for_bit(tmp_path):
-    """The envs' state is not saved (a resumed run starts new episodes), so what is compared is the one step after
-    the checkpoint: an uninterrupted run of 201 steps (checkpoint at step 200, replay ratio 2) against the same run
-    resumed from its step_200 checkpoint, whose final.zip then holds the parameters, optimizer states and entropy
-    coefficient after the 2 updates of step 201 (on batches drawn with the restored numpy RNG from the restored
-    replay buffer)."""
-    sets = ["run.total_steps=201", "run.checkpoint_every=200", "run.save_replay=true", "replay_ratio.ratio=2"]
+    """Stock SAC (configs/train/smoke_sac.yaml: 125 agent steps an episode): an uninterrupted run of 260 steps
+    (checkpoint at step 200, inside the second episode; replay ratio 2) against the same run resumed from its
+    step_200 checkpoint. The env continues its episode from its saved state, so the parameters, optimizer states and
+    entropy coefficient after the 120 updates of steps 201-260 are the same, and so are the records logged after
+    step 200 (the episode that ends at step 250)."""
+    sets = ["run.total_steps=260", "run.checkpoint_every=200", "run.save_replay=true", "replay_ratio.ratio=2"]
     proc = start_train(tmp_path / "ref", *sets)
     _, err = proc.communicate(timeout=600)
     assert proc.returncode == 0, err
@@ -119,16 +126,16 @@ def test_resume_with_saved_replay_updates_bit_for_bit(tmp_path):
     (resumed / "checkpoints" / "final.zip").unlink()  # as if killed right after step_200.zip
     done = cli("resume", str(resumed))
     assert done.returncode == 0, done.stderr
-    assert "with its replay buffer (200 transitions)" in done.stdout
+    assert "with its replay buffer (200 transitions); the envs continue their episodes" in done.stdout
 
     from stable_baselines3 import SAC
 
     a = SAC.load(reference / "checkpoints" / "final.zip", device="cpu")
     b = SAC.load(resumed / "checkpoints" / "final.zip", device="cpu")
     before = SAC.load(reference / "checkpoints" / "step_200.zip", device="cpu")
-    assert a._n_updates == b._n_updates == before._n_updates + 2
+    assert a._n_updates == b._n_updates == before._n_updates + 120
     pa, pb, p0 = a.policy.state_dict(), b.policy.state_dict(), before.policy.state_dict()
-    assert not all(torch.equal(pa[k], p0[k]) for k in pa), "step 201 made no update: nothing compared"
+    assert not all(torch.equal(pa[k], p0[k]) for k in pa), "no update after step 200: nothing compared"
     assert all(torch.equal(pa[k], pb[k]) for k in pa)
     assert torch.equal(a.log_ent_coef, b.log_ent_coef)
     for oa, ob in [(a.actor.optimizer, b.actor.optimizer), (a.critic.optimizer, b.critic.optimizer),
@@ -136,27 +143,38 @@ def test_resume_with_saved_replay_updates_bit_for_bit(tmp_path):
         sa, sb = oa.state_dict()["state"], ob.state_dict()["state"]
         assert sa.keys() == sb.keys()
         assert all(torch.equal(sa[i][k], sb[i][k]) for i in sa for k in sa[i])
+    after = run_records(reference, 200)
+    assert any("train/episode_return" in r for r in after), "no episode ended after step 200: nothing compared"
+    assert run_records(resumed, 200) == after
 
 
-@pytest.mark.parametrize("async_env_step", [False, True])
-def test_drq_resume_with_saved_replay_updates_bit_for_bit(tmp_path, async_env_step):
-    """The same comparison for pixel DrQ (configs/train/smoke.yaml) and its FrameReplayBuffer: the saved frames,
-    episode pointers and host counts must round-trip for the batches of step 121 (drawn with the restored torch RNG)
-    to match, and so the parameters of encoder, actor and critic and every optimizer state after its 2 updates.
-    With the async env step, the checkpoint comes after the next actions were drawn: the resumed run must take those
-    (``DrQ.queued_actions``) rather than draw new ones, or its updates see other random numbers."""
-    sets = ["run.total_steps=121", "run.checkpoint_every=120", "run.save_replay=true", "replay_ratio.ratio=2",
-            "agent.learning_starts=40", "monitor.every=60", f"agent.async_env_step={str(async_env_step).lower()}"]
+@pytest.mark.parametrize("async_env_step,n_envs", [(False, 1), (True, 1), (True, 2)])
+def test_drq_resume_continues_episodes_and_updates_bit_for_bit(tmp_path, async_env_step, n_envs):
+    """Pixel DrQ (configs/train/smoke.yaml: cartpole-swingup, 125 agent steps an episode) checkpointed at step 120,
+    inside its episodes, then trained past their ends with 2 updates per transition: the run resumed from step_120.zip
+    ends with the same parameters of encoder, actor and critic and the same optimizer states as the uninterrupted
+    run, and logs the same records (episode returns, losses) after step 120. So the saved frames, episode pointers
+    and host counts of the FrameReplayBuffer round-trip, the envs continue their episodes from their saved state
+    (MuJoCo's, the task's RandomState, the frame stack, the Monitor's rewards), and the episodes that follow start
+    from the same RandomStates. With the async env step, the checkpoint comes after the next actions were drawn
+    and their env step started: the resumed run takes those actions (``DrQ.queued_actions``) and that step's saved
+    results rather than drawing and stepping anew."""
+    total = 130 * n_envs  # transitions: past the first episode ends, at 125 agent steps of each env
+    sets = [f"run.total_steps={total}", "run.checkpoint_every=120", "run.save_replay=true", "replay_ratio.ratio=2",
+            "agent.learning_starts=40", "monitor.every=60", f"agent.async_env_step={str(async_env_step).lower()}",
+            f"env.n_envs={n_envs}"]
     proc = start_train(tmp_path / "ref", *sets, config=SMOKE_DRQ)
     _, err = proc.communicate(timeout=600)
     assert proc.returncode == 0, err
     reference = run_folder(tmp_path / "ref", "smoke")
     resumed = tmp_path / "resumed"
     shutil.copytree(reference, resumed)
-    (resumed / "checkpoints" / "final.zip").unlink()
+    for f in (resumed / "checkpoints").iterdir():
+        if not f.name.startswith("step_120."):
+            f.unlink()  # as if killed right after step_120.zip
     done = cli("resume", str(resumed))
     assert done.returncode == 0, done.stderr
-    assert "with its replay buffer (120 transitions)" in done.stdout
+    assert "with its replay buffer (120 transitions); the envs continue their episodes" in done.stdout
 
     from plasticrl.agents import DrQ
     from plasticrl.sb3 import optimizers_of
@@ -164,10 +182,10 @@ def test_drq_resume_with_saved_replay_updates_bit_for_bit(tmp_path, async_env_st
     a = DrQ.load(reference / "checkpoints" / "final.zip", device="cpu", buffer_size=100)
     b = DrQ.load(resumed / "checkpoints" / "final.zip", device="cpu", buffer_size=100)
     before = DrQ.load(reference / "checkpoints" / "step_120.zip", device="cpu", buffer_size=100)
-    assert a._n_updates == b._n_updates == before._n_updates + 2
+    assert a._n_updates == b._n_updates == before._n_updates + 2 * (total - 120)
     pa, pb, p0 = a.policy.state_dict(), b.policy.state_dict(), before.policy.state_dict()
     assert any(k.startswith("encoder.") for k in pa)
-    assert not all(torch.equal(pa[k], p0[k]) for k in pa), "step 121 made no update: nothing compared"
+    assert not all(torch.equal(pa[k], p0[k]) for k in pa), "no update after step 120: nothing compared"
     assert all(torch.equal(pa[k], pb[k]) for k in pa)
     assert torch.equal(a.log_ent_coef, b.log_ent_coef)
     opts_a, opts_b = optimizers_of(a), optimizers_of(b)
@@ -176,6 +194,9 @@ def test_drq_resume_with_saved_replay_updates_bit_for_bit(tmp_path, async_env_st
         sa, sb = oa.state_dict()["state"], ob.state_dict()["state"]
         assert sa and sa.keys() == sb.keys()
         assert all(torch.equal(sa[i][k], sb[i][k]) for i in sa for k in sa[i])
+    after = run_records(reference, 120)
+    assert any("train/episode_return" in r for r in after), "no episode ended after step 120: nothing compared"
+    assert run_records(resumed, 120) == after
 
 
 def wandb_history(run_file):

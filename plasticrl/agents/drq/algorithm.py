@@ -535,6 +535,18 @@ class DrQ(SAC):
             self._step_graph, self._step_graph_key = GraphedUpdate(fn), key
         return self._step_graph() if on_gpu else self._step_graph(buffer.sample(batch_size))
 
+    @property
+    def pending_train_stats(self) -> tuple[torch.Tensor | None, int]:
+        """(sum over updates of the statistics vector (len(stat_keys),) on the CPU, or None; number of updates)
+        since the last ``pop_train_stats``: what a resume must restore for the next logged means to cover the same
+        updates as in the uninterrupted run (the sum is not in SB3's zip; the count is)."""
+        return (None if self._stats_sum is None else self._stats_sum.detach().cpu()), self._train_count
+
+    @pending_train_stats.setter
+    def pending_train_stats(self, value: tuple[torch.Tensor | None, int]) -> None:
+        total, self._train_count = value
+        self._stats_sum = None if total is None else total.to(self.device)
+
     def pop_train_stats(self) -> dict[str, float]:
         """Means of the update statistics since the last call, read from the device in one transfer.
 

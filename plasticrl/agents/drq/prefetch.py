@@ -5,9 +5,14 @@ SB3's off-policy loop is sequential: step the envs, store the transition, run th
 the env step right away (``prefetch``); SB3's next ``env.step(actions)`` then only waits for that step. Env
 simulation and rendering run in the worker processes while the GPU updates: the actions come from the policy before
 that round of updates (one round stale), as in asynchronous actor-learner setups.
+
+A started step can be finished early and its results held for the next ``step_wait`` (``settle``): the envs are then
+between steps, so their state can be read and saved; ``hold`` gives a wrapper built anew (a resumed run) such a step.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import numpy as np
 from stable_baselines3.common.vec_env import VecEnv, VecEnvWrapper
@@ -19,6 +24,7 @@ class PrefetchVecEnv(VecEnvWrapper):
     def __init__(self, venv: VecEnv):
         super().__init__(venv)
         self._pending: np.ndarray | None = None
+        self._held: tuple[Any, ...] | None = None  # the results of the pending step, when it already finished
 
     def prefetch(self, actions: np.ndarray) -> None:
         """Starts the step with ``actions`` now; the next ``step_async`` must pass the same actions."""
@@ -33,11 +39,24 @@ class PrefetchVecEnv(VecEnvWrapper):
             raise RuntimeError("PrefetchVecEnv: the step was started with other actions than the ones passed now")
 
     def step_wait(self):
-        self._pending = None
-        return self.venv.step_wait()
+        held, self._pending, self._held = self._held, None, None
+        return held if held is not None else self.venv.step_wait()
+
+    def settle(self) -> tuple[np.ndarray, tuple[Any, ...]] | None:
+        """Waits for a started step and holds its results; returns (actions, (obs, rewards, dones, infos)) of the
+        step started and not yet taken by ``step_wait``, or None when none is."""
+        if self._pending is None:
+            return None
+        if self._held is None:
+            self._held = self.venv.step_wait()
+        return self._pending, self._held
+
+    def hold(self, actions: np.ndarray, results: tuple[Any, ...]) -> None:
+        """Takes a finished step as ``settle`` returned it: the next ``step_async(actions)`` gets ``results``."""
+        self._pending, self._held = actions, results
 
     def reset(self):
-        if self._pending is not None:  # finish the started step before resetting
+        if self._pending is not None and self._held is None:  # finish the started step before resetting
             self.venv.step_wait()
-            self._pending = None
+        self._pending = self._held = None
         return self.venv.reset()

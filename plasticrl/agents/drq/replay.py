@@ -188,6 +188,16 @@ class FrameReplayBuffer(BaseBuffer):
         self.full = self.transitions_written >= self.buffer_size
         self.bounds.copy_(self._to_storage(self._host_bounds().numpy())[0])
 
+    def end_episodes(self) -> None:
+        """Ends every env's unfinished episode at its last stored transition, as a truncation (no terminal state):
+        for a run whose envs start new episodes without finishing these (a resume that could not restore the envs),
+        so that no frame stack or n-step return joins two episodes."""
+        n = self.n_envs
+        for e in range(n):
+            if self._stacks[e] and self.transitions_written >= n:
+                self.episode_end[(self.transitions_written - n + e) % self.buffer_size] = True
+            self._stacks[e] = []
+
     def _to_storage(self, *arrays: np.ndarray) -> list[torch.Tensor]:
         """``arrays`` as tensors on the storage device. For the GPU they are packed into one pinned staging block
         (each at an 8-byte-aligned offset) and sent with one non-blocking copy, then viewed back per array: the
