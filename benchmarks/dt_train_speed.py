@@ -4,6 +4,7 @@ CW10 configs' (d_model 256, 4 layers, 4 heads, context 5, batch 256); ``steps/s`
 ``pretrain.steps`` as steps / rate.
 
     python benchmarks/dt_train_speed.py --steps 300 [--json out.json]
+    python benchmarks/dt_train_speed.py --steps 100 --d-model 768 --layers 6 --heads 12 --batch-size 512  # paper config
 """
 
 import argparse
@@ -34,6 +35,7 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--d-model", type=int, default=256)
     p.add_argument("--layers", type=int, default=4)
+    p.add_argument("--heads", type=int, default=4)
     p.add_argument("--episodes", type=int, default=200)
     p.add_argument("--json", default=None)
     args = p.parse_args()
@@ -41,9 +43,10 @@ def main() -> None:
     rng = np.random.default_rng(0)
     episodes = [{"observations": rng.normal(size=(201, 39)), "actions": rng.uniform(-1, 1, (200, 4)),
                  "rewards": rng.uniform(0, 10, 200)} for _ in range(args.episodes)]
-    cfg = DTConfig(d_model=args.d_model, n_layers=args.layers, n_heads=4, context=5, dropout=0.1)
+    cfg = DTConfig(d_model=args.d_model, n_layers=args.layers, n_heads=args.heads, context=5, dropout=0.1)
     results = {"device": torch.cuda.get_device_name() if device == "cuda" else "cpu", "torch": torch.__version__,
-               "batch_size": args.batch_size, "d_model": args.d_model, "n_layers": args.layers}
+               "batch_size": args.batch_size, "d_model": args.d_model, "n_layers": args.layers,
+               "n_heads": args.heads}
     for precision in ("fp32", "bf16"):
         for graph in ((False, True) if device == "cuda" else (False,)):
             agent = L2MAgent(cfg, device=device, batch_size=args.batch_size, precision=precision, cuda_graph=graph)

@@ -627,6 +627,26 @@ def test_paper_config_has_l2ms_sizes_steps_and_evaluation(tmp_path):
         continual.check_continual(cc.load("configs/continual/l2m_cw10_paper.yaml", [f"data.out_dir={tmp_path}"]))
 
 
+def test_paper_config_starts_with_its_model_and_pool(data_dir, l2m_run, tmp_path):
+    """The paper config runs as it stands but for data, steps, tasks and evaluation, cut to seconds (the smoke run's
+    data): its 43M-parameter DT pre-trains, its L2M pool (30 x rank 8 on L2M's sites) learns a task, and its
+    evaluation scores it."""
+    cfg = cc.load("configs/continual/l2m_cw10_paper.yaml", [
+        f"data.out_dir={data_dir}", "data.episodes_per_task=2", "data.dataset_ids={}", "run.device=cpu",
+        "pretrain.tasks=[metaworld:reach-v3]", "pretrain.steps=2", "pretrain.batch_size=4", "pretrain.warmup_steps=1",
+        "sequence.tasks=[metaworld:push-v3]", "sequence.steps_per_task=2", "sequence.batch_size=4",
+        "sequence.eval_every=0", "sequence.eval_episodes=1", "sequence.max_episode_steps=10",
+        "logging.wandb.mode=disabled"])
+    run = continual.run_sequence(cfg, tmp_path)
+    agent = L2MAgent.load(run / "checkpoints" / "final.pt", device="cpu")
+    pool_params = {id(p) for p in agent.pool.parameters()}
+    assert 40e6 < sum(p.numel() for p in agent.model.parameters() if id(p) not in pool_params) < 45e6
+    assert (agent.model.config.n_layers, agent.model.config.n_heads, agent.model.config.d_model) == (6, 12, 768)
+    assert agent.pool.pool_size == 30 and agent.pool.placement == "l2m" and pool_params
+    perf = np.array(json.loads((run / "success_matrix.json").read_text())["perf"])
+    assert perf.shape == (1, 1) and 0 <= perf[0, 0] <= 1
+
+
 def test_pool_placement_and_seed_limits_are_validated():
     assert cc.load(SMOKE).pool.placement == "l2m"
     assert cc.load(SMOKE, ["pool.placement=standard"]).pool.placement == "standard"
