@@ -49,11 +49,21 @@ class JsonlSink:
         self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115
 
     def write(self, record: dict[str, Any]) -> None:
-        self._file.write(json.dumps({k: _jsonable(v) for k, v in record.items()}) + "\n")
-        self._file.flush()
+        """OSError naming the file and the record's step when it can't be written (e.g. a full disk)."""
+        try:
+            self._file.write(json.dumps({k: _jsonable(v) for k, v in record.items()}) + "\n")
+            self._file.flush()
+        except OSError as exc:
+            if exc.errno is None:
+                raise
+            raise OSError(exc.errno, f"{self.path}: the record of env step {record.get(STEP_KEY)} not written "
+                          f"({exc.strerror})") from None
 
     def close(self) -> None:
-        self._file.close()
+        try:
+            self._file.close()
+        except OSError:  # the write that failed already raised, naming the file; the records before it are on disk
+            pass
 
 
 class WandbSink:

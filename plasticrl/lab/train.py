@@ -9,6 +9,7 @@ continues a run from its newest full-state checkpoint.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import sys
 import threading
@@ -194,8 +195,15 @@ def train(cfg: Config) -> Path:
     if chosen:
         print(chosen, flush=True)
     run_dir = _make_run_dir(cfg)
-    with open(run_dir / "config.yaml", "x") as f:  # "x": never over a run that appeared since check_run_dir
-        f.write(dump(cfg))
+    try:
+        with open(run_dir / "config.yaml", "x") as f:  # "x": never over a run that appeared since check_run_dir
+            f.write(dump(cfg))
+    except OSError as exc:  # a full disk from the start: leave no half-made run behind
+        if exc.errno is None:
+            raise
+        shutil.rmtree(run_dir, ignore_errors=True)
+        raise OSError(exc.errno, f"{run_dir / 'config.yaml'} not written ({exc.strerror}); nothing was trained and "
+                      "the run folder was removed: free disk space there or set run.out_dir to another disk") from None
     return _run(cfg, run_dir, device)
 
 
@@ -292,6 +300,7 @@ def _run(cfg: Config, run_dir: Path, device: str, checkpoint: Path | None = None
             try:
                 model.learn(cfg.run.total_steps - model.num_timesteps, callback=callbacks,
                             progress_bar=cfg.run.progress_bar, reset_num_timesteps=checkpoint is None)
+                save_model(model, folder / "final.zip")
             except TrainingInterrupted as exc:
                 name = signal.Signals(exc.signum).name
                 saved = (f"saved {exc.path}" if exc.path is not None else
@@ -299,11 +308,17 @@ def _run(cfg: Config, run_dir: Path, device: str, checkpoint: Path | None = None
                 print(f"interrupted by {name} at step {model.num_timesteps}: {saved}; continue with "
                       f"`plasticrl resume {run_dir}`", file=sys.stderr, flush=True)
                 raise
-            except OSError as exc:  # a checkpoint not written (full disk): the run log is closed below
+            except OSError as exc:  # a checkpoint or a record not written (full disk): the log is closed below
                 if exc.errno is None or exc.strerror is None:
                     raise
-                raise OSError(exc.errno, f"{exc.strerror}; then continue with `plasticrl resume {run_dir}`") from exc
-            save_model(model, folder / "final.zip")
+                if not any(folder.glob("*.zip")):
+                    fix = "no checkpoint was written yet: free disk space and start the run again"
+                elif "intact" in exc.strerror:  # a failed save says itself what is kept
+                    fix = f"then continue with `plasticrl resume {run_dir}`"
+                else:
+                    fix = (f"the checkpoints and the records before it are kept: free disk space, then continue "
+                           f"with `plasticrl resume {run_dir}`")
+                raise OSError(exc.errno, f"{exc.strerror}; {fix}") from exc
     finally:
         run_logger.close()
         for e in (env, eval_env):

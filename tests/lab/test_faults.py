@@ -211,3 +211,52 @@ def test_run_device_auto_on_a_cpu_machine_refuses_cuda_only_keys_set_by_hand(tmp
     err = capsys.readouterr().err
     assert code == 2 and "agent.precision: 'bf16' needs CUDA" in err and "resolved to cpu" in err
     assert not (tmp_path / "runs").exists()
+
+
+def _open_on_a_full_disk(monkeypatch, module, name):
+    """Files called ``name`` that ``module`` opens are opened on /dev/full: their writes fail with the kernel's
+    ENOSPC, as on a full disk."""
+    import builtins
+
+    def full_open(path, mode="r", *args, **kwargs):
+        if Path(path).name == name:
+            return builtins.open("/dev/full", "w" if "x" in mode else mode, *args, **kwargs)
+        return builtins.open(path, mode, *args, **kwargs)
+
+    monkeypatch.setattr(module, "open", full_open, raising=False)
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
+def test_a_disk_full_from_the_start_is_one_line_and_leaves_no_run_folder(tmp_path, capsys, monkeypatch):
+    from plasticrl.lab import train
+
+    _open_on_a_full_disk(monkeypatch, train, "config.yaml")
+    assert main(["train", SMOKE, "--set", f"run.out_dir={tmp_path}/runs"]) == 1
+    err = one_line_error(capsys)
+    assert "config.yaml not written (No space left on device)" in err and "run.out_dir" in err, err
+    assert not list((tmp_path / "runs").rglob("config.yaml")), "a half-made run was left"
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
+@pytest.mark.parametrize("checkpointed", [True, False])
+def test_a_disk_full_mid_run_names_the_log_and_how_to_continue(tmp_path, capsys, monkeypatch, checkpointed):
+    """metrics.jsonl on a full disk: the first record (the probe at step 100) fails; one line names the file, the
+    step and the fix (`plasticrl resume` when a checkpoint exists, a new start when none does), and the run log
+    closes without a second error."""
+    from stable_baselines3 import SAC
+
+    from plasticrl import runlog
+
+    _open_on_a_full_disk(monkeypatch, runlog, "metrics.jsonl")
+    every = 50 if checkpointed else 200
+    code = main(["train", str(ROOT / "configs" / "train" / "smoke_sac.yaml"), "--set", f"run.out_dir={tmp_path}",
+                 "--set", f"run.checkpoint_every={every}", "--set", "run.total_steps=300",
+                 "--set", "logging.plots=false"])
+    err = one_line_error(capsys)
+    assert code == 1 and "metrics.jsonl: the record of env step 100 not written (No space left" in err, err
+    (run,) = (tmp_path / "smoke_sac").iterdir()
+    if checkpointed:
+        assert f"continue with `plasticrl resume {run}`" in err, err
+        SAC.load(run / "checkpoints" / "step_50.zip", device="cpu")  # whole
+    else:
+        assert "no checkpoint was written yet: free disk space and start the run again" in err, err

@@ -310,3 +310,20 @@ def test_read_jsonl_skips_a_truncated_last_line(tmp_path):
     path.write_text('{"env_step": 1\n{"env_step": 2}\n')
     with pytest.raises(ValueError, match=f"{path}:1"):
         read_jsonl(path)
+
+
+def test_envs_that_cannot_save_their_state_start_new_episodes_on_resume(tmp_path):
+    """A Meta-World task (no get_state): resumed from a checkpoint inside an episode (200-step horizon), the env
+    starts a new episode, the run says so and finishes with a complete log."""
+    sets = ["env.id=metaworld:reach-v3", "env.action_repeat=1", "run.total_steps=150", "run.checkpoint_every=120",
+            "run.save_replay=true", "eval.episodes=1"]
+    proc = start_train(tmp_path / "ref", *sets)
+    _, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err
+    run = run_folder(tmp_path / "ref")
+    (run / "checkpoints" / "final.zip").unlink()
+    done = cli("resume", str(run))
+    assert done.returncode == 0, done.stderr
+    assert ("with its replay buffer (120 transitions); the envs start new episodes (they cannot save their state)"
+            in done.stdout)
+    assert_complete_log(run, 150)
