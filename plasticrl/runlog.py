@@ -129,6 +129,9 @@ class RunLogger:
         if settings.get("mode", "offline") != "disabled":
             try:
                 self.wandb = WandbSink(self.run_dir, config, **settings)
+            except ModuleNotFoundError as exc:
+                self._warn(f"W&B could not start: {exc.name or 'wandb'} is not installed; training goes on with "
+                           "metrics.jsonl only. Install it (pip install wandb) or set logging.wandb.mode=disabled.")
             except Exception as exc:  # noqa: BLE001 - W&B must never take training down
                 self._warn(f"W&B could not start ({type(exc).__name__}: {exc}); training goes on with "
                            "metrics.jsonl only. Set logging.wandb.mode=offline or disabled, or run `wandb login`.")
@@ -180,9 +183,13 @@ class RunLogger:
             self.wandb = None
 
 
+class CorruptRecord(ValueError):
+    """A line of a run's ``metrics.jsonl``, not its last, that is not a JSON record."""
+
+
 def _parse_jsonl(path: Path) -> list[dict[str, Any]]:
     """The records of a JSONL file; a truncated last line (a crash mid-write) is skipped with a warning naming the
-    file and line; a bad line elsewhere raises ValueError naming them."""
+    file and line; a bad line elsewhere raises ``CorruptRecord`` naming them."""
     with open(path, encoding="utf-8") as f:
         lines = f.read().split("\n")
     records = []
@@ -193,7 +200,8 @@ def _parse_jsonl(path: Path) -> list[dict[str, Any]]:
             records.append(json.loads(line))
         except json.JSONDecodeError as exc:
             if any(rest.strip() for rest in lines[number:]):
-                raise ValueError(f"{path}:{number}: not a JSON record ({exc})") from None
+                raise CorruptRecord(f"{path}:{number}: not a JSON record ({exc}); repair or delete that line "
+                                    "(the records before and after it are read)") from None
             warnings.warn(f"{path}:{number}: truncated last record skipped (the run stopped mid-write)",
                           RuntimeWarning, stacklevel=3)
     return records

@@ -360,6 +360,23 @@ class EpisodeLogCallback(_LoggingCallback):
     def _on_training_start(self) -> None:
         self._t0, self._steps0 = time.time(), self.num_timesteps
 
+    def _on_rollout_start(self) -> None:
+        if not isinstance(self.model, TrainStatsAgent):  # after each train(), before the next action is drawn from
+            self._sb3_train_values()  # weights a non-finite loss has made NaN (torch would raise a bare ValueError)
+
+    def _sb3_train_values(self) -> dict[str, float]:
+        """A stock SB3 agent's latest train() values in SB3's logger; FloatingPointError when one is not finite (as
+        DrQ's ``pop_train_stats``)."""
+        values = self.model.logger.name_to_value
+        sb3_train = {k: float(values[k]) for k in SB3_TRAIN_KEYS if k in values}
+        bad = [k.split("/")[-1] for k, v in sb3_train.items() if not np.isfinite(v)]
+        if bad:
+            raise FloatingPointError(
+                f"non-finite {', '.join(bad)} at update {getattr(self.model, '_n_updates', 0)} (env step "
+                f"{self.num_timesteps}): training diverged. Checkpoints and logs written so far are kept. Try a "
+                "lower agent.learning_rate, a smaller replay ratio, or check the env's rewards for NaN/inf.")
+        return sb3_train
+
     def _on_step(self) -> bool:
         finished = [info["episode"] for info in self.locals.get("infos", []) if info.get("episode") is not None]
         if not finished:
@@ -375,14 +392,7 @@ class EpisodeLogCallback(_LoggingCallback):
         if isinstance(self.model, TrainStatsAgent):
             record.update({f"train/{k}": v for k, v in self.model.pop_train_stats().items()})
         else:  # stock SB3 agents: the latest train() call's values in SB3's logger
-            values = self.model.logger.name_to_value
-            sb3_train = {k: float(values[k]) for k in SB3_TRAIN_KEYS if k in values}
-            bad = [k.split("/")[-1] for k, v in sb3_train.items() if not np.isfinite(v)]
-            if bad:  # as DrQ's pop_train_stats does
-                raise FloatingPointError(
-                    f"non-finite {', '.join(bad)} at update {getattr(self.model, '_n_updates', 0)} (env step "
-                    f"{self.num_timesteps}): training diverged. Checkpoints and logs written so far are kept. Try a "
-                    "lower agent.learning_rate, a smaller replay ratio, or check the env's rewards for NaN/inf.")
+            sb3_train = self._sb3_train_values()
         self._log(record, run_log_only=sb3_train)
         if self.print_episodes:
             ended = f"{len(finished)} episodes" if len(finished) > 1 else f"episode {self.episodes:>5d}"

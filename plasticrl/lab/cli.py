@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 from plasticrl.lab.errors import ConfigError, missing_dependency
+from plasticrl.runlog import CorruptRecord
 
 # Each command imports its module when it runs, so that `plasticrl --help` does not load torch, SB3 and MuJoCo.
 
@@ -192,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except ConfigError as exc:
+    except (ConfigError, CorruptRecord) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except FloatingPointError as exc:

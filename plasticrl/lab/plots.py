@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import re
+import warnings
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -199,11 +200,15 @@ def plot_runs(run_dirs: list[Path], out: Path | None = None) -> Path:
     if missing:
         raise FileNotFoundError(f"no metrics.jsonl in {', '.join(missing)}: pass run folders written by "
                                 "`plasticrl train` (runs/<name>/<seed>-<time>/)")
-    empty = [str(d / "metrics.jsonl") for d in run_dirs if not read_jsonl(d)]
-    if empty:
+    records = {d: read_jsonl(d) for d in run_dirs}  # each file read (and warned about) once
+    empty = [str(d / "metrics.jsonl") for d in run_dirs if not records[d]]
+    if len(empty) == len(run_dirs):
         raise ConfigError(f"{', '.join(empty)} {'is' if len(empty) == 1 else 'are'} empty: the run has logged nothing "
                           "yet (records come at episode ends and evaluations); plot it later or leave it out")
-    by_arm = {label: [read_jsonl(d) for d in dirs] for label, dirs in sorted(arms(run_dirs).items())}
+    if empty:  # runs that have just started, beside others: drawn without them
+        warnings.warn(f"left out, nothing logged yet: {', '.join(empty)}", RuntimeWarning, stacklevel=2)
+        run_dirs = [d for d in run_dirs if records[d]]
+    by_arm = {label: [records[d] for d in dirs] for label, dirs in sorted(arms(run_dirs).items())}
     panels = panel_keys([r for runs in by_arm.values() for r in runs])
     if not panels:
         raise ConfigError("these runs logged nothing to plot yet (no returns, replay ratio or plasticity metrics)")

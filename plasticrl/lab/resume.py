@@ -8,7 +8,10 @@ states, the envs' states, the W&B run id) and, with ``run.save_replay``, ``<name
 
 from __future__ import annotations
 
+import json
+import os
 import random
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -61,8 +64,8 @@ def restore_env_state(venv: Any, state: dict[str, Any]) -> None:
     as the saved RandomStates already follow from them)."""
     envs = state["envs"]
     if len(envs) != venv.num_envs:
-        raise ValueError(f"the checkpoint holds the state of {len(envs)} envs, the run has {venv.num_envs}: resume "
-                         "with the run's own env.n_envs")
+        raise ConfigError(f"the checkpoint holds the state of {len(envs)} envs, the run has {venv.num_envs}: "
+                          "resume with the run's own env.n_envs (its config.yaml was changed)")
     for i, env_state in enumerate(envs):
         venv.env_method("set_state", env_state, indices=i)
         if state["episode_rewards"] is not None:
@@ -71,8 +74,8 @@ def restore_env_state(venv: Any, state: dict[str, Any]) -> None:
     venv.unwrapped._seeds = list(state["reset_seeds"])
     if state["started_step"] is not None:
         if not isinstance(venv, PrefetchVecEnv):
-            raise ValueError("the checkpoint was taken with an env step in flight (agent.async_env_step) and the "
-                             "resumed run steps synchronously: resume with the run's own agent.async_env_step")
+            raise ConfigError("the checkpoint was taken with an env step in flight (agent.async_env_step) and the "
+                              "resumed run steps synchronously: resume with the run's own agent.async_env_step")
         venv.hold(*state["started_step"])
 
 
@@ -89,11 +92,46 @@ def latest_checkpoint(run_dir: Path) -> tuple[Path, dict[str, Any]]:
         raise ConfigError(f"{run_dir}: not a run folder (no config.yaml); pass a folder that `plasticrl train` made")
     if (folder / "final.zip").is_file():
         raise ConfigError(f"{run_dir}: the run has finished ({folder / 'final.zip'}); nothing to resume")
+    remove_stale_temporaries(folder)
     candidates = [p for p in [*step_checkpoints(folder), folder / "interrupted.zip"]
                   if p.is_file() and state_path(p).is_file()]
     if not candidates:
         raise ConfigError(f"{run_dir}: no checkpoint to resume from (checkpoints/interrupted.zip or step_<N>.zip with "
                           "its .state.pt); set run.checkpoint_every to save step checkpoints")
-    found = [(read_state(p), p) for p in candidates]
+    # a pair whose two files are of different steps (a kill between writing a new .state.pt and its .zip over an
+    # older interrupted.zip) is not a checkpoint
+    found = [(state, p) for p in candidates if (state := read_state(p))["num_timesteps"] == zip_num_timesteps(p)]
+    if not found:
+        raise ConfigError(f"{run_dir}: no whole checkpoint to resume from: each .zip in {folder} has a .state.pt of "
+                          "another step beside it (a kill during a save); start the run again")
     state, path = max(found, key=lambda sp: (sp[0]["num_timesteps"], sp[1].name == "interrupted.zip"))
     return path, state
+
+
+def remove_stale_temporaries(folder: Path) -> None:
+    """Deletes the partial files that a process killed mid-save left in ``folder`` (``plasticrl.sb3.atomic_write``'s
+    ``.<name>.tmp-<pid>``, of a process no longer running)."""
+    for tmp in folder.glob(".*.tmp-*"):
+        pid = tmp.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and not _running(int(pid)):
+            tmp.unlink(missing_ok=True)
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
+def zip_num_timesteps(checkpoint: Path) -> int | None:
+    """The env steps an SB3 checkpoint was saved at (its ``data`` entry's ``num_timesteps``), without loading it;
+    None for a file that is not a whole SB3 zip."""
+    try:
+        with zipfile.ZipFile(checkpoint) as archive:
+            return int(json.loads(archive.read("data"))["num_timesteps"])
+    except (zipfile.BadZipFile, KeyError, ValueError, OSError):
+        return None

@@ -638,6 +638,8 @@ def run_sweep(path: str | Path, overrides: list[str] | None = None, backend: str
         raise ConfigError(f"--max-concurrent {max_concurrent}: give 1 or more")
     if address and backend != "ray":
         raise ConfigError("--address is the Ray cluster's address: use it with --backend ray")
+    if backend == "ray":
+        import ray  # noqa: F401 - before anything is written: a missing ray is one line (the CLI names the extra)
     sweep = load(path)
     if out_dir:
         sweep = sweep.model_copy(update={"out_dir": out_dir})

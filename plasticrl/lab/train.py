@@ -377,6 +377,8 @@ def evaluate_run(run_dir: Path, checkpoint: str | None = None, episodes: int = 1
     ``checkpoints/final.zip``) over ``episodes`` episodes, on an env built from the run's ``config.yaml``; prints it."""
     if episodes < 1:
         raise ConfigError(f"--episodes: {episodes} is not allowed; evaluate at least 1 episode")
+    if not (run_dir / "config.yaml").is_file():
+        raise ConfigError(f"{run_dir}: not a run folder (no config.yaml); pass a folder that `plasticrl train` made")
     cfg = load(run_dir / "config.yaml")
     ckpt = Path(checkpoint) if checkpoint else run_dir / "checkpoints" / "final.zip"
     if checkpoint is None and not ckpt.is_file():
@@ -387,8 +389,9 @@ def evaluate_run(run_dir: Path, checkpoint: str | None = None, episodes: int = 1
         raise ConfigError(f"{ckpt} not found: the run did not finish{hint}")
     try:
         model = load_agent(cfg.agent.kind, ckpt, resolve_device(device))
-    except ValueError as exc:
-        raise ConfigError(str(exc)) from None
+    except ValueError as exc:  # SB3's own text ("Error: the file ... wasn't a zip-file") without its prefix
+        raise ConfigError(f"{str(exc).removeprefix('Error: ')}; pass a checkpoint that `plasticrl train` "
+                          "wrote (checkpoints/*.zip)") from None
     env = make_vec_env(cfg, cfg.run.seed + 20_000, n_envs=1)
     try:
         mean, std = evaluate_policy(model, env, n_eval_episodes=episodes, deterministic=True)

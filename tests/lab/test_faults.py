@@ -260,3 +260,177 @@ def test_a_disk_full_mid_run_names_the_log_and_how_to_continue(tmp_path, capsys,
         SAC.load(run / "checkpoints" / "step_50.zip", device="cpu")  # whole
     else:
         assert "no checkpoint was written yet: free disk space and start the run again" in err, err
+
+
+@pytest.fixture(scope="module")
+def stopped_run(tmp_path_factory):
+    """A state-SAC run stopped after its step_100 checkpoint (final.zip removed), with its metrics.jsonl."""
+    import shutil
+
+    out = tmp_path_factory.mktemp("stopped")
+    assert main(["train", str(ROOT / "configs" / "train" / "smoke_sac.yaml"), "--set", f"run.out_dir={out}",
+                 "--set", "run.checkpoint_every=100", "--set", "run.total_steps=130",
+                 "--set", "logging.plots=false"]) == 0
+    (run,) = (out / "smoke_sac").iterdir()
+    (run / "checkpoints" / "final.zip").unlink()
+    return run, shutil.copytree
+
+
+def _edit_config(run, key, value):
+    import yaml
+
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    section, name = key.split(".")
+    cfg[section][name] = value
+    (run / "config.yaml").write_text(yaml.safe_dump(cfg))
+
+
+@pytest.mark.parametrize("case", ["resume_other_n_envs", "resume_no_checkpoint", "resume_not_a_run",
+                                  "eval_not_a_run", "eval_corrupt_zip", "plot_corrupt_record", "resume_corrupt_record"])
+def test_a_damaged_or_edited_run_is_one_line_naming_it(stopped_run, tmp_path, capsys, case):
+    source, copytree = stopped_run
+    run = copytree(source, tmp_path / "run")
+    if case == "resume_other_n_envs":
+        _edit_config(run, "env.n_envs", 2)
+        args, expected = ["resume", str(run)], "the checkpoint holds the state of 1 envs, the run has 2"
+    elif case == "resume_no_checkpoint":
+        for p in (run / "checkpoints").iterdir():
+            p.unlink()
+        args, expected = ["resume", str(run)], "no checkpoint to resume from"
+    elif case in ("resume_not_a_run", "eval_not_a_run"):
+        (run / "config.yaml").unlink()
+        args, expected = [case.split("_")[0], str(run)], "not a run folder (no config.yaml)"
+    elif case == "eval_corrupt_zip":
+        (run / "bad.zip").write_bytes(b"not a zip")
+        args = ["eval", str(run), "--checkpoint", str(run / "bad.zip"), "--episodes", "1"]
+        expected = "wasn't a zip-file; pass a checkpoint that `plasticrl train` wrote"
+    else:
+        lines = (run / "metrics.jsonl").read_text().splitlines()
+        assert len(lines) >= 2
+        (run / "metrics.jsonl").write_text("\n".join(["{broken", *lines[1:]]) + "\n")
+        args = ["plot", str(run)] if case == "plot_corrupt_record" else ["resume", str(run)]
+        expected = "metrics.jsonl:1: not a JSON record"
+    assert main(args) == 2
+    err = one_line_error(capsys)
+    assert expected in err and "Error: " not in err, err
+
+
+def test_a_missing_ray_stops_a_ray_sweep_before_anything_is_written(tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)  # what `import ray` meets when ray is not installed
+    code = main(["sweep", str(ROOT / "configs" / "sweeps" / "smoke.yaml"), "--backend", "ray",
+                 "--out-dir", str(tmp_path / "sweeps")])
+    err = one_line_error(capsys)
+    assert code == 2 and "ray is not installed" in err and 'pip install "plasticrl[lab]"' in err, err
+    assert not (tmp_path / "sweeps").exists()
+
+
+def test_a_missing_wandb_warns_with_the_install_and_training_logs_on(tmp_path, monkeypatch):
+    from plasticrl import runlog
+
+    monkeypatch.setitem(sys.modules, "wandb", None)
+    with pytest.warns(RuntimeWarning, match=r"wandb is not installed.*pip install wandb.*logging.wandb.mode=disabled"):
+        logger = runlog.RunLogger(tmp_path, {}, {"mode": "offline"})
+    logger.log({"train/loss": 1.0}, 10)
+    logger.close()
+    assert runlog.read_jsonl(tmp_path) == [{"env_step": 10, "train/loss": 1.0, "time/wall_s": pytest.approx(0, abs=60)}]
+
+
+def test_stock_sac_going_non_finite_stops_with_the_clear_error_before_torch_fails():
+    """NaN rewards make SAC's critic loss NaN in the first train() and its weights NaN with it; the next action would
+    fail inside torch (a bare ValueError from Normal(loc=nan)). EpisodeLogCallback checks after every train()."""
+    import gymnasium as gym
+    from stable_baselines3 import SAC
+
+    from plasticrl.sb3 import EpisodeLogCallback
+
+    env = gym.wrappers.TransformReward(gym.make("Pendulum-v1"), lambda r: float("nan"))
+    model = SAC("MlpPolicy", env, learning_starts=10, batch_size=8, policy_kwargs={"net_arch": [8]}, device="cpu",
+                seed=0)
+    with pytest.raises(FloatingPointError, match=r"non-finite .*critic_loss.* at update 1 \(env step 11\)"):
+        model.learn(50, callback=EpisodeLogCallback(print_episodes=False))
+
+
+def test_a_checkpoint_whose_state_file_is_of_another_step_is_not_resumed_from(stopped_run, tmp_path):
+    """A kill between writing a new interrupted.state.pt and its interrupted.zip leaves the new state beside the old
+    zip: resume skips that pair (its two steps differ) and takes the newest whole one; partial files of a killed
+    save are removed."""
+    from plasticrl.lab.resume import latest_checkpoint, zip_num_timesteps
+
+    source, copytree = stopped_run
+    run = copytree(source, tmp_path / "run")
+    folder = run / "checkpoints"
+    state = torch.load(folder / "step_100.state.pt", weights_only=False)
+    state["num_timesteps"] = 120
+    torch.save(state, folder / "interrupted.state.pt")
+    (folder / "interrupted.zip").write_bytes((folder / "step_100.zip").read_bytes())  # the older zip, of step 100
+    assert zip_num_timesteps(folder / "interrupted.zip") == 100
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    partial = folder / f".step_150.zip.tmp-{int(dead.stdout)}"  # what a kill mid-save leaves
+    partial.write_bytes(b"half")
+    live = folder / f".step_150.zip.tmp-{os.getpid()}"
+    live.write_bytes(b"being written")
+    path, found = latest_checkpoint(run)
+    assert path == folder / "step_100.zip" and found["num_timesteps"] == 100
+    assert not partial.exists() and live.exists()  # a dead process's partial file removed, a live one's kept
+
+
+@pytest.mark.parametrize("case", ["train_cuda_without_cuda", "eval_missing_checkpoint", "sweep_zero_concurrent",
+                                  "sweep_address_without_ray", "sweep_already_running"])
+def test_more_bad_arguments_are_one_line(stopped_run, tmp_path, capsys, case):
+    import json
+    import socket
+
+    run, _ = stopped_run
+    sweep = str(ROOT / "configs" / "sweeps" / "smoke.yaml")
+    if case == "train_cuda_without_cuda":
+        if torch.cuda.is_available():
+            pytest.skip("needs a machine without CUDA")
+        args = ["train", SMOKE, "--set", "run.device=cuda", "--set", f"run.out_dir={tmp_path}"]
+        expected = "run.device=cuda but torch sees no CUDA device; use run.device=auto or cpu"
+    elif case == "eval_missing_checkpoint":
+        args, expected = ["eval", str(run), "--checkpoint", str(tmp_path / "nothere.zip")], "nothere.zip' not found"
+    elif case == "sweep_zero_concurrent":
+        args, expected = ["sweep", sweep, "--max-concurrent", "0", "--out-dir", str(tmp_path)], "give 1 or more"
+    elif case == "sweep_address_without_ray":
+        args = ["sweep", sweep, "--address", "auto", "--out-dir", str(tmp_path)]
+        expected = "--address is the Ray cluster's address: use it with --backend ray"
+    else:  # a live process (this one) holds the sweep's lock
+        import yaml
+
+        folder = tmp_path / yaml.safe_load(Path(sweep).read_text())["name"]
+        folder.mkdir()
+        (folder / "sweep.lock").write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname()}))
+        args, expected = ["sweep", sweep, "--out-dir", str(tmp_path)], "is running this sweep; wait for it or stop it"
+    assert main(args) == 2
+    err = one_line_error(capsys)
+    assert expected in err, err
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
+def test_a_disk_full_at_a_step_checkpoint_keeps_the_previous_one_and_says_how_to_continue(tmp_path, capsys,
+                                                                                          monkeypatch):
+    """step_100.zip is written to a full disk (its temporary file on /dev/full): one line names it, nothing partial
+    is left under its name, the step_50 checkpoint before it is whole, and `plasticrl resume` continues from it."""
+    import builtins
+
+    from stable_baselines3 import SAC
+
+    from plasticrl import sb3
+
+    def full_open(path, mode="r", *args, **kwargs):
+        if Path(path).name.startswith(".step_100.zip.tmp-"):
+            return builtins.open("/dev/full", mode, *args, **kwargs)
+        return builtins.open(path, mode, *args, **kwargs)
+
+    monkeypatch.setattr(sb3, "open", full_open, raising=False)
+    code = main(["train", str(ROOT / "configs" / "train" / "smoke_sac.yaml"), "--set", f"run.out_dir={tmp_path}",
+                 "--set", "run.checkpoint_every=50", "--set", "run.total_steps=150", "--set", "logging.plots=false"])
+    err = one_line_error(capsys)
+    (run,) = (tmp_path / "smoke_sac").iterdir()
+    assert code == 1 and "step_100.zip not written (No space left on device)" in err, err
+    assert f"then continue with `plasticrl resume {run}`" in err, err
+    assert not (run / "checkpoints" / "step_100.zip").exists()
+    SAC.load(run / "checkpoints" / "step_50.zip", device="cpu")
+    monkeypatch.undo()
+    assert main(["resume", str(run)]) == 0
+    assert "resumed from" in capsys.readouterr().out

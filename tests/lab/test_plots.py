@@ -235,3 +235,21 @@ def test_bad_plot_inputs_stop_with_one_line_naming_the_path(tmp_path, capsys, ca
                 "file": "is not a folder", "empty metrics": "metrics.jsonl is empty"}[case]
     assert expected in err
     assert not (tmp_path / "x.png").exists()
+
+
+def test_a_run_that_logged_nothing_yet_is_left_out_beside_others_with_a_warning(runs, tmp_path):
+    """A parent folder of a sweep where one run has just started (empty metrics.jsonl): the others are drawn, and a
+    warning names the one left out; a truncated last line is warned about once."""
+    import warnings as w
+
+    fresh = write_run(tmp_path / "fresh", "static", 7, [])
+    (fresh / "metrics.jsonl").write_text("")
+    truncated = write_run(tmp_path / "trunc", "static", 8, [])
+    (truncated / "metrics.jsonl").write_text((runs[0] / "metrics.jsonl").read_text() + '{"env_step": 9')
+    with w.catch_warnings(record=True) as caught:
+        w.simplefilter("always")
+        out = plot_runs([runs[0], fresh, truncated], tmp_path / "x.png")
+    assert_png(out)
+    messages = [str(c.message) for c in caught]
+    assert any("left out, nothing logged yet" in m and str(fresh) in m for m in messages), messages
+    assert sum("truncated last record skipped" in m for m in messages) == 1, messages

@@ -327,3 +327,22 @@ def test_envs_that_cannot_save_their_state_start_new_episodes_on_resume(tmp_path
     assert ("with its replay buffer (120 transitions); the envs start new episodes (they cannot save their state)"
             in done.stdout)
     assert_complete_log(run, 150)
+
+
+@pytest.mark.parametrize("second", [False, True])
+def test_ctrl_c_saves_interrupted_without_a_traceback_and_a_second_stops_at_once(tmp_path, second):
+    """SIGINT (Ctrl-C) as SIGTERM: interrupted.zip saved, one line, exit 130, no traceback; a second SIGINT sent
+    before the first is handled stops at once, saving nothing, with one line as well."""
+    proc = start_train(tmp_path, "run.total_steps=100000", "run.checkpoint_every=50")
+    wait_for("smoke_sac/*/checkpoints/step_50.zip", tmp_path, proc)
+    proc.send_signal(signal.SIGINT)
+    if second:
+        proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGINT, err
+    assert "Traceback" not in err and "interrupted by SIGINT" in err and "plasticrl resume" in err, err
+    saved = (run_folder(tmp_path) / "checkpoints" / "interrupted.zip").is_file()
+    if second:
+        assert "stopped at once on the second signal, nothing saved" in err or saved, err
+    else:
+        assert saved
