@@ -84,12 +84,17 @@ def read_state(checkpoint: Path) -> dict[str, Any]:
     return torch.load(state_path(checkpoint), map_location="cpu", weights_only=False)
 
 
+def check_run_folder(run_dir: Path) -> None:
+    """ConfigError unless ``run_dir`` is a folder that ``plasticrl train`` made (it holds ``config.yaml``)."""
+    if not (run_dir / "config.yaml").is_file():
+        raise ConfigError(f"{run_dir}: not a run folder (no config.yaml); pass a folder that `plasticrl train` made")
+
+
 def latest_checkpoint(run_dir: Path) -> tuple[Path, dict[str, Any]]:
     """The run's full-state checkpoint of the most env steps (``interrupted.zip`` or a ``step_<N>.zip``) and its
     state; ConfigError if the run has finished or has none."""
     folder = run_dir / "checkpoints"
-    if not (run_dir / "config.yaml").is_file():
-        raise ConfigError(f"{run_dir}: not a run folder (no config.yaml); pass a folder that `plasticrl train` made")
+    check_run_folder(run_dir)
     if (folder / "final.zip").is_file():
         raise ConfigError(f"{run_dir}: the run has finished ({folder / 'final.zip'}); nothing to resume")
     remove_stale_temporaries(folder)

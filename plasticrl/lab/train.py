@@ -30,7 +30,14 @@ from plasticrl.lab.config.base import ConfigError, check_problems, dump, wandb_s
 from plasticrl.lab.config.train import WHEN, Config, InterventionSpec, device_problems, env_problems, load
 from plasticrl.lab.fast_path import resolve_auto
 from plasticrl.lab.plots import plot_runs
-from plasticrl.lab.resume import latest_checkpoint, restore_env_state, restore_rng, rng_state, save_env_state
+from plasticrl.lab.resume import (
+    check_run_folder,
+    latest_checkpoint,
+    restore_env_state,
+    restore_rng,
+    rng_state,
+    save_env_state,
+)
 from plasticrl.lab.runtime import configure_torch, resolve_device
 from plasticrl.replay_ratio import AdaptiveReplayRatio, StaticReplayRatio
 from plasticrl.runlog import RunLogger, make_run_dir
@@ -377,8 +384,7 @@ def evaluate_run(run_dir: Path, checkpoint: str | None = None, episodes: int = 1
     ``checkpoints/final.zip``) over ``episodes`` episodes, on an env built from the run's ``config.yaml``; prints it."""
     if episodes < 1:
         raise ConfigError(f"--episodes: {episodes} is not allowed; evaluate at least 1 episode")
-    if not (run_dir / "config.yaml").is_file():
-        raise ConfigError(f"{run_dir}: not a run folder (no config.yaml); pass a folder that `plasticrl train` made")
+    check_run_folder(run_dir)
     cfg = load(run_dir / "config.yaml")
     ckpt = Path(checkpoint) if checkpoint else run_dir / "checkpoints" / "final.zip"
     if checkpoint is None and not ckpt.is_file():
