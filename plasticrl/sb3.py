@@ -761,6 +761,11 @@ class PeriodicEvalCallback(_LoggingCallback):
         self.results = [(int(n), float(m), float(sd)) for n, m, sd in state["results"]]
 
 
+# the attribute of a replay buffer saved with a checkpoint that holds the env step it was saved at: a resume uses the
+# buffer only with the checkpoint of that step (a kill between the files of one save leaves them of different steps)
+REPLAY_STEP = "plasticrl_saved_at_step"
+
+
 class TrainingInterrupted(KeyboardInterrupt):
     """Training stopped on a signal (``signum``: SIGINT, SIGTERM) at a clean point between steps, after the
     ``interrupted`` checkpoint (``path``) was saved."""
@@ -852,6 +857,7 @@ class PeriodicCheckpointCallback(BaseCallback):
         """Saves ``<folder>/<name>.zip`` and, as configured, its state and replay files beside; returns the zip."""
         path = self.folder / f"{name}.zip"
         if self.save_replay and getattr(self.model, "replay_buffer", None) is not None:
+            setattr(self.model.replay_buffer, REPLAY_STEP, self.num_timesteps)  # pickled with it, checked at resume
             atomic_write(replay_path(path), self.model.save_replay_buffer)
         if self.state_fn is not None:
             save_torch(self.state_fn(), state_path(path))

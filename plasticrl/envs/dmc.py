@@ -117,6 +117,13 @@ def all_tasks() -> list[tuple[str, str]]:
     return list(_suite().ALL_TASKS)
 
 
+def _model_arrays(model: Any) -> dict[str, np.ndarray]:
+    """Copies of a ``mujoco.MjModel``'s array fields, but its texture pixels (``tex_data``, megabytes, uploaded to the
+    renderer once and changed by no suite task)."""
+    return {name: getattr(model, name).copy() for name in dir(model)
+            if not name.startswith("_") and name != "tex_data" and isinstance(getattr(model, name), np.ndarray)}
+
+
 class DMCEnv(gym.Env):
     """One dm_control suite task.
 
@@ -170,6 +177,9 @@ class DMCEnv(gym.Env):
             self.observation_space = gym.spaces.Box(-np.inf, np.inf, (dim,), np.float32)
         self._stack: deque[np.ndarray] = deque(maxlen=frame_stack)
         self._frames = 0
+        # the model as built, before any episode: tasks change model fields when an episode starts (reacher's and
+        # fish-swim's target position, finger's target site, fish-upright's colours, finger-spin's damping)
+        self._built_model = _model_arrays(self._env.physics.model.ptr)
 
     def reset(
         self, *, seed: int | None = None, options: dict[str, Any] | None = None
@@ -201,16 +211,19 @@ class DMCEnv(gym.Env):
     def get_state(self) -> dict[str, Any]:
         """Everything the rest of the episode depends on, so that ``set_state`` on another env of the same task
         continues it exactly: MuJoCo's integration state (``mj_getState`` with ``mjSTATE_INTEGRATION``: time,
-        positions, velocities, actuator activations, controls, applied forces, mocap, solver warm start), the
-        task's RandomState (the next episodes' initial states), dm_control's step count within the episode, the
-        frame stack and the control-step count. numpy arrays and builtins only (picklable)."""
+        positions, velocities, actuator activations, controls, applied forces, mocap, solver warm start), the model
+        fields the task changed when the episode started (against the model as built), the task's RandomState (the
+        next episodes' initial states), dm_control's step count within the episode, the frame stack and the
+        control-step count. numpy arrays and builtins only (picklable)."""
         import mujoco
 
         physics = self._env.physics
         spec = mujoco.mjtState.mjSTATE_INTEGRATION
         mj_state = np.empty(mujoco.mj_stateSize(physics.model.ptr, spec), np.float64)
         mujoco.mj_getState(physics.model.ptr, physics.data.ptr, mj_state, spec)
-        return {"mj_state": mj_state, "task_random": self._env.task.random.get_state(),
+        model = _model_arrays(physics.model.ptr)
+        changed = {k: v.copy() for k, v in model.items() if not np.array_equal(v, self._built_model[k])}
+        return {"mj_state": mj_state, "model": changed, "task_random": self._env.task.random.get_state(),
                 "step_count": self._env._step_count, "reset_next_step": self._env._reset_next_step,
                 "frames": self._frames, "stack": [f.copy() for f in self._stack]}
 
@@ -219,6 +232,12 @@ class DMCEnv(gym.Env):
         import mujoco
 
         physics = self._env.physics
+        for name, built in self._built_model.items():  # this env's own episode changes undone, the saved ones made
+            getattr(physics.model.ptr, name)[...] = state["model"].get(name, built)
+        if "hfield_data" in state["model"] and physics.model.nhfield:  # terrain (quadruped-escape): to the renderer
+            with physics.contexts.gl.make_current() as ctx:
+                for i in range(physics.model.nhfield):
+                    ctx.call(mujoco.mjr_uploadHField, physics.model.ptr, physics.contexts.mujoco.ptr, i)
         mujoco.mj_setState(physics.model.ptr, physics.data.ptr, np.asarray(state["mj_state"], np.float64),
                            mujoco.mjtState.mjSTATE_INTEGRATION)
         physics.forward()  # derived quantities (positions of bodies, sensors) for observations and rendering

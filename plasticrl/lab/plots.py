@@ -200,6 +200,7 @@ def plot_runs(run_dirs: list[Path], out: Path | None = None) -> Path:
     if missing:
         raise FileNotFoundError(f"no metrics.jsonl in {', '.join(missing)}: pass run folders written by "
                                 "`plasticrl train` (runs/<name>/<seed>-<time>/)")
+    out = Path(out) if out else run_dirs[0] / "plots" / "dashboard.png"  # the first run's, even if left out below
     records = {d: read_jsonl(d) for d in run_dirs}  # each file read (and warned about) once
     empty = [str(d / "metrics.jsonl") for d in run_dirs if not records[d]]
     if len(empty) == len(run_dirs):
@@ -250,7 +251,6 @@ def plot_runs(run_dirs: list[Path], out: Path | None = None) -> Path:
         ax.axis("off")
     fig.suptitle(", ".join(f"{arm} ({len(runs)} seed{'s' if len(runs) > 1 else ''})" for arm, runs in by_arm.items()))
     fig.tight_layout()
-    out = Path(out) if out else run_dirs[0] / "plots" / "dashboard.png"
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=100)
     return out

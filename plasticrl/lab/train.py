@@ -8,13 +8,13 @@ continues a run from its newest full-state checkpoint.
 
 from __future__ import annotations
 
+import errno
 import os
-import shutil
 import signal
 import sys
 import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +41,7 @@ from plasticrl.lab.resume import (
 from plasticrl.lab.runtime import configure_torch, resolve_device
 from plasticrl.replay_ratio import AdaptiveReplayRatio, StaticReplayRatio
 from plasticrl.runlog import RunLogger, make_run_dir
-from plasticrl.sb3 import TrainingInterrupted, replay_path, save_model, step_checkpoints
+from plasticrl.sb3 import REPLAY_STEP, TrainingInterrupted, replay_path, save_model, step_checkpoints
 
 AGENT_CLASSES = {"drq": DrQ, "drqv2": DrQV2, "sac": SAC}  # agent.kind -> its class (plasticrl's DrQ, DrQV2; SB3's SAC)
 AGENTS = tuple(AGENT_CLASSES)  # agent.kind and collect --agent
@@ -202,15 +202,24 @@ def train(cfg: Config) -> Path:
     if chosen:
         print(chosen, flush=True)
     run_dir = _make_run_dir(cfg)
+    config = run_dir / "config.yaml"
     try:
-        with open(run_dir / "config.yaml", "x") as f:  # "x": never over a run that appeared since check_run_dir
+        f = open(config, "x")  # noqa: SIM115 - "x": never over a run that appeared since check_run_dir
+    except FileExistsError:
+        raise ConfigError(f"{run_dir}: another process has just started a run there; continue it with `plasticrl "
+                          f"resume {run_dir}` or choose another run.dir") from None
+    try:
+        with f:
             f.write(dump(cfg))
-    except OSError as exc:  # a full disk from the start: leave no half-made run behind
+    except OSError as exc:  # a full disk from the start: take back what this call made, nothing else
         if exc.errno is None:
             raise
-        shutil.rmtree(run_dir, ignore_errors=True)
-        raise OSError(exc.errno, f"{run_dir / 'config.yaml'} not written ({exc.strerror}); nothing was trained and "
-                      "the run folder was removed: free disk space there or set run.out_dir to another disk") from None
+        config.unlink(missing_ok=True)
+        for folder in (run_dir / "checkpoints", run_dir / "plots", run_dir):
+            with suppress(OSError):
+                folder.rmdir()  # only if empty
+        raise OSError(exc.errno, f"{config} not written ({exc.strerror}); nothing was trained: free disk space "
+                      "there or set run.out_dir to another disk") from None
     return _run(cfg, run_dir, device)
 
 
@@ -289,10 +298,11 @@ def _run(cfg: Config, run_dir: Path, device: str, checkpoint: Path | None = None
                 build_interventions(cfg), run_logger, plasticity=plasticity, batch_size=m.batch_size))
 
         def full_state() -> dict[str, Any]:
-            return {"num_timesteps": int(model.num_timesteps), "rng": rng_state(),
-                    "action_space_rng": model.action_space.np_random.bit_generator.state,
+            train_envs = save_env_state(model.env)  # first: it may finish a started env step (which may draw numbers)
+            return {"num_timesteps": int(model.num_timesteps), "envs": train_envs,
+                    "eval_envs": save_env_state(eval_env),
+                    "rng": rng_state(), "action_space_rng": model.action_space.np_random.bit_generator.state,
                     "queued_actions": getattr(model, "queued_actions", None),  # async env step: drawn, not yet taken
-                    "envs": save_env_state(model.env), "eval_envs": save_env_state(eval_env),
                     "train_stats": getattr(model, "pending_train_stats", None),  # summed since the last log
                     "callbacks": {type(cb).__name__: cb.state_dict() for cb in callbacks},
                     "wandb_id": run_logger.wandb_id}
@@ -318,13 +328,14 @@ def _run(cfg: Config, run_dir: Path, device: str, checkpoint: Path | None = None
             except OSError as exc:  # a checkpoint or a record not written (full disk): the log is closed below
                 if exc.errno is None or exc.strerror is None:
                     raise
+                cause = "free disk space" if exc.errno in (errno.ENOSPC, errno.EDQUOT) else "fix that"
                 if not any(folder.glob("*.zip")):
-                    fix = "no checkpoint was written yet: free disk space and start the run again"
+                    fix = f"no checkpoint was written yet: {cause} and start the run again"
                 elif "intact" in exc.strerror:  # a failed save says itself what is kept
                     fix = f"then continue with `plasticrl resume {run_dir}`"
                 else:
-                    fix = (f"the checkpoints and the records before it are kept: free disk space, then continue "
-                           f"with `plasticrl resume {run_dir}`")
+                    fix = (f"the checkpoints and the records before it are kept: {cause}, then continue with "
+                           f"`plasticrl resume {run_dir}`")
                 raise OSError(exc.errno, f"{exc.strerror}; {fix}") from exc
     finally:
         run_logger.close()
@@ -351,20 +362,27 @@ def _restore(cfg: Config, model: Any, eval_env: Any, callbacks: list[Any], check
         envs = "the envs start new episodes (they cannot save their state)"
     if state.get("eval_envs") is not None:
         restore_env_state(eval_env, state["eval_envs"])
-    replay = replay_path(checkpoint)
+    replay, loaded = replay_path(checkpoint), False
     if replay.is_file():
+        empty = model.replay_buffer
         model.load_replay_buffer(replay)
+        loaded = getattr(model.replay_buffer, REPLAY_STEP, step) == step
+        if not loaded:  # saved at another step than the checkpoint (a kill between the files of one save)
+            model.replay_buffer = empty
+    if loaded:
         if state.get("envs") is None and hasattr(model.replay_buffer, "end_episodes"):
             model.replay_buffer.end_episodes()  # the episodes it holds unfinished do not go on
         print(f"resumed from {checkpoint} at step {step} with its replay buffer ({model.replay_buffer.size()} "
               f"transitions); {envs}", flush=True)
     else:  # the buffer is empty: a warm-up of learning_starts new transitions before updates resume
         model.learning_starts = step + cfg.agent.learning_starts
-        print(f"resumed from {checkpoint} at step {step}; no replay buffer saved (run.save_replay: false), so it "
-              f"refills: {cfg.agent.learning_starts} warm-up steps before updates resume; {envs}", flush=True)
+        why = (f"its replay buffer file {replay.name} is of another step (a kill during a save)" if replay.is_file()
+               else "no replay buffer saved (run.save_replay: false)")
+        print(f"resumed from {checkpoint} at step {step}; {why}, so it refills: {cfg.agent.learning_starts} warm-up "
+              f"steps before updates resume; {envs}", flush=True)
     restore_rng(state["rng"])
     model.action_space.np_random.bit_generator.state = state["action_space_rng"]
-    if state.get("queued_actions") is not None and hasattr(model, "queued_actions"):
+    if state.get("queued_actions") is not None and state.get("envs") is not None and hasattr(model, "queued_actions"):
         model.queued_actions = state["queued_actions"]  # the RNG states above are from after they were drawn
     if state.get("train_stats") is not None and hasattr(model, "pending_train_stats"):
         model.pending_train_stats = state["train_stats"]

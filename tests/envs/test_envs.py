@@ -216,25 +216,32 @@ def test_import_is_lazy_and_gl_backend_is_chosen():
     assert out.stdout.split()[-1] in ("egl", "osmesa")
 
 
-@pytest.mark.parametrize("pixels", [True, False])
-def test_saved_state_continues_the_episode_exactly(pixels):
-    """get_state() mid-episode, set_state() on another env of the task (another seed, other steps behind it): both
+@pytest.mark.parametrize(("task", "pixels"), [
+    ("cartpole-swingup", True), ("cartpole-swingup", False),
+    # tasks that change the model when an episode starts: target position (reacher, fish-swim), target site
+    # (finger-turn), colours (fish-upright: seen only in pixels), damping (finger-spin)
+    ("reacher-easy", False), ("fish-swim", False), ("finger-turn_easy", True), ("fish-upright", True),
+    ("finger-spin", False)])
+@pytest.mark.parametrize("restored_env_was_reset", [True, False])
+def test_saved_state_continues_the_episode_exactly(task, pixels, restored_env_was_reset):
+    """get_state() mid-episode, set_state() on another env of the task (another seed, reset or never reset): both
     then give the same observations, rewards and episode ends through the episode's end and the next reset (the
     task's RandomState), bit-for-bit."""
     kw = {"size": 32, "frame_stack": 3} if pixels else {"pixels": False}
-    a = envs.make("dmc:cartpole-swingup", action_repeat=8, seed=0, **kw)  # 125 steps an episode
-    b = envs.make("dmc:cartpole-swingup", action_repeat=8, seed=5, **kw)
+    a = envs.make(f"dmc:{task}", action_repeat=8, seed=0, **kw)  # 125 steps an episode
+    b = envs.make(f"dmc:{task}", action_repeat=8, seed=5, **kw)
     a.reset(seed=0)
-    b.reset(seed=5)
     rng = np.random.default_rng(0)
+    shape = a.action_space.shape
     for _ in range(60):
-        action = rng.uniform(-1, 1, 1)
-        obs_a, obs_b = a.step(action)[0], b.step(action)[0]
-    assert not np.array_equal(obs_a, obs_b)  # different episodes until set_state
+        a.step(rng.uniform(-1, 1, shape))
+    if restored_env_was_reset:
+        b.reset(seed=5)
+        b.step(rng.uniform(-1, 1, shape))
     b.unwrapped.set_state(a.unwrapped.get_state())
     ended = False
     for t in range(80):  # the episode ends at step 125, then both reset without a seed
-        action = rng.uniform(-1, 1, 1)
+        action = rng.uniform(-1, 1, shape)
         out_a, out_b = a.step(action), b.step(action)
         assert np.array_equal(out_a[0], out_b[0]) and out_a[1:4] == out_b[1:4], t
         if out_a[2] or out_a[3]:

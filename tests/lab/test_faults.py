@@ -227,14 +227,26 @@ def _open_on_a_full_disk(monkeypatch, module, name):
 
 
 @pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
-def test_a_disk_full_from_the_start_is_one_line_and_leaves_no_run_folder(tmp_path, capsys, monkeypatch):
+@pytest.mark.parametrize("into", ["out_dir", "an existing run.dir"])
+def test_a_disk_full_from_the_start_is_one_line_and_takes_back_only_what_it_made(tmp_path, capsys, monkeypatch,
+                                                                                 into):
     from plasticrl.lab import train
 
     _open_on_a_full_disk(monkeypatch, train, "config.yaml")
-    assert main(["train", SMOKE, "--set", f"run.out_dir={tmp_path}/runs"]) == 1
+    if into == "out_dir":
+        where = ["--set", f"run.out_dir={tmp_path}/runs"]
+    else:  # a folder of the user's (a sweep's run.dir, say) with a file of theirs in it
+        (tmp_path / "mine").mkdir()
+        (tmp_path / "mine" / "notes.txt").write_text("keep me")
+        where = ["--set", f"run.dir={tmp_path}/mine"]
+    assert main(["train", SMOKE, *where]) == 1
     err = one_line_error(capsys)
     assert "config.yaml not written (No space left on device)" in err and "run.out_dir" in err, err
-    assert not list((tmp_path / "runs").rglob("config.yaml")), "a half-made run was left"
+    assert not list(tmp_path.rglob("config.yaml")) and not list(tmp_path.rglob("checkpoints")), "a half-made run"
+    if into == "out_dir":
+        assert not list((tmp_path / "runs").rglob("0-*"))
+    else:
+        assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
 
 
 @pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
@@ -434,3 +446,27 @@ def test_a_disk_full_at_a_step_checkpoint_keeps_the_previous_one_and_says_how_to
     monkeypatch.undo()
     assert main(["resume", str(run)]) == 0
     assert "resumed from" in capsys.readouterr().out
+
+
+def test_a_replay_file_of_another_step_than_its_checkpoint_is_not_used(tmp_path, capsys):
+    """A kill after a save replaced interrupted.replay.pkl but before its .state.pt and .zip leaves the new buffer
+    beside the old checkpoint: resume refills the buffer instead of training on transitions from the future."""
+    import shutil
+
+    assert main(["train", str(ROOT / "configs" / "train" / "smoke_sac.yaml"), "--set", f"run.out_dir={tmp_path}",
+                 "--set", "run.checkpoint_every=50", "--set", "run.total_steps=130", "--set", "run.save_replay=true",
+                 "--set", "run.keep_checkpoints=0", "--set", "logging.plots=false"]) == 0
+    (run,) = (tmp_path / "smoke_sac").iterdir()
+    ckpt = run / "checkpoints"
+    (ckpt / "final.zip").unlink()
+    for suffix in (".zip", ".state.pt"):
+        shutil.copy(ckpt / f"step_50{suffix}", ckpt / f"interrupted{suffix}")
+    shutil.copy(ckpt / "step_100.replay.pkl", ckpt / "interrupted.replay.pkl")  # the buffer of step 100
+    for step in (50, 100):
+        for suffix in (".zip", ".state.pt", ".replay.pkl"):
+            (ckpt / f"step_{step}{suffix}").unlink()
+    capsys.readouterr()
+    assert main(["resume", str(run)]) == 0
+    out = capsys.readouterr().out
+    assert "at step 50; its replay buffer file interrupted.replay.pkl is of another step" in out, out
+    assert "so it refills" in out
