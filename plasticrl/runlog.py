@@ -47,6 +47,7 @@ class JsonlSink:
     def __init__(self, path: str | Path):
         self.path = Path(path)
         self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115
+        self._failed = False  # a write raised
 
     def write(self, record: dict[str, Any]) -> None:
         """OSError naming the file and the record's step when it can't be written (e.g. a full disk)."""
@@ -54,6 +55,7 @@ class JsonlSink:
             self._file.write(json.dumps({k: _jsonable(v) for k, v in record.items()}) + "\n")
             self._file.flush()
         except OSError as exc:
+            self._failed = True
             if exc.errno is None:
                 raise
             raise OSError(exc.errno, f"{self.path}: the record of env step {record.get(STEP_KEY)} not written "
@@ -62,8 +64,10 @@ class JsonlSink:
     def close(self) -> None:
         try:
             self._file.close()
-        except OSError:  # the write that failed already raised, naming the file; the records before it are on disk
-            pass
+        except OSError:
+            if not self._failed:  # an error only the close reports (e.g. a network file system) is raised
+                raise
+            # else the write that failed already raised, naming the file; the records before it are on disk
 
 
 class WandbSink:
