@@ -158,6 +158,7 @@ class DMCEnv(gym.Env):
         if pixels:
             setup_gl(required=True)
         self._env = _suite().load(domain, task, task_kwargs={"random": seed})
+        self._task_id = f"{domain}-{task}"
         self._pixels = pixels
         self._size = size
         self._frame_stack = frame_stack
@@ -223,14 +224,23 @@ class DMCEnv(gym.Env):
         mujoco.mj_getState(physics.model.ptr, physics.data.ptr, mj_state, spec)
         model = _model_arrays(physics.model.ptr)
         changed = {k: v.copy() for k, v in model.items() if not np.array_equal(v, self._built_model[k])}
-        return {"mj_state": mj_state, "model": changed, "task_random": self._env.task.random.get_state(),
+        return {"task": self._task_id, "mujoco": mujoco.__version__, "pixels": self._pixels,
+                "frame_stack": self._frame_stack, "mj_state": mj_state, "model": changed,
+                "task_random": self._env.task.random.get_state(),
                 "step_count": self._env._step_count, "reset_next_step": self._env._reset_next_step,
                 "frames": self._frames, "stack": [f.copy() for f in self._stack]}
 
     def set_state(self, state: dict[str, Any]) -> None:
-        """Continues the episode that ``get_state`` saved (on an env built with the same task and options)."""
+        """Continues the episode that ``get_state`` saved (on an env built with the same task and options);
+        ValueError naming the difference for a state of another task, observation kind or MuJoCo version."""
         import mujoco
 
+        own = {"task": self._task_id, "mujoco": mujoco.__version__, "pixels": self._pixels,
+               "frame_stack": self._frame_stack}
+        other = {k: state.get(k) for k in own if state.get(k) != own[k]}
+        if other:
+            raise ValueError(f"the saved env state is of {other}, this env has "
+                             f"{ {k: own[k] for k in other} }: continue with the env and MuJoCo it was saved with")
         physics = self._env.physics
         for name, built in self._built_model.items():  # this env's own episode changes undone, the saved ones made
             getattr(physics.model.ptr, name)[...] = state["model"].get(name, built)

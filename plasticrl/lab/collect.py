@@ -385,8 +385,9 @@ def plan_jobs(tasks: str | None, runs: str | None, checkpoint: str | None, agent
     if Path(out).exists() and not Path(out).is_dir():
         raise ValueError(f"--out {out}: is a file; give a folder for the datasets (created if missing)")
     existing = next(p for p in [Path(out).absolute(), *Path(out).absolute().parents] if p.exists())
-    if not os.access(existing, os.W_OK):  # a read-only mount or folder: before any episode is collected
-        raise ValueError(f"--out {out}: {existing} is not writable; give a folder where the datasets can be written")
+    if not existing.is_dir() or not os.access(existing, os.W_OK):  # a read-only mount, a file: before collecting
+        raise ValueError(f"--out {out}: {existing} is not a writable folder; give a folder where the datasets can be "
+                         "written")
     if runs is not None and not Path(runs).is_dir():
         raise ValueError(f"--runs {runs}: no such folder; give the folder of `plasticrl train` runs (run.out_dir)")
     if runs is not None:

@@ -67,7 +67,10 @@ def restore_env_state(venv: Any, state: dict[str, Any]) -> None:
         raise ConfigError(f"the checkpoint holds the state of {len(envs)} envs, the run has {venv.num_envs}: "
                           "resume with the run's own env.n_envs (its config.yaml was changed)")
     for i, env_state in enumerate(envs):
-        venv.env_method("set_state", env_state, indices=i)
+        try:
+            venv.env_method("set_state", env_state, indices=i)
+        except ValueError as exc:  # another env.id, env.pixels or MuJoCo than the checkpoint's
+            raise ConfigError(f"{exc} (the run's config.yaml or installation changed)") from None
         if state["episode_rewards"] is not None:
             venv.set_attr("rewards", list(state["episode_rewards"][i]), indices=i)
             venv.set_attr("needs_reset", False, indices=i)
@@ -107,8 +110,8 @@ def latest_checkpoint(run_dir: Path) -> tuple[Path, dict[str, Any]]:
     # older interrupted.zip) is not a checkpoint
     found = [(state, p) for p in candidates if (state := read_state(p))["num_timesteps"] == zip_num_timesteps(p)]
     if not found:
-        raise ConfigError(f"{run_dir}: no whole checkpoint to resume from: each .zip in {folder} has a .state.pt of "
-                          "another step beside it (a kill during a save); start the run again")
+        raise ConfigError(f"{run_dir}: no whole checkpoint to resume from: each .zip in {folder} is damaged or has a "
+                          ".state.pt of another step beside it (a kill during a save); start the run again")
     state, path = max(found, key=lambda sp: (sp[0]["num_timesteps"], sp[1].name == "interrupted.zip"))
     return path, state
 

@@ -260,7 +260,11 @@ def _load_for_resume(cfg: Config, checkpoint: Path, env: Any, device: str, state
     """The checkpoint's agent on ``env``; with the envs' saved state, it keeps its last observations (the envs
     continue their episodes), otherwise SB3 resets the envs at the start of ``learn``."""
     cls = AGENT_CLASSES[cfg.agent.kind]
-    return cls.load(checkpoint, env=env, device=device, force_reset=state.get("envs") is None)
+    try:
+        return cls.load(checkpoint, env=env, device=device, force_reset=state.get("envs") is None)
+    except ValueError as exc:  # SB3's check of the env's spaces against the saved agent's
+        raise ConfigError(f"{checkpoint}: {exc}; the run's config.yaml changed since the checkpoint was saved: resume "
+                          "with the config it was trained with") from None
 
 
 def _run(cfg: Config, run_dir: Path, device: str, checkpoint: Path | None = None,

@@ -249,3 +249,11 @@ def test_saved_state_continues_the_episode_exactly(task, pixels, restored_env_wa
             ended = True
             assert np.array_equal(a.reset()[0], b.reset()[0])
     assert ended
+
+
+def test_a_state_of_another_task_or_observation_kind_is_refused_naming_it():
+    state = envs.make("dmc:walker-walk", pixels=False, seed=0).unwrapped.get_state()
+    with pytest.raises(ValueError, match=r"'task': 'walker-walk'.*'task': 'walker-run'"):
+        envs.make("dmc:walker-run", pixels=False, seed=0).unwrapped.set_state(state)
+    with pytest.raises(ValueError, match=r"'pixels': False"):
+        envs.make("dmc:walker-walk", size=32, seed=0).unwrapped.set_state(state)

@@ -297,7 +297,7 @@ def _edit_config(run, key, value):
     (run / "config.yaml").write_text(yaml.safe_dump(cfg))
 
 
-@pytest.mark.parametrize("case", ["resume_other_n_envs", "resume_no_checkpoint", "resume_not_a_run",
+@pytest.mark.parametrize("case", ["resume_other_n_envs", "resume_other_env", "resume_no_checkpoint", "resume_not_a_run",
                                   "eval_not_a_run", "eval_corrupt_zip", "plot_corrupt_record", "resume_corrupt_record"])
 def test_a_damaged_or_edited_run_is_one_line_naming_it(stopped_run, tmp_path, capsys, case):
     source, copytree = stopped_run
@@ -305,6 +305,9 @@ def test_a_damaged_or_edited_run_is_one_line_naming_it(stopped_run, tmp_path, ca
     if case == "resume_other_n_envs":
         _edit_config(run, "env.n_envs", 2)
         args, expected = ["resume", str(run)], "the checkpoint holds the state of 1 envs, the run has 2"
+    elif case == "resume_other_env":
+        _edit_config(run, "env.id", "dmc:walker-walk")
+        args, expected = ["resume", str(run)], "Observation spaces do not match"
     elif case == "resume_no_checkpoint":
         for p in (run / "checkpoints").iterdir():
             p.unlink()
