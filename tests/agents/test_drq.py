@@ -287,6 +287,24 @@ def test_async_env_step_stores_the_actions_the_env_executed(tiny_pixel_env, tiny
     env.close()
 
 
+def test_actions_queued_for_old_episodes_are_dropped_when_learn_resets_the_envs(tiny_pixel_env, tiny_drq):
+    """After learn() with the async env step, actions are queued for the envs' current observations: a learn()
+    that continues keeps them; one that resets the envs (reset_num_timesteps) drops them."""
+    from plasticrl.replay_ratio import StaticReplayRatio
+    from plasticrl.sb3 import ReplayRatioCallback
+
+    env = tiny_pixel_env()
+    model = tiny_drq(env, learning_starts=20, train_freq=1, gradient_steps=0, async_env_step=True)
+    model.learn(30, callback=ReplayRatioCallback(StaticReplayRatio(1.0)))
+    queued = model.queued_actions
+    assert queued is not None
+    model._setup_learn(10, reset_num_timesteps=False)
+    assert model.queued_actions is queued
+    model._setup_learn(10, reset_num_timesteps=True)
+    assert model.queued_actions is None
+    env.close()
+
+
 def test_queued_action_is_sb3_sample_action_from_the_weights_at_queue_time(tiny_pixel_env, tiny_drq):
     """DrQ._queue_action (async env stepping) gives SB3's _sample_action (same noise draws) for the weights at the
     time it was queued, even when the updates change the weights before its result is read."""

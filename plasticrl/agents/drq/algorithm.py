@@ -441,6 +441,12 @@ class DrQ(SAC):
     def queued_actions(self, actions: tuple[np.ndarray, np.ndarray] | None) -> None:
         self._prefetched = actions
 
+    def _setup_learn(self, total_timesteps: int, callback: Any = None, reset_num_timesteps: bool = True,
+                     tb_log_name: str = "run", progress_bar: bool = False) -> tuple[int, Any]:
+        if reset_num_timesteps or self._last_obs is None:  # SB3 resets the envs: actions drawn for the observations
+            self._prefetched = None  # of the old episodes are not taken in the new ones
+        return super()._setup_learn(total_timesteps, callback, reset_num_timesteps, tb_log_name, progress_bar)
+
     def _sample_action(self, learning_starts: int, action_noise: Any = None,
                        n_envs: int = 1) -> tuple[np.ndarray, np.ndarray]:
         if self._prefetched is not None:  # chosen before the last updates; the env is already stepping with it
