@@ -16,6 +16,7 @@ What the callbacks log goes to the model's SB3 logger (``model.logger``: SB3 wri
 from __future__ import annotations
 
 import os
+import socket
 import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
@@ -776,12 +777,12 @@ class TrainingInterrupted(KeyboardInterrupt):
 
 
 def atomic_write(path: str | Path, write: Callable[[Any], Any]) -> Path:
-    """Writes ``path`` through ``write(file)`` on a temporary file in the same folder (``.<name>.tmp-<pid>``), synced
-    and renamed into place once whole: a full disk or a kill mid-write never leaves a truncated file under the real
-    name, and a previous file of that name stays until the new one is complete. On an error the temporary file is
-    removed and the error raised."""
+    """Writes ``path`` through ``write(file)`` on a temporary file in the same folder (``.<name>.tmp-<host>-<pid>``),
+    synced and renamed into place once whole: a full disk or a kill mid-write never leaves a truncated file under the
+    real name, and a previous file of that name stays until the new one is complete. On an error the temporary file
+    is removed and the error raised."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp = path.with_name(f".{path.name}.tmp-{socket.gethostname()}-{os.getpid()}")
     try:
         with open(tmp, "wb") as file:
             write(file)
@@ -822,12 +823,18 @@ def replay_path(checkpoint: str | Path) -> Path:
 
 def step_checkpoints(folder: str | Path) -> list[Path]:
     """The ``step_<N>.zip`` files of a checkpoint folder, oldest (smallest N) first."""
-    found = []
-    for path in Path(folder).glob("step_*.zip"):
-        number = path.stem[len("step_"):]
+    return [path for _, path in _step_files(folder) if path.is_file()]
+
+
+def _step_files(folder: str | Path) -> list[tuple[int, Path]]:
+    """(N, ``step_<N>.zip``) for every N that has a zip, state or replay file in ``folder`` (the zip may be missing:
+    a save that failed part-way), smallest N first."""
+    found = set()
+    for path in Path(folder).glob("step_*"):
+        number = path.name[len("step_"):].split(".", 1)[0]
         if number.isdigit():
-            found.append((int(number), path))
-    return [path for _, path in sorted(found)]
+            found.add((int(number), path.with_name(f"step_{number}.zip")))
+    return sorted(found)
 
 
 class PeriodicCheckpointCallback(BaseCallback):
@@ -867,9 +874,12 @@ class PeriodicCheckpointCallback(BaseCallback):
     def _prune(self) -> None:
         if self.keep <= 0:
             return
-        for old in step_checkpoints(self.folder)[:-self.keep]:
-            for path in (old, state_path(old), replay_path(old)):
-                path.unlink(missing_ok=True)
+        kept = step_checkpoints(self.folder)[-self.keep:]
+        oldest_kept = int(kept[0].stem[len("step_"):]) if kept else 0
+        for number, old in _step_files(self.folder):  # older checkpoints, and the files of a save that failed
+            if number < oldest_kept:
+                for path in (old, state_path(old), replay_path(old)):
+                    path.unlink(missing_ok=True)
 
     def _checkpoint(self) -> None:
         self.save(f"step_{self.num_timesteps}")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import socket
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -118,10 +119,12 @@ def latest_checkpoint(run_dir: Path) -> tuple[Path, dict[str, Any]]:
 
 def remove_stale_temporaries(folder: Path) -> None:
     """Deletes the partial files that a process killed mid-save left in ``folder`` (``plasticrl.sb3.atomic_write``'s
-    ``.<name>.tmp-<pid>``, of a process no longer running)."""
+    ``.<name>.tmp-<host>-<pid>``, of a process of this host no longer running; another host's are kept, as this
+    one cannot tell whether it still writes them)."""
+    here = socket.gethostname()
     for tmp in folder.glob(".*.tmp-*"):
-        pid = tmp.name.rsplit("-", 1)[-1]
-        if pid.isdigit() and not _running(int(pid)):
+        host, _, pid = tmp.name.rsplit(".tmp-", 1)[-1].rpartition("-")
+        if host in ("", here) and pid.isdigit() and not _running(int(pid)):
             tmp.unlink(missing_ok=True)
 
 

@@ -3,6 +3,7 @@
 import ctypes.util
 import os
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -380,13 +381,30 @@ def test_a_checkpoint_whose_state_file_is_of_another_step_is_not_resumed_from(st
     (folder / "interrupted.zip").write_bytes((folder / "step_100.zip").read_bytes())  # the older zip, of step 100
     assert zip_num_timesteps(folder / "interrupted.zip") == 100
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    partial = folder / f".step_150.zip.tmp-{int(dead.stdout)}"  # what a kill mid-save leaves
-    partial.write_bytes(b"half")
-    live = folder / f".step_150.zip.tmp-{os.getpid()}"
-    live.write_bytes(b"being written")
+    here = socket.gethostname()
+    partial = folder / f".step_150.zip.tmp-{here}-{int(dead.stdout)}"  # what a kill mid-save leaves
+    live = folder / f".step_150.zip.tmp-{here}-{os.getpid()}"
+    elsewhere = folder / f".step_150.zip.tmp-{here}-other-host-{int(dead.stdout)}"  # can't be judged from here
+    for tmp in (partial, live, elsewhere):
+        tmp.write_bytes(b"half")
     path, found = latest_checkpoint(run)
     assert path == folder / "step_100.zip" and found["num_timesteps"] == 100
-    assert not partial.exists() and live.exists()  # a dead process's partial file removed, a live one's kept
+    assert not partial.exists() and live.exists() and elsewhere.exists()  # only this host's dead writer's removed
+
+
+def test_pruning_removes_older_checkpoints_and_the_files_of_a_failed_save(tmp_path):
+    from plasticrl.sb3 import PeriodicCheckpointCallback
+
+    names = ["step_50.zip", "step_50.state.pt", "step_50.replay.pkl", "step_100.state.pt", "step_100.replay.pkl",
+             "step_150.zip", "step_150.state.pt", "step_200.zip", "step_200.state.pt", "step_250.state.pt",
+             "interrupted.zip"]
+    for name in names:
+        (tmp_path / name).write_bytes(b"x")
+    PeriodicCheckpointCallback(tmp_path, 50, keep=2)._prune()
+    # step_100 failed after its state and replay files; step_250 is a save in progress (newer than what is kept)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        ["step_150.zip", "step_150.state.pt", "step_200.zip", "step_200.state.pt", "step_250.state.pt",
+         "interrupted.zip"])
 
 
 @pytest.mark.parametrize("case", ["train_cuda_without_cuda", "eval_missing_checkpoint", "sweep_zero_concurrent",
