@@ -118,9 +118,9 @@ def all_tasks() -> list[tuple[str, str]]:
 
 
 def _model_arrays(model: Any) -> dict[str, np.ndarray]:
-    """Copies of a ``mujoco.MjModel``'s array fields, but its texture pixels (``tex_data``, megabytes, uploaded to the
-    renderer once and changed by no suite task)."""
-    return {name: getattr(model, name).copy() for name in dir(model)
+    """A ``mujoco.MjModel``'s array fields (views into the model), but its texture pixels (``tex_data``, megabytes,
+    uploaded to the renderer once and changed by no suite task)."""
+    return {name: getattr(model, name) for name in dir(model)
             if not name.startswith("_") and name != "tex_data" and isinstance(getattr(model, name), np.ndarray)}
 
 
@@ -180,7 +180,7 @@ class DMCEnv(gym.Env):
         self._frames = 0
         # the model as built, before any episode: tasks change model fields when an episode starts (reacher's and
         # fish-swim's target position, finger's target site, fish-upright's colours, finger-spin's damping)
-        self._built_model = _model_arrays(self._env.physics.model.ptr)
+        self._built_model = {k: v.copy() for k, v in _model_arrays(self._env.physics.model.ptr).items()}
 
     def reset(
         self, *, seed: int | None = None, options: dict[str, Any] | None = None
@@ -222,8 +222,8 @@ class DMCEnv(gym.Env):
         spec = mujoco.mjtState.mjSTATE_INTEGRATION
         mj_state = np.empty(mujoco.mj_stateSize(physics.model.ptr, spec), np.float64)
         mujoco.mj_getState(physics.model.ptr, physics.data.ptr, mj_state, spec)
-        model = _model_arrays(physics.model.ptr)
-        changed = {k: v.copy() for k, v in model.items() if not np.array_equal(v, self._built_model[k])}
+        changed = {k: v.copy() for k, v in _model_arrays(physics.model.ptr).items()
+                   if not np.array_equal(v, self._built_model[k])}
         return {"task": self._task_id, "mujoco": mujoco.__version__, "pixels": self._pixels,
                 "frame_stack": self._frame_stack, "mj_state": mj_state, "model": changed,
                 "task_random": self._env.task.random.get_state(),
@@ -242,8 +242,8 @@ class DMCEnv(gym.Env):
             raise ValueError(f"the saved env state is of {other}, this env has "
                              f"{ {k: own[k] for k in other} }: continue with the env and MuJoCo it was saved with")
         physics = self._env.physics
-        for name, built in self._built_model.items():  # this env's own episode changes undone, the saved ones made
-            getattr(physics.model.ptr, name)[...] = state["model"].get(name, built)
+        for name, field in _model_arrays(physics.model.ptr).items():  # this env's own episode changes undone,
+            field[...] = state["model"].get(name, self._built_model[name])  # the saved ones made
         if "hfield_data" in state["model"] and physics.model.nhfield:  # terrain (quadruped-escape): to the renderer
             with physics.contexts.gl.make_current() as ctx:
                 for i in range(physics.model.nhfield):
