@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from plasticrl.agents.l2m import DTConfig, L2MAgent
+from plasticrl.lab.runtime import configure_torch
 
 
 def steps_per_s(agent: L2MAgent, data, steps: int, warmup: int = 10) -> float:
@@ -40,6 +41,7 @@ def main() -> None:
     p.add_argument("--json", default=None)
     args = p.parse_args()
     device = "cuda" if torch.cuda.is_available() else "cpu"
+    configure_torch(device)  # TF32 matmuls for fp32: as `plasticrl continual`
     rng = np.random.default_rng(0)
     episodes = [{"observations": rng.normal(size=(201, 39)), "actions": rng.uniform(-1, 1, (200, 4)),
                  "rewards": rng.uniform(0, 10, 200)} for _ in range(args.episodes)]

@@ -185,7 +185,9 @@ def test_plasticrl_plot_draws_a_continual_runs_dashboard_and_success_matrix(l2m_
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_finetune_changes_backbone(data_dir, tmp_path):
+def test_finetune_changes_backbone(data_dir, tmp_path, monkeypatch):
+    configured = []  # the run sets the lab's torch flags (TF32 on CUDA) for its device, as `plasticrl train`
+    monkeypatch.setattr("plasticrl.lab.continual.run.configure_torch", configured.append)
     run = continual.run_sequence(smoke(data_dir, "sequence.method=finetune", "sequence.eval_every=0",
                                        "sequence.probe_batch_size=0"), tmp_path)
     assert "plasticity/" not in (run / "metrics.jsonl").read_text()  # probes off
@@ -194,6 +196,7 @@ def test_finetune_changes_backbone(data_dir, tmp_path):
     assert torch.load(run / "checkpoints" / "final.pt")["pool"] is None
     assert any(not torch.equal(pre[k], final[k]) for k in pre)
     assert np.array(json.loads((run / "success_matrix.json").read_text())["perf"]).shape == (2, 2)
+    assert configured == ["cpu"]
 
 
 def test_eval_scope_current_evaluates_only_the_task_in_training_between_task_ends(data_dir, l2m_run, tmp_path):

@@ -56,7 +56,8 @@ class ModelConfig(Section):
     context: int = Field(5, ge=1, description="timesteps per context window")
     dropout: float = Field(0.1, ge=0, lt=1, description="dropout rate")
     precision: Literal["fp32", "bf16"] = Field(
-        "bf16", description="transformer matmuls on CUDA (bf16 autocast, fp32 weights and loss); CPU: fp32")
+        "bf16", description="transformer matmuls on CUDA (bf16 autocast, fp32 weights and loss; fp32: TF32 "
+                          "matmuls); CPU: fp32")
     cuda_graph: bool = Field(
         True, description="on CUDA, every gradient step (sampled batch in, loss, backward, clipping, AdamW) "
                           "replays one captured CUDA graph; false: eager steps (same results)")

@@ -27,7 +27,7 @@ from plasticrl.lab.continual.data import best_return, dmc_references, ensure_dat
 from plasticrl.lab.continual.evaluation import Evaluator, eval_seeds, return_scale, score_kinds, task_scores
 from plasticrl.lab.continual.methods import Batch, Method, make_method
 from plasticrl.lab.plots import plot_success_matrix
-from plasticrl.lab.runtime import resolve_device
+from plasticrl.lab.runtime import configure_torch, resolve_device
 from plasticrl.monitor import PlasticityMonitor
 from plasticrl.runlog import RunLogger, make_run_dir
 
@@ -91,6 +91,7 @@ class ContinualRun:
     def run(self) -> Path:
         """Runs the experiment; returns its run folder."""
         cfg, method_name = self.cfg, self.seq.method
+        configure_torch(self.device)  # TF32 matmuls on CUDA for model.precision=fp32, as `plasticrl train`
         self.run_dir = make_run_dir(self.out_dir, cfg.run.name, cfg.run.seed)
         (self.run_dir / "config.yaml").write_text(dump(cfg))
         wandb = wandb_settings(cfg.logging.wandb, cfg.run.name, cfg.run.seed, ["continual", method_name])
