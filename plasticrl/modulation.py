@@ -131,13 +131,15 @@ class LoRAModulator(nn.Module):
 
         Two dense matmuls over the whole pool, the low-rank activations of entries a sample did not pick multiplied
         by 0: the same sum as gathering each sample's factors, and on a GPU faster to train (the gather's backward
-        accumulates B copies into the few picked entries)."""
+        accumulates B copies into the few picked entries). Every entry must hold finite factors: an inf or NaN in
+        an entry nobody picked still reaches every output (0 * inf)."""
         y = base(x)
         source = x if self.site == "input" else y
         s3 = source.reshape(source.shape[0], -1, source.shape[-1])  # (B, N, width)
         pool, rank, width = self.A.shape
-        share = torch.full(idx.shape, 1.0 / idx.shape[1], device=idx.device)  # an entry picked twice counts twice
-        weight = torch.zeros(idx.shape[0], pool, device=idx.device).scatter_add_(1, idx, share)  # (B, pool)
+        factory = {"device": idx.device, "dtype": self.A.dtype}
+        share = torch.full(idx.shape, 1.0 / idx.shape[1], **factory)  # an entry picked twice counts twice
+        weight = torch.zeros(idx.shape[0], pool, **factory).scatter_add_(1, idx, share)  # (B, pool)
         low = (s3 @ self.A.reshape(pool * rank, width).T).unflatten(-1, (pool, rank))  # (B, N, pool, rank)
         low = (low * weight[:, None, :, None]).flatten(-2)  # (B, N, pool * rank)
         up = low @ self.B.transpose(1, 2).reshape(pool * rank, self.out_features)  # (B, N, out)

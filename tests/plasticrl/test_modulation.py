@@ -180,6 +180,36 @@ def test_lora_math_per_sample(top_k: int, shape: tuple[int, ...], site: str) -> 
         torch.testing.assert_close(out[b], h + 2.0 * delta, rtol=1e-5, atol=1e-5)  # scale = alpha / rank = 2
 
 
+@pytest.mark.parametrize("site", ["input", "output"])
+def test_lora_gradients_in_float64_match_the_per_sample_formula(site: str) -> None:
+    """A float64 model (the pool's weights take its dtype): output and gradients of x, A and B equal autograd
+    through the per-sample sum over each row's entries, an entry picked twice counting twice."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(5, 7)).double()
+    pool = ModulationPool(pool_size=4, key_dim=3, rank=3, kind="lora", top_k=3)
+    pool.attach(model, targets={"0": site})
+    mod = pool.modulators["0"]
+    with torch.no_grad():
+        mod.B.normal_()
+    x = torch.randn(4, 3, 5, dtype=torch.float64, requires_grad=True)
+    idx = torch.tensor([[0, 2, 3], [3, 1, 0], [1, 1, 2], [3, 0, 0]])  # 1/3 is not exact in float32
+    with pool.selected(idx):
+        out = model[0](x)
+    out.pow(2).sum().backward()
+    got = out.detach(), x.grad.clone(), mod.A.grad.clone(), mod.B.grad.clone()
+    x.grad = mod.A.grad = mod.B.grad = None
+    base, rows = model[0].base, []
+    for b in range(4):
+        h = base(x[b])
+        source = x[b] if site == "input" else h
+        rows.append(h + 2.0 * sum(source @ mod.A[e].T @ mod.B[e].T for e in idx[b].tolist()) / 3)
+    want = torch.stack(rows)
+    want.pow(2).sum().backward()
+    for g, w in zip(got, (want.detach(), x.grad, mod.A.grad, mod.B.grad)):
+        assert g.dtype == torch.float64
+        torch.testing.assert_close(g, w, rtol=1e-12, atol=1e-12)
+
+
 def test_feed_forward_lora_term_by_hand() -> None:
     """L2M's LoRA on the first feed-forward layer's output, on a 2 -> 3 layer with rank 1, numbers by hand:
     W = [[1, 0], [0, 1], [1, 1]], b = [0, 0, 1], x = [1, 2] -> h = W x + b = [1, 2, 4];
