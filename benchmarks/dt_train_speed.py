@@ -82,7 +82,7 @@ def main() -> None:
             name = f"{precision}_{'graph' if graph else 'eager'}"
             results[f"{name}_steps_per_s"] = rate
             print(f"{name}: {rate:.1f} steps/s ({1000 / rate:.2f} ms/step); "
-                  f"200k steps in {200_000 / rate / 60:.1f} min", flush=True)
+                  f"100k steps in {100_000 / rate / 60:.1f} min", flush=True)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=2)
