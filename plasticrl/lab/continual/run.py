@@ -91,7 +91,7 @@ class ContinualRun:
     def run(self) -> Path:
         """Runs the experiment; returns its run folder."""
         cfg, method_name = self.cfg, self.seq.method
-        configure_torch(self.device)  # TF32 matmuls on CUDA for model.precision=fp32, as `plasticrl train`
+        configure_torch(self.device)  # the lab's process-wide torch flags (TF32 matmuls on CUDA), as `plasticrl train`
         self.run_dir = make_run_dir(self.out_dir, cfg.run.name, cfg.run.seed)
         (self.run_dir / "config.yaml").write_text(dump(cfg))
         wandb = wandb_settings(cfg.logging.wandb, cfg.run.name, cfg.run.seed, ["continual", method_name])
