@@ -874,9 +874,10 @@ class PeriodicCheckpointCallback(BaseCallback):
     def _prune(self) -> None:
         if self.keep <= 0:
             return
-        kept = step_checkpoints(self.folder)[-self.keep:]
-        oldest_kept = int(kept[0].stem[len("step_"):]) if kept else 0
-        for number, old in _step_files(self.folder):  # older checkpoints, and the files of a save that failed
+        files = _step_files(self.folder)
+        kept = [number for number, zip_path in files if zip_path.is_file()][-self.keep:]
+        oldest_kept = kept[0] if kept else 0
+        for number, old in files:  # older checkpoints, and the files of a save that failed
             if number < oldest_kept:
                 for path in (old, state_path(old), replay_path(old)):
                     path.unlink(missing_ok=True)
